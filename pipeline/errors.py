@@ -1,0 +1,12 @@
+"""Errors the command line turns into one-line messages."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad input or usage: reported as ``error: <file>: <problem>`` with exit code 2."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
