@@ -1,0 +1,230 @@
+"""`stego`: the one command-line entry point; each command triggers a Prefect flow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+EXAMPLES = {
+    "fit": """examples:
+  stego fit scene.tif --method pixel-kmeans --clusters 5 --out models/px
+  stego fit a.tif b.tif --method feature-kmeans --weights dino_deitsmall8_pretrain.pth \\
+      --clusters 6 --out models/dino
+  stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r""",
+    "segment": """examples:
+  stego segment scene.tif --model models/px --out out/scene
+  stego segment big.tif --model models/dino --out out/big --workers 2 --set tiling.batch_size=16
+  stego segment big.tif --model models/dino --out out/big --scheduler-address tcp://host:8786""",
+    "demo-scene": """examples:
+  stego demo-scene demo/scene.tif            # also writes demo/scene_labels.tif
+  stego demo-scene small.tif --size 512 --seed 3""",
+    "demo": """examples:
+  stego demo demo/     # scene -> fit -> segment, prints where the outputs are""",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with single-line `error: usage: ...` messages and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(self.prog, message)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
+    import yaml
+
+    k, v = text.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML run config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=V",
+                   help="override one config value, e.g. --set tiling.block_size=1024")
+    p.add_argument("--bands", type=_int_list, help="1-based bands to use, e.g. 1,2,3 or 1,1,1")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `stego` argument parser."""
+    parser = _Parser(prog="stego", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    fit = add("fit", "Fit an unsupervised segmentation model on one or more rasters.")
+    fit.add_argument("inputs", nargs="+", help="rasters GDAL can open")
+    fit.add_argument("--method", default="pixel-kmeans",
+                     choices=["pixel-kmeans", "feature-kmeans"])
+    fit.add_argument("--clusters", type=int, default=5, help="number of classes (default 5)")
+    fit.add_argument("--weights", default="auto",
+                     help="backbone weights: auto, hub, random or a local file (feature-kmeans)")
+    fit.add_argument("--backbone", default="vit_small_patch8_224.dino", help="timm model name")
+    fit.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
+                     help="timm create_model override, e.g. depth=2 (tests, experiments)")
+    fit.add_argument("--embed-weights", action="store_true",
+                     help="store backbone weights inside the model directory")
+    fit.add_argument("--out", required=True, type=Path, help="model directory to write")
+    _add_config_args(fit)
+
+    seg = add("segment", "Segment a raster into labels.tif, labels.zarr and polygons.gpkg.")
+    seg.add_argument("input", help="raster GDAL can open (GeoTIFF, VRT, PNG, /vsi... path)")
+    seg.add_argument("--model", required=True, type=Path, help="model directory from `fit`")
+    seg.add_argument("--out", required=True, type=Path, help="output directory")
+    seg.add_argument("--workers", type=int, help="Dask LocalCluster workers")
+    seg.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
+    seg.add_argument("--fresh", action="store_true", help="ignore blocks done by an earlier run")
+    _add_config_args(seg)
+
+    scene = add("demo-scene", "Write a synthetic aerial GeoTIFF and its true labels.")
+    scene.add_argument("out", type=Path, help="image path; labels go to <stem>_labels.tif")
+    scene.add_argument("--size", type=int, default=2560, help="pixels per side (default 2560)")
+    scene.add_argument("--seed", type=int, default=0)
+
+    demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
+    demo.add_argument("out", type=Path, help="demo directory")
+    demo.add_argument("--size", type=int, default=2560)
+    demo.add_argument("--method", default="pixel-kmeans",
+                      choices=["pixel-kmeans", "feature-kmeans"])
+    demo.add_argument("--clusters", type=int, default=5)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from pipeline.config import load_config
+
+    overrides = list(args.overrides)
+    if args.bands:
+        overrides.append(f"input.bands=[{','.join(map(str, args.bands))}]")
+    if getattr(args, "device", None):
+        overrides.append(f"model.device={args.device}")
+    if getattr(args, "workers", None):
+        overrides.append(f"dask.workers={args.workers}")
+    if getattr(args, "scheduler_address", None):
+        overrides.append(f"dask.scheduler_address={args.scheduler_address}")
+    return load_config(args.config, overrides)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from flows.fit_flow import fit_flow
+
+    cfg = _config(args)
+    result = fit_flow(
+        [str(p) for p in args.inputs], str(args.out), method=args.method,
+        clusters=args.clusters, weights=str(args.weights), backbone=args.backbone,
+        backbone_overrides=dict(args.backbone_arg), embed_weights=args.embed_weights,
+        config=cfg.model_dump(mode="json"),
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from flows.segment_flow import segment
+
+    cfg = _config(args)
+    doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
+                  progress=not args.quiet)
+    _print_outputs(doc)
+    return 0
+
+
+def _print_outputs(doc: dict[str, Any]) -> None:
+    print("outputs:")
+    for kind, path in doc["outputs"].items():
+        print(f"  {kind:9s} {path}")
+    t = doc["timings_s"]
+    print(f"total {t.get('total', 0):.1f} s, blocks {doc['counts']['blocks_total']}, "
+          f"polygons {doc['polygons'].get('polygons', '-')}")
+
+
+def cmd_demo_scene(args: argparse.Namespace) -> int:
+    from pipeline.demo_scene import write_demo_scene
+
+    if args.size < 64:
+        raise InputError("--size", "must be at least 64")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image, labels = write_demo_scene(args.out, size=args.size, seed=args.seed)
+    print(f"image  {image}\nlabels {labels}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.fit_flow import fit_flow
+    from flows.segment_flow import segment
+    from pipeline.config import RunConfig
+    from pipeline.demo_scene import write_demo_scene
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    image, labels = write_demo_scene(out / "scene.tif", size=args.size)
+    print(f"demo scene: {image} (true labels: {labels})", flush=True)
+    cfg = RunConfig()
+    if args.method == "feature-kmeans":
+        # small patch-16 ViT keeps the CPU demo to minutes; weights: hub if reachable, else random
+        cfg = RunConfig.model_validate({"tiling": {"tile_size": 448, "overlap": 32}})
+    fit_flow([str(image)], str(out / "model"), method=args.method, clusters=args.clusters,
+             weights="auto", backbone="vit_small_patch16_224.dino",
+             config=cfg.model_dump(mode="json"))
+    doc = segment(image, out / "model", out / "output", cfg)
+    _print_outputs(doc)
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "segment": cmd_segment, "demo-scene": cmd_demo_scene,
+            "demo": cmd_demo}
+
+
+def _quiet_logging() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `stego` console script; returns the exit code."""
+    parser = build_parser()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "quiet", False):
+            _quiet_logging()
+            warnings.simplefilter("ignore")
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"error: {exc.path}: {exc.problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI reports, --debug shows the traceback
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

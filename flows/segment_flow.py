@@ -1,0 +1,140 @@
+"""The `segment` flow: validate -> infer blocks -> finalize Zarr -> COG -> polygons -> manifest."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from pipeline.cog import write_cog
+from pipeline.config import RunConfig, build_config
+from pipeline.executor import dask_client, map_unordered, torch_threads_per_worker
+from pipeline.manifest import write_json_atomic
+from pipeline.segment import (
+    SegmentPlan,
+    block_job,
+    infer_and_write_block,
+    manifest,
+    min_region_pixels,
+    plan_segment,
+    prepare_labels_store,
+    summarize_blocks,
+)
+from pipeline.vectorize import vectorize_labels
+from pipeline.zarr_store import finalize_store, open_labels
+
+
+@task(name="validate")
+def validate(input_path: str, model_dir: str, out_dir: str, config: RunConfig) -> SegmentPlan:
+    """Open the input and the model, check outputs can be written, plan blocks."""
+    return plan_segment(input_path, model_dir, out_dir, config)
+
+
+@task(name="infer-blocks")
+def infer_blocks(plan: SegmentPlan, fresh: bool, progress: bool) -> dict[str, Any]:
+    """Segment every block not already done on Dask workers; each writes its own region."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    store, todo = prepare_labels_store(plan, fresh=fresh)
+    if len(todo) < len(plan.blocks):
+        logger.info("resuming: %d of %d blocks already done", len(plan.blocks) - len(todo),
+                    len(plan.blocks))
+    done = {"n": len(plan.blocks) - len(todo), "px": 0}
+
+    def report(stats: dict[str, Any]) -> None:
+        done["n"] += 1
+        done["px"] += stats["valid_pixels"]
+        if progress:
+            rate = done["px"] / 1e6 / max(time.perf_counter() - t0, 1e-9)
+            print(f"blocks {done['n']}/{len(plan.blocks)}  {rate:.2f} Mpx/s", file=sys.stderr)
+
+    stats: list[dict[str, Any]] = []
+    if todo:
+        with dask_client(plan.config.dask) as client:
+            logger.info("Dask dashboard: %s", client.dashboard_link)
+            job = block_job(plan, store, torch_threads_per_worker(plan.config.dask))
+            stats = map_unordered(client, infer_and_write_block, todo, on_result=report,
+                                  job=job)
+    summary = summarize_blocks(plan, stats)
+    finalize_store(store, plan.output("zarr"),
+                   {"model_hash": plan.model_hash, "input": plan.input_path})
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+@task(name="write-cog")
+def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
+    """Copy the Zarr labels into a paletted Cloud-Optimized GeoTIFF."""
+    t0 = time.perf_counter()
+    out = write_cog(
+        open_labels(plan.output("zarr")), plan.output("cog"), transform=plan.info.affine,
+        crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
+        tile=plan.config.tiling.chunk_size, compress=plan.config.output.compress,
+        resampling=plan.config.output.overview_resampling,
+    )
+    return {"path": str(out), "seconds": time.perf_counter() - t0}
+
+
+@task(name="vectorize")
+def vectorize(plan: SegmentPlan) -> dict[str, Any]:
+    """Sieve, polygonize block by block, merge across seams, write the GeoPackage."""
+    t0 = time.perf_counter()
+    from rasterio.crs import CRS
+
+    vec = plan.config.vectorize
+    crs = CRS.from_wkt(plan.info.crs_wkt) if plan.info.crs_wkt else None
+    stats = vectorize_labels(
+        open_labels(plan.output("zarr")), transform=plan.info.affine, crs=crs,
+        class_names=plan.class_names, out_path=plan.output("polygons"),
+        block_size=plan.config.tiling.block_size, min_region_pixels=min_region_pixels(plan),
+        simplify_tolerance=vec.simplify_tolerance, layer=vec.layer,
+    )
+    return {"polygons": stats.polygons, "seam_groups_merged": stats.seam_groups_merged,
+            "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0}
+
+
+@flow(name="segment", log_prints=False)
+def segment_flow(
+    input_path: str,
+    model_dir: str,
+    out_dir: str,
+    config: dict[str, Any] | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment one raster with a fitted model into labels.tif, labels.zarr, polygons.gpkg."""
+    cfg = build_config(config or {})
+    t0 = time.perf_counter()
+    plan = validate(input_path, model_dir, out_dir, cfg)
+    run_json = plan.output("manifest")
+    write_json_atomic(run_json, manifest(plan, "running", {}))
+    try:
+        counts = infer_blocks(plan, fresh, progress)
+        plan.timings["infer"] = counts.pop("seconds")
+        cog = write_labels_cog(plan)
+        plan.timings["cog"] = cog.pop("seconds")
+        polygons = {"skipped": True}
+        if cfg.vectorize.enabled:
+            polygons = vectorize(plan)
+            plan.timings["vectorize"] = polygons.pop("seconds")
+        plan.timings["total"] = time.perf_counter() - t0
+        doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons})
+        if not cfg.vectorize.enabled:
+            doc["outputs"].pop("polygons")
+        write_json_atomic(run_json, doc)
+        return doc
+    except BaseException as exc:
+        write_json_atomic(run_json, manifest(plan, "failed", {"error": f"{exc}"}))
+        raise
+
+
+def segment(input_path: str | Path, model_dir: str | Path, out_dir: str | Path,
+            config: RunConfig | None = None, fresh: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Run the flow with a typed config (the CLI and tests call this)."""
+    cfg = config or RunConfig()
+    return segment_flow(str(input_path), str(model_dir), str(out_dir),
+                        cfg.model_dump(mode="json"), fresh, progress)

@@ -1,0 +1,192 @@
+"""One typed run configuration, loaded from ``configs/*.yaml`` and overridable from the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    """How pixels are read and scaled."""
+
+    bands: list[int] | None = Field(
+        default=None, description="1-based bands fed to the model; default: the first three"
+    )
+    percentiles: tuple[float, float] = Field(
+        default=(2.0, 98.0), description="robust min/max for scaling non-uint8 input to [0, 1]"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> InputConfig:
+        if self.bands is not None and (len(self.bands) == 0 or min(self.bands) < 1):
+            raise ValueError("bands must be a non-empty list of 1-based band indices")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        return self
+
+
+class TilingConfig(_Section):
+    """Blocks (Dask tasks, aligned to output chunks) and model tiles inside them."""
+
+    tile_size: int = Field(default=448, description="model tile edge in pixels")
+    overlap: int = Field(default=48, description="pixels shared by neighbouring tiles (blended)")
+    block_size: int = Field(default=2048, description="block core edge; multiple of chunk_size")
+    chunk_size: int = Field(default=512, description="Zarr chunk and COG tile edge")
+    batch_size: int = Field(default=8, description="tiles per model call")
+
+    @model_validator(mode="after")
+    def _check(self) -> TilingConfig:
+        if self.tile_size < 16 or self.overlap < 0 or self.overlap >= self.tile_size // 2 + 1:
+            raise ValueError("need tile_size >= 16 and 0 <= overlap <= tile_size / 2")
+        if self.chunk_size % 16 or self.chunk_size < 16:
+            raise ValueError("chunk_size must be a positive multiple of 16")
+        if self.block_size % self.chunk_size:
+            raise ValueError("block_size must be a multiple of chunk_size")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        return self
+
+
+class VectorizeConfig(_Section):
+    """Polygon output."""
+
+    enabled: bool = True
+    min_area_m2: float | None = Field(
+        default=None, description="sieve regions smaller than this area (overrides min_pixels)"
+    )
+    min_pixels: int = Field(default=16, description="sieve regions smaller than this (pixels)")
+    simplify_tolerance: float = Field(default=0.0, description="in CRS units; 0 = off")
+    layer: str = "polygons"
+
+
+class OutputConfig(_Section):
+    """Raster outputs."""
+
+    compress: Literal["DEFLATE", "LZW", "ZSTD"] = "DEFLATE"
+    overview_resampling: Literal["nearest", "mode"] = "nearest"
+    confidence: bool = Field(default=True, description="write the confidence array to Zarr")
+
+
+class DaskConfig(_Section):
+    """Where chunk-parallel work runs."""
+
+    workers: int = Field(default=1, description="LocalCluster worker processes")
+    threads_per_worker: int = 1
+    processes: bool = True
+    scheduler_address: str | None = Field(
+        default=None, description="connect to an existing Dask scheduler instead"
+    )
+
+
+class FitConfig(_Section):
+    """Sampling and clustering for `stego fit`."""
+
+    seed: int = 0
+    sample_pixels: int = Field(default=200_000, description="pixels sampled for pixel-kmeans")
+    crops: int = Field(default=64, description="crops sampled for feature-kmeans")
+    crop_size: int = Field(default=224, description="crop edge in pixels (multiple of patch)")
+    iterations: int = Field(default=50, description="k-means iterations")
+    max_nodata_fraction: float = Field(default=0.5, description="skip crops with more nodata")
+
+
+class ModelRuntimeConfig(_Section):
+    """Where and how the model runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RunConfig(_Section):
+    """Everything a `fit` or `segment` run is configured by."""
+
+    input: InputConfig = InputConfig()
+    tiling: TilingConfig = TilingConfig()
+    vectorize: VectorizeConfig = VectorizeConfig()
+    output: OutputConfig = OutputConfig()
+    dask: DaskConfig = DaskConfig()
+    fit: FitConfig = FitConfig()
+    model: ModelRuntimeConfig = ModelRuntimeConfig()
+
+
+def _section_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at the location of a validation error."""
+    current: type[BaseModel] = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            current = ann
+        else:
+            break
+    return sorted(current.model_fields)
+
+
+def _format_error(source: str, err: ValidationError) -> InputError:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        valid = ", ".join(_section_keys(RunConfig, loc))
+        return InputError(source, f"unknown config key '{dotted}' (valid keys: {valid})")
+    return InputError(source, f"config key '{dotted}': {first['msg']}")
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict into a RunConfig, raising a one-line InputError on problems."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise _format_error(source, err) from None
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars/lists)."""
+    result = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise InputError("--set", f"expected section.key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError("--set", f"'{key}' does not name a config key")
+        node[parts[-1]] = _parse_scalar(value)
+    return result
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InputError(path, "a config file must be a mapping of sections")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return build_config(data, source)

@@ -1,0 +1,92 @@
+"""Dask: a LocalCluster by default, or an existing scheduler; models cached once per worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dask.distributed import Client, LocalCluster, as_completed
+
+from pipeline.config import DaskConfig
+
+log = logging.getLogger("stego.executor")
+
+_MODEL_CACHE: dict[tuple[str, str, str], Any] = {}
+
+
+def cached_model(model_dir: str, model_hash: str, device: str) -> Any:
+    """Load a model once per worker process (keyed by its hash), not once per task."""
+    key = (str(Path(model_dir).resolve()), model_hash, device)
+    if key not in _MODEL_CACHE:
+        from pipeline.models.store import load_model
+
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = load_model(Path(model_dir)).to(device)
+    return _MODEL_CACHE[key]
+
+
+@contextmanager
+def dask_client(cfg: DaskConfig) -> Iterator[Client]:
+    """Connect to ``cfg.scheduler_address`` or start a LocalCluster for the run."""
+    if cfg.scheduler_address:
+        try:
+            client = Client(cfg.scheduler_address, timeout="20s")
+        except OSError as exc:
+            from pipeline.errors import InputError
+
+            msg = f"cannot reach Dask scheduler ({exc})"
+            raise InputError(cfg.scheduler_address, msg) from None
+        log.info("Dask scheduler %s, dashboard %s", cfg.scheduler_address, client.dashboard_link)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cluster = LocalCluster(
+        n_workers=cfg.workers,
+        threads_per_worker=cfg.threads_per_worker,
+        processes=cfg.processes,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster)
+    log.info("Dask LocalCluster: %d worker(s), dashboard %s", cfg.workers, client.dashboard_link)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def torch_threads_per_worker(cfg: DaskConfig) -> int:
+    """CPU threads each worker's torch may use without oversubscribing the machine."""
+    if cfg.scheduler_address:
+        return 0  # leave the remote worker's own setting alone
+    return max(1, (os.cpu_count() or 1) // max(1, cfg.workers * cfg.threads_per_worker))
+
+
+def map_unordered(
+    client: Client,
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    on_result: Callable[[Any], None] | None = None,
+    retries: int = 0,
+    **kwargs: Any,
+) -> list[Any]:
+    """Submit ``fn(item, **kwargs)`` per item; collect results as they complete."""
+    futures = [
+        client.submit(fn, item, pure=False, retries=retries, **kwargs) for item in items
+    ]
+    results = []
+    for fut in as_completed(futures):
+        res = fut.result()
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+    return results

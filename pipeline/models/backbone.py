@@ -1,0 +1,183 @@
+"""Frozen self-supervised ViT backbones from timm, and where their weights come from.
+
+Weights sources: ``hub`` (timm / Hugging Face cache), a local ``PATH`` (timm state dict as
+.safetensors/.pth, or an original DINO checkpoint with a ``teacher`` key), ``random``, or
+``auto`` (hub when reachable, else random with a loud warning). What was used is recorded as a
+provenance dict that travels into ``model.json`` and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+from pipeline.errors import InputError
+
+DEFAULT_BACKBONE = "vit_small_patch8_224.dino"
+_HUB_HOST = ("huggingface.co", 443)
+
+
+def tensor_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over sorted names and raw tensor bytes (stable identity of weights)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connection quickly."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(_HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _create(name: str, overrides: dict[str, Any], pretrained: bool) -> torch.nn.Module:
+    try:
+        model = timm.create_model(
+            name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **overrides
+        )
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise InputError(name, "unknown timm backbone name") from None
+        raise
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict without executing code: safetensors, or torch's weights-only loader.
+
+    Accepts timm state dicts and original DINO checkpoints (``teacher``/``student``/``model``
+    keys, ``module.``/``backbone.`` prefixes); the DINO projection head is dropped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "weights file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is bad input
+        raise InputError(p, f"not a readable weights file ({type(exc).__name__})") from None
+    for key in ("teacher", "student", "model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(p, "does not hold a state dict of tensors")
+    cleaned: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        if k.startswith("head."):
+            continue
+        cleaned[k] = v
+    return cleaned
+
+
+def build_backbone(
+    name: str = DEFAULT_BACKBONE,
+    weights: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Create a frozen timm ViT in eval mode and return it with its weights provenance."""
+    overrides = dict(overrides or {})
+    if weights == "auto":
+        if hub_reachable():
+            weights = "hub"
+        else:
+            warnings.warn(
+                f"WEIGHTS: the model hub is unreachable, so {name} gets RANDOM weights. "
+                "Features will be far worse than pretrained DINO; pass --weights PATH with a "
+                "local checkpoint for real results.",
+                stacklevel=2,
+            )
+            weights = "random"
+    if weights == "hub":
+        try:
+            model = _create(name, overrides, pretrained=True)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network/cache failures
+            raise InputError(
+                "--weights hub",
+                f"could not load pretrained {name} from the hub or its cache "
+                f"({type(exc).__name__}); use --weights PATH or --weights random",
+            ) from None
+        return model, {"source": "hub", "name": name, "sha256": tensor_hash(model.state_dict())}
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = _create(name, overrides, pretrained=False)
+        return model, {"source": "random", "seed": seed, "sha256": tensor_hash(model.state_dict())}
+    model = _create(name, overrides, pretrained=False)
+    state = read_weights_file(weights)
+    state = checkpoint_filter_fn(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        keys = list(missing)[:3] if missing else list(unexpected)[:3]
+        problem = f"{'missing' if missing else 'unexpected'} keys {keys}"
+        raise InputError(weights, f"weights do not fit backbone {name}: {problem}")
+    return model, {
+        "source": "file",
+        "path": str(Path(weights).resolve()),
+        "file_sha256": file_sha256(weights),
+        "sha256": tensor_hash(model.state_dict()),
+    }
+
+
+def patch_size(model: torch.nn.Module) -> int:
+    """The ViT's patch size (stride of its feature map)."""
+    ps = model.patch_embed.patch_size
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
+def patch_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Last-block features after the final norm, prefix tokens dropped: (N, C, H/p, W/p).
+
+    ``images`` are already normalised with the backbone's mean/std.
+    """
+    n, _, h, w = images.shape
+    p = patch_size(model)
+    tokens = model.forward_features(images)
+    tokens = tokens[:, model.num_prefix_tokens :]
+    return tokens.reshape(n, h // p, w // p, -1).permute(0, 3, 1, 2)
+
+
+def normalisation(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the backbone was trained with."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(
+        cfg.get("std", (0.229, 0.224, 0.225))
+    )

@@ -1,0 +1,85 @@
+"""feature-kmeans: cosine k-means on frozen DINO patch features (STEGO's DINO baseline)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.models import backbone as bb
+from pipeline.models.base import SegmentationModel
+
+
+class FeatureKMeans(SegmentationModel):
+    """softmax(alpha * cos(feature, centroid)), upsampled bilinearly from patches to pixels."""
+
+    method: ClassVar[str] = "feature-kmeans"
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        backbone_info: dict[str, Any],
+        centroids: torch.Tensor,
+        class_names: list[str],
+        colors: list[tuple[int, int, int]],
+        alpha: float = 2.0,
+        embed_backbone: bool = False,
+    ) -> None:
+        super().__init__(class_names, colors)
+        self.backbone = backbone.eval()
+        self.backbone_info = dict(backbone_info)
+        self.register_buffer("centroids", F.normalize(centroids.float(), dim=1))
+        self.alpha = float(alpha)
+        self.patch_size = bb.patch_size(backbone)
+        mean, std = bb.normalisation(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        # random weights cannot be recreated elsewhere, so they always travel with the model
+        source = self.backbone_info["weights"]["source"]
+        self.embed_backbone = embed_backbone or source == "random"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone patch features (N, C, H/p, W/p) for images in [0, 1]."""
+        x = (images.float() - self.mean) / self.std
+        return bb.patch_features(self.backbone, x)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities at pixel resolution."""
+        f = F.normalize(self.features(images), dim=1)
+        cos = torch.einsum("nchw,kc->nkhw", f, self.centroids.to(f.dtype))
+        cos = F.interpolate(cos, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.softmax(self.alpha * cos.float(), dim=1)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"centroids": self.centroids.detach().cpu().contiguous()}
+        if self.embed_backbone:
+            for k, v in self.backbone.state_dict().items():
+                tensors[f"backbone.{k}"] = v.detach().cpu().contiguous()
+        return tensors
+
+    def metadata(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "backbone_embedded": self.embed_backbone}
+
+    @classmethod
+    def from_saved(
+        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model_dir: str
+    ) -> FeatureKMeans:
+        info = meta["backbone"]
+        params = meta["params"]
+        prefix = "backbone."
+        if params.get("backbone_embedded"):
+            net, _ = bb.build_backbone(info["name"], "random", info.get("overrides"), seed=0)
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            net.load_state_dict(state, strict=True)
+        else:
+            source = info["weights"]["source"]
+            where = info["weights"].get("path") if source == "file" else "hub"
+            net, _ = bb.build_backbone(info["name"], where, info.get("overrides"))
+        if bb.tensor_hash(net.state_dict()) != info["weights"]["sha256"]:
+            from pipeline.errors import InputError
+
+            raise InputError(model_dir, "backbone weights differ from those the model was fit on")
+        return cls(net, info, tensors["centroids"], meta["class_names"],
+                   [tuple(c) for c in meta["colors"]], alpha=params["alpha"],
+                   embed_backbone=params.get("backbone_embedded", False))

@@ -1,0 +1,98 @@
+"""Model files: ``model.safetensors`` (tensors) + ``model.json`` (everything else). No pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import InputError
+from pipeline.models.base import SegmentationModel
+
+FORMAT_VERSION = 1
+
+
+def _registry() -> dict[str, type[SegmentationModel]]:
+    from pipeline.models.feature_kmeans import FeatureKMeans
+    from pipeline.models.pixel_kmeans import PixelKMeans
+
+    return {cls.method: cls for cls in (PixelKMeans, FeatureKMeans)}
+
+
+def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any]) -> Path:
+    """Write the model atomically (temp names, then rename); returns the directory."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "method": model.method,
+        "class_names": model.class_names,
+        "colors": [list(c) for c in model.colors],
+        "patch_size": model.patch_size,
+        "params": model.metadata(),
+        **extra,
+    }
+    if hasattr(model, "backbone_info"):
+        meta["backbone"] = model.backbone_info
+    tmp_t = model_dir / f".model.safetensors.tmp-{os.getpid()}"
+    tmp_j = model_dir / f".model.json.tmp-{os.getpid()}"
+    try:
+        save_file(model.state_tensors(), str(tmp_t))
+        tmp_j.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp_t, model_dir / "model.safetensors")
+        os.replace(tmp_j, model_dir / "model.json")
+    finally:
+        for t in (tmp_t, tmp_j):
+            t.unlink(missing_ok=True)
+    return model_dir
+
+
+def read_model_json(model_dir: Path) -> dict[str, Any]:
+    """The model's JSON metadata, checked."""
+    path = Path(model_dir) / "model.json"
+    if not Path(model_dir).is_dir():
+        raise InputError(model_dir, "model directory not found")
+    if not path.is_file():
+        raise InputError(path, "model.json missing (is this a model directory from `stego fit`?)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"corrupt model.json ({exc.msg})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(path, f"unsupported model format {meta.get('format_version')!r}")
+    if meta.get("method") not in _registry():
+        raise InputError(path, f"unknown method {meta.get('method')!r}")
+    return meta
+
+
+def model_hash(model_dir: Path) -> str:
+    """sha256 over model.json and model.safetensors: the model's identity for caches."""
+    h = hashlib.sha256()
+    for name in ("model.json", "model.safetensors"):
+        with open(Path(model_dir) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(model_dir: Path) -> SegmentationModel:
+    """Rebuild a model from its directory (safetensors + JSON only: nothing is unpickled)."""
+    meta = read_model_json(model_dir)
+    tpath = Path(model_dir) / "model.safetensors"
+    if not tpath.is_file():
+        raise InputError(tpath, "model.safetensors missing")
+    try:
+        tensors = load_file(str(tpath))
+    except (SafetensorError, OSError) as exc:
+        raise InputError(tpath, f"corrupt model weights ({exc})") from None
+    cls = _registry()[meta["method"]]
+    try:
+        model = cls.from_saved(meta, tensors, str(model_dir))
+    except KeyError as exc:
+        raise InputError(tpath, f"model file lacks {exc}") from None
+    return model.eval()

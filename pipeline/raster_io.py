@@ -1,0 +1,184 @@
+"""Opening, validating and reading input rasters window by window (GDAL via rasterio)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from pipeline.errors import InputError
+
+_SUPPORTED_KINDS = {"u", "i", "f"}
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the pipeline needs to know about an input raster (small and picklable)."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    bands: tuple[int, ...]
+    transform: tuple[float, float, float, float, float, float]
+    crs_wkt: str | None
+    nodata: float | None = None
+
+    @property
+    def affine(self) -> Affine:
+        """The geotransform as an Affine."""
+        return Affine(*self.transform)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Linear map of raw band values to [0, 1], computed once per scene."""
+
+    kind: str  # "uint8" or "percentile"
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    percentiles: tuple[float, float] | None = None
+    sample_shape: tuple[int, int] | None = field(default=None)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form for run.json."""
+        return {
+            "kind": self.kind,
+            "low": list(self.low),
+            "high": list(self.high),
+            "percentiles": list(self.percentiles) if self.percentiles else None,
+            "sample_shape": list(self.sample_shape) if self.sample_shape else None,
+        }
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
+def open_raster_info(path: str | os.PathLike, bands: list[int] | None = None) -> RasterInfo:
+    """Open ``path`` with GDAL and check it can feed a 3-channel model; one-line errors."""
+    p = os.fspath(path)
+    if not _is_remote(p):
+        if not os.path.exists(p):
+            raise InputError(p, "file not found")
+        if os.path.isdir(p) and not p.endswith((".zarr", ".gdb")):
+            raise InputError(p, "is a directory, not a raster file")
+        if os.path.isfile(p) and os.path.getsize(p) == 0:
+            raise InputError(p, "is an empty (0-byte) file")
+    try:
+        with rasterio.open(p) as ds:
+            width, height, count = ds.width, ds.height, ds.count
+            dtypes = set(ds.dtypes)
+            transform = tuple(ds.transform)[:6]
+            crs_wkt = ds.crs.to_wkt() if ds.crs else None
+            nodata = ds.nodata
+    except RasterioIOError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else "cannot be opened"
+        raise InputError(p, f"not a raster GDAL can read ({msg})") from None
+    if width == 0 or height == 0 or count == 0:
+        raise InputError(p, f"raster is empty ({width}x{height}, {count} bands)")
+    if bands is None:
+        if count < 3:
+            raise InputError(
+                p,
+                f"has {count} band(s) but the model needs 3; choose them with --bands "
+                f"(e.g. --bands {','.join(['1'] * 3)})",
+            )
+        chosen = (1, 2, 3)
+    else:
+        chosen = tuple(int(b) for b in bands)
+        if len(chosen) != 3:
+            raise InputError(p, f"--bands must name exactly 3 bands (got {len(chosen)})")
+        bad = [b for b in chosen if b < 1 or b > count]
+        if bad:
+            raise InputError(p, f"band {bad[0]} out of range (the raster has {count} band(s))")
+    for dt in dtypes:
+        if np.dtype(dt).kind not in _SUPPORTED_KINDS:
+            raise InputError(p, f"unsupported data type {dt} (use integer or float bands)")
+    dtype = str(np.result_type(*[np.dtype(d) for d in dtypes]))
+    return RasterInfo(
+        path=p,
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        bands=chosen,
+        transform=transform,  # type: ignore[arg-type]
+        crs_wkt=crs_wkt,
+        nodata=nodata,
+    )
+
+
+def _valid_from(ds: rasterio.io.DatasetReader, data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    valid = np.all(masks > 0, axis=0)
+    if data.dtype.kind == "f":
+        valid &= np.all(np.isfinite(data), axis=0)
+    return valid
+
+
+def compute_scaling(
+    info: RasterInfo, percentiles: tuple[float, float] = (2.0, 98.0), max_side: int = 1024
+) -> Scaling:
+    """uint8 is used as is; other types get per-band robust percentiles from a decimated read."""
+    if np.dtype(info.dtype) == np.uint8:
+        return Scaling("uint8", (0.0,) * 3, (255.0,) * 3)
+    factor = max(1, int(np.ceil(max(info.width, info.height) / max_side)))
+    shape = (max(1, info.height // factor), max(1, info.width // factor))
+    with rasterio.open(info.path) as ds:
+        data = ds.read(list(info.bands), out_shape=(3, *shape)).astype(np.float64)
+        masks = ds.read_masks(list(info.bands), out_shape=(3, *shape))
+        valid = _valid_from(ds, data, masks)
+    if not valid.any():
+        raise InputError(info.path, "every pixel is nodata; nothing to segment")
+    lows, highs = [], []
+    for band in data:
+        lo, hi = np.percentile(band[valid], percentiles)
+        if hi <= lo:
+            hi = lo + 1.0
+        lows.append(float(lo))
+        highs.append(float(hi))
+    return Scaling("percentile", tuple(lows), tuple(highs), tuple(percentiles), shape)
+
+
+def _pad_axis_mode(size: int) -> str:
+    return "reflect" if size > 1 else "edge"
+
+
+def read_window(
+    info: RasterInfo, scaling: Scaling, row_off: int, col_off: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window that may extend past the raster, reflect-padding outside it.
+
+    Returns ``(image, valid)``: image float32 (3, height, width) scaled to [0, 1] with invalid
+    pixels set to 0.5, and valid bool (height, width), False outside the raster and on nodata.
+    """
+    r0, c0 = max(row_off, 0), max(col_off, 0)
+    r1, c1 = min(row_off + height, info.height), min(col_off + width, info.width)
+    if r1 <= r0 or c1 <= c0:
+        raise ValueError("window does not intersect the raster")
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    try:
+        with rasterio.open(info.path) as ds:
+            raw = ds.read(list(info.bands), window=win)
+            masks = ds.read_masks(list(info.bands), window=win)
+            valid = _valid_from(ds, raw, masks)
+    except RasterioIOError as exc:
+        raise InputError(info.path, f"read failed ({str(exc).splitlines()[0]})") from None
+    low = np.asarray(scaling.low, dtype=np.float32)[:, None, None]
+    high = np.asarray(scaling.high, dtype=np.float32)[:, None, None]
+    img = (raw.astype(np.float32) - low) / (high - low)
+    np.clip(img, 0.0, 1.0, out=img)
+    img[:, ~valid] = 0.5
+    pads = ((r0 - row_off, row_off + height - r1), (c0 - col_off, col_off + width - c1))
+    if any(p for pair in pads for p in pair):
+        modes = (_pad_axis_mode(r1 - r0), _pad_axis_mode(c1 - c0))
+        img = np.pad(img, ((0, 0), pads[0], (0, 0)), mode=modes[0])
+        img = np.pad(img, ((0, 0), (0, 0), pads[1]), mode=modes[1])
+        valid = np.pad(valid, pads, mode="constant", constant_values=False)
+    return np.ascontiguousarray(img), valid

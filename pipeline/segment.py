@@ -1,0 +1,256 @@
+"""The stages of a segment run, as plain functions the Prefect flow composes.
+
+validate/plan -> infer blocks (Dask) -> finalize Zarr -> COG -> polygons -> run.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from affine import Affine
+
+from pipeline import __version__
+from pipeline.config import RunConfig
+from pipeline.errors import InputError
+from pipeline.inference import resolve_device, segment_block
+from pipeline.models.store import model_hash, read_model_json
+from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
+from pipeline.tiling import Block, TileGrid, compute_amplification, plan_blocks
+from pipeline.zarr_store import done_blocks, prepare_store, write_block
+
+OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
+                "manifest": "run.json"}
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs to segment and write one block (small, picklable)."""
+
+    info: RasterInfo
+    scaling: Scaling
+    grid: TileGrid
+    model_dir: str
+    model_hash: str
+    device: str
+    batch_size: int
+    store: str
+    confidence: bool
+    torch_threads: int
+
+
+@dataclass
+class SegmentPlan:
+    """A validated run: inputs, model identity, output paths and the block plan."""
+
+    input_path: str
+    model_dir: str
+    out_dir: str
+    config: RunConfig
+    info: RasterInfo
+    scaling: Scaling
+    model_meta: dict[str, Any]
+    model_hash: str
+    fingerprint: str
+    grid: TileGrid
+    blocks: list[Block]
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def output(self, kind: str) -> Path:
+        """Final path of an output (``cog``, ``zarr``, ``polygons``, ``manifest``)."""
+        return Path(self.out_dir) / OUTPUT_NAMES[kind]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model_meta["class_names"])
+
+    @property
+    def colors(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for c in self.model_meta["colors"]]
+
+
+def _input_identity(path: str) -> dict[str, Any]:
+    if os.path.exists(path):
+        st = os.stat(path)
+        return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": path}
+
+
+def _check_out_dir(out_dir: Path, input_path: str) -> None:
+    out = out_dir.resolve()
+    if os.path.exists(input_path) and Path(input_path).resolve() in (out, *out.parents):
+        raise InputError(out_dir, "output directory must not be the input file or inside it")
+    if os.path.exists(input_path) and out == Path(input_path).resolve().parent:
+        pass  # writing next to the input is fine; names differ from the input's
+    if out.exists() and not out.is_dir():
+        raise InputError(out_dir, "output path exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out_dir, f"cannot create output directory ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise InputError(out_dir, "output directory is not writable")
+    for name in OUTPUT_NAMES.values():
+        if os.path.exists(input_path) and (out / name).resolve() == Path(input_path).resolve():
+            raise InputError(input_path, f"input would be overwritten by output {name}")
+
+
+def plan_segment(
+    input_path: str, model_dir: str, out_dir: str, config: RunConfig
+) -> SegmentPlan:
+    """Validate inputs and model, compute scaling once, and plan blocks."""
+    t0 = time.perf_counter()
+    info = open_raster_info(input_path, config.input.bands)
+    notes = []
+    if info.crs_wkt is None:
+        msg = f"{input_path}: raster has no CRS; outputs will have none either"
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    meta = read_model_json(Path(model_dir))
+    mhash = model_hash(Path(model_dir))
+    tiling = config.tiling
+    patch = int(meta.get("patch_size", 1))
+    if tiling.tile_size % patch:
+        raise InputError("tiling.tile_size", f"{tiling.tile_size} is not a multiple of the "
+                         f"model's patch size {patch}")
+    _check_out_dir(Path(out_dir), input_path)
+    scaling = compute_scaling(info, config.input.percentiles)
+    grid = TileGrid(tiling.tile_size, tiling.overlap)
+    blocks = plan_blocks(info.height, info.width, tiling.block_size)
+    ident = {
+        "version": __version__,
+        "input": _input_identity(input_path),
+        "bands": info.bands,
+        "scaling": scaling.to_dict(),
+        "model": mhash,
+        "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
+        | {"confidence": config.output.confidence},
+    }
+    fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    plan = SegmentPlan(
+        input_path=input_path, model_dir=str(model_dir), out_dir=str(out_dir), config=config,
+        info=info, scaling=scaling, model_meta=meta, model_hash=mhash, fingerprint=fingerprint,
+        grid=grid, blocks=blocks, device=resolve_device(config.model.device), warnings=notes,
+    )
+    plan.timings["validate"] = time.perf_counter() - t0
+    return plan
+
+
+def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
+    """Worker task: segment one block from the file itself and write it to the store."""
+    import torch
+
+    from pipeline.executor import cached_model
+
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    model = cached_model(job.model_dir, job.model_hash, job.device)
+    out = segment_block(model, job.info, job.scaling, job.grid, block, job.batch_size,
+                        job.device)
+    write_block(Path(job.store), out, job.confidence)
+    return out.stats
+
+
+def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, list[Block]]:
+    """Create or reopen the partial store; return it and the blocks still to do."""
+    store, resumed = prepare_store(
+        plan.output("zarr"), height=plan.info.height, width=plan.info.width,
+        chunk=plan.config.tiling.chunk_size, block_size=plan.config.tiling.block_size,
+        transform=plan.info.affine, crs_wkt=plan.info.crs_wkt, class_names=plan.class_names,
+        colors=plan.colors, fingerprint=plan.fingerprint, fresh=fresh,
+    )
+    done = done_blocks(store) if resumed else set()
+    todo = [b for b in plan.blocks if (b.row, b.col) not in done]
+    return store, todo
+
+
+def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
+    """The per-block job description shipped to workers (no pixels, no model)."""
+    return BlockJob(
+        info=plan.info, scaling=plan.scaling, grid=plan.grid,
+        model_dir=str(Path(plan.model_dir).resolve()), model_hash=plan.model_hash,
+        device=plan.device, batch_size=plan.config.tiling.batch_size, store=str(store),
+        confidence=plan.config.output.confidence, torch_threads=torch_threads,
+    )
+
+
+def min_region_pixels(plan: SegmentPlan) -> int:
+    """Sieve threshold in pixels (from ``min_area_m2`` when set and the CRS is metric)."""
+    vec = plan.config.vectorize
+    if vec.min_area_m2 is None:
+        return vec.min_pixels
+    if plan.info.crs_wkt is None:
+        raise InputError("vectorize.min_area_m2", "raster has no CRS; use vectorize.min_pixels")
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(plan.info.crs_wkt)
+    t: Affine = plan.info.affine
+    if crs.is_geographic:
+        # metres per degree at the raster's centre latitude
+        lat = math.radians(t.f + t.e * plan.info.height / 2)
+        m_per_deg = 111_320.0
+        px_area = abs(t.a * m_per_deg * math.cos(lat) * t.e * m_per_deg)
+    else:
+        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        px_area = abs(t.a * t.e - t.b * t.d) * unit * unit
+    return max(0, math.ceil(vec.min_area_m2 / px_area))
+
+
+def summarize_blocks(plan: SegmentPlan, stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over the blocks computed in this run."""
+    k = len(plan.class_names)
+    counts = [0] * k
+    for s in stats:
+        counts = [a + b for a, b in zip(counts, s["class_counts"], strict=True)]
+    return {
+        "blocks_total": len(plan.blocks),
+        "blocks_computed": len(stats),
+        "blocks_resumed": len(plan.blocks) - len(stats),
+        "tiles": sum(s["tiles"] for s in stats),
+        "model_pixels": sum(s["model_pixels"] for s in stats),
+        "valid_pixels_computed": sum(s["valid_pixels"] for s in stats),
+        "class_pixels_computed": dict(zip(plan.class_names, counts, strict=True)),
+        "model_seconds": sum(s["model_seconds"] for s in stats),
+        "read_seconds": sum(s["read_seconds"] for s in stats),
+        "compute_amplification": compute_amplification(
+            plan.info.height, plan.info.width, plan.grid, plan.config.tiling.block_size
+        ),
+    }
+
+
+def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The run.json document."""
+    meta = plan.model_meta
+    return {
+        "status": status,
+        "pipeline_version": __version__,
+        "input": {
+            "path": plan.input_path, "width": plan.info.width, "height": plan.info.height,
+            "bands": list(plan.info.bands), "dtype": plan.info.dtype, "crs": plan.info.crs_wkt,
+            "transform": list(plan.info.transform),
+        },
+        "scaling": plan.scaling.to_dict(),
+        "model": {
+            "dir": str(Path(plan.model_dir).resolve()), "hash": plan.model_hash,
+            "method": meta["method"], "class_names": meta["class_names"],
+            "colors": meta["colors"], "backbone": meta.get("backbone"),
+            "weights": (meta.get("backbone") or {}).get("weights"),
+        },
+        "device": plan.device,
+        "config": plan.config.model_dump(mode="json"),
+        "fingerprint": plan.fingerprint,
+        "outputs": {k: str(plan.output(k)) for k in OUTPUT_NAMES},
+        "timings_s": plan.timings,
+        "warnings": plan.warnings,
+        "blocks": [asdict(b) for b in plan.blocks] if len(plan.blocks) <= 64 else len(plan.blocks),
+        **extra,
+    }
