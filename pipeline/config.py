@@ -38,11 +38,14 @@ class InputConfig(_Section):
 class TilingConfig(_Section):
     """Blocks (Dask tasks, aligned to output chunks) and model tiles inside them."""
 
-    tile_size: int = Field(default=448, description="model tile edge in pixels")
-    overlap: int = Field(default=48, description="pixels shared by neighbouring tiles (blended)")
-    block_size: int = Field(default=2048, description="block core edge; multiple of chunk_size")
+    tile_size: int = Field(default=544, description="model tile edge in pixels")
+    overlap: int = Field(default=32, description="pixels shared by neighbouring tiles (blended)")
+    block_size: int = Field(
+        default=4096,
+        description="block core edge; a multiple of chunk_size (and ideally of the tile stride)",
+    )
     chunk_size: int = Field(default=512, description="Zarr chunk and COG tile edge")
-    batch_size: int = Field(default=8, description="tiles per model call")
+    batch_size: int = Field(default=4, description="tiles per model call")
 
     @model_validator(mode="after")
     def _check(self) -> TilingConfig:

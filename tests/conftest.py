@@ -1,0 +1,96 @@
+"""Shared fixtures: small generated scenes, fitted tiny models, the Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from pipeline.config import RunConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when it is absent (users' clones)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect flows run against a temporary SQLite database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_scene(tmp_path_factory) -> tuple[Path, Path]:
+    """A 384 px generated aerial scene (image, labels) with a nodata collar."""
+    from pipeline.demo_scene import write_demo_scene
+
+    d = tmp_path_factory.mktemp("scene")
+    return write_demo_scene(d / "scene.tif", size=384, seed=1)
+
+
+@pytest.fixture(scope="session")
+def pixel_model(tmp_path_factory, demo_scene) -> Path:
+    """A pixel-kmeans model fitted on the demo scene (no Prefect)."""
+    from pipeline.fitting import fit_pixel_kmeans, sample_crops
+    from pipeline.models.store import save_model
+    from pipeline.raster_io import compute_scaling, open_raster_info
+
+    info = open_raster_info(demo_scene[0])
+    crops = sample_crops([(info, compute_scaling(info))], 16, 64, seed=0)
+    model, _ = fit_pixel_kmeans(crops, 4, 20_000, 20, seed=0)
+    return save_model(model, tmp_path_factory.mktemp("pixel_model"), {})
+
+
+@pytest.fixture(scope="session")
+def feature_model(tmp_path_factory, demo_scene) -> Path:
+    """A feature-kmeans model on a tiny random ViT-S/8-shaped backbone."""
+    from pipeline.fitting import fit_feature_kmeans, sample_crops
+    from pipeline.models.store import save_model
+    from pipeline.raster_io import compute_scaling, open_raster_info
+
+    info = open_raster_info(demo_scene[0])
+    crops = sample_crops([(info, compute_scaling(info))], 8, 64, seed=0)
+    model, _ = fit_feature_kmeans(crops, 4, "vit_small_patch8_224.dino", "random", TINY_VIT,
+                                  iterations=10, seed=0)
+    return save_model(model, tmp_path_factory.mktemp("feature_model"), {})
+
+
+def small_config(**tiling) -> RunConfig:
+    """Small tiles and blocks so that a few hundred pixels make many blocks and tiles."""
+    t = {"tile_size": 64, "overlap": 16, "block_size": 96, "chunk_size": 32, "batch_size": 3}
+    t.update(tiling)
+    return RunConfig.model_validate({"tiling": t, "dask": {"processes": False}})
+
+
+def write_raster(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633",
+                 transform: Affine | None = None, mask: np.ndarray | None = None,
+                 nodata: float | None = None, **extra) -> Path:
+    """Write (bands, h, w) data as a GeoTIFF, optionally with an internal mask."""
+    bands, h, w = data.shape
+    transform = transform or Affine(0.5, 0, 500000, 0, -0.5, 5800000)
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": bands,
+               "dtype": data.dtype.name, "transform": transform, "nodata": nodata, **extra}
+    if crs:
+        profile["crs"] = crs
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(mask.astype(np.uint8) * 255)
+    return path
+
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

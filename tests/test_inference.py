@@ -1,0 +1,87 @@
+"""Seamless block inference: a raster cut into many blocks segments as if it were one block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.inference import NODATA, segment_block
+from pipeline.models.store import load_model
+from pipeline.raster_io import compute_scaling, open_raster_info
+from pipeline.tiling import Block, TileGrid, plan_blocks
+from tests.conftest import write_raster
+
+
+def _segment(model, info, grid, block_size, batch_size=3):
+    scaling = compute_scaling(info)
+    labels = np.full((info.height, info.width), 7, dtype=np.uint8)
+    conf = np.zeros_like(labels)
+    for blk in plan_blocks(info.height, info.width, block_size):
+        out = segment_block(model, info, scaling, grid, blk, batch_size)
+        sl = (slice(blk.row_off, blk.row_off + blk.height),
+              slice(blk.col_off, blk.col_off + blk.width))
+        labels[sl], conf[sl] = out.labels, out.confidence
+    return labels, conf
+
+
+@pytest.mark.parametrize("model_fixture", ["pixel_model", "feature_model"])
+def test_block_seams_leave_no_trace(request, demo_scene, model_fixture):
+    model = load_model(request.getfixturevalue(model_fixture))
+    info = open_raster_info(demo_scene[0])
+    grid = TileGrid(64, 16)
+    one, conf_one = _segment(model, info, grid, 512)
+    many, conf_many = _segment(model, info, grid, 48)  # 48 = multiple of stride: 8x8 blocks
+    odd, _ = _segment(model, info, grid, 80)  # not aligned with the tile grid
+    assert len(plan_blocks(info.height, info.width, 48)) == 64
+    np.testing.assert_array_equal(many, one)
+    np.testing.assert_array_equal(odd, one)
+    assert np.abs(conf_many.astype(int) - conf_one).max() <= 1
+
+
+def test_every_valid_pixel_is_labelled_and_nodata_is_255(demo_scene, pixel_model):
+    import rasterio
+
+    model = load_model(pixel_model)
+    info = open_raster_info(demo_scene[0])
+    labels, conf = _segment(model, info, TileGrid(64, 16), 96)
+    with rasterio.open(demo_scene[0]) as ds:
+        valid = ds.read_masks(1) > 0
+    assert (~valid).sum() > 0
+    assert (labels[~valid] == NODATA).all()
+    assert (labels[valid] < model.n_classes).all()
+    assert (conf[valid] > 0).all() and (conf[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 70), (33, 17), (130, 97)])
+def test_rasters_smaller_than_a_tile_or_of_odd_size_work(tmp_path, pixel_model, shape):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, size=(3, *shape), dtype=np.uint8)
+    info = open_raster_info(write_raster(tmp_path / "s.tif", data))
+    model = load_model(pixel_model)
+    labels, _ = _segment(model, info, TileGrid(64, 16), 48)
+    assert labels.shape == shape
+    assert (labels < model.n_classes).all()
+
+
+def test_pixel_model_matches_direct_nearest_centroid(tmp_path, pixel_model):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 255, size=(3, 40, 50), dtype=np.uint8)
+    info = open_raster_info(write_raster(tmp_path / "s.tif", data))
+    model = load_model(pixel_model)
+    labels, _ = _segment(model, info, TileGrid(32, 8), 64)
+    px = data.reshape(3, -1).T / 255.0
+    c = model.centroids.numpy()
+    expected = ((px[:, None] - c[None]) ** 2).sum(-1).argmin(1).reshape(40, 50)
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_fully_nodata_tiles_are_not_sent_to_the_model(tmp_path, pixel_model):
+    data = np.full((3, 64, 256), 100, dtype=np.uint8)
+    mask = np.zeros((64, 256), dtype=bool)
+    mask[:, :40] = True
+    info = open_raster_info(write_raster(tmp_path / "m.tif", data, mask=mask))
+    blk = Block(0, 0, 0, 0, 0, 64, 256)
+    out = segment_block(load_model(pixel_model), info, compute_scaling(info), TileGrid(64, 16),
+                        blk, 4)
+    assert out.stats["tiles"] < 10  # 10 tiles cover the block, most of them only nodata
+    assert (out.labels[:, 40:] == NODATA).all() and (out.labels[:, :40] != NODATA).all()

@@ -1,0 +1,59 @@
+"""Window planning: blocks, the global tile grid and blend weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.tiling import (
+    TileGrid,
+    blend_weights_1d,
+    compute_amplification,
+    plan_blocks,
+    tiles_for_block,
+)
+
+
+@pytest.mark.parametrize("h,w,b", [(1, 1, 4), (100, 37, 32), (512, 512, 512), (513, 1030, 256)])
+def test_blocks_cover_the_raster_exactly_once(h, w, b):
+    cover = np.zeros((h, w), dtype=int)
+    for blk in plan_blocks(h, w, b):
+        assert 0 < blk.height <= b and 0 < blk.width <= b
+        cover[blk.row_off : blk.row_off + blk.height, blk.col_off : blk.col_off + blk.width] += 1
+    assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("tile,overlap", [(64, 16), (32, 0), (544, 32), (48, 24)])
+@pytest.mark.parametrize("start,stop", [(0, 1), (0, 300), (37, 38), (96, 192), (250, 700)])
+def test_span_lists_exactly_the_tiles_that_touch_a_range(tile, overlap, start, stop):
+    grid = TileGrid(tile, overlap)
+    k0, k1 = grid.span(start, stop)
+    brute = [k for k in range(-5, 200)
+             if grid.tile_origin(k) < stop and grid.tile_origin(k) + tile > start]
+    assert list(range(k0, k1)) == brute
+
+
+def test_the_tile_grid_does_not_depend_on_the_block_size():
+    grid = TileGrid(64, 16)
+    origins = set()
+    for b in (32, 96, 400):
+        for blk in plan_blocks(400, 400, b):
+            rows, cols = tiles_for_block(grid, blk)
+            origins |= set(rows) | set(cols)
+    assert all((o - grid.origin) % grid.stride == 0 for o in origins)
+
+
+def test_blend_weights_never_vanish_and_neighbouring_ramps_sum_to_one():
+    tile, overlap = 64, 16
+    w = blend_weights_1d(tile, overlap)
+    assert w.min() > 0 and w.max() == 1
+    # tile k's falling ramp and tile k+1's rising ramp cover the same pixels
+    np.testing.assert_allclose(w[tile - overlap :] + w[:overlap], 1.0, atol=1e-12)
+
+
+def test_aligned_blocks_keep_compute_amplification_low():
+    grid = TileGrid(544, 32)  # stride 512
+    aligned = compute_amplification(20000, 20000, grid, 4096)  # seams on tile centres
+    in_overlap = compute_amplification(20000, 20000, grid, 4352)  # seams where tiles overlap
+    assert aligned < in_overlap
+    assert aligned < 1.45
