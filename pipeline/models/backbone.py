@@ -143,8 +143,12 @@ def build_backbone(
         return model, {"source": "random", "seed": seed, "sha256": tensor_hash(model.state_dict())}
     model = _create(name, overrides, pretrained=False)
     state = read_weights_file(weights)
-    state = checkpoint_filter_fn(state, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = checkpoint_filter_fn(state, model)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc) else type(exc).__name__
+        raise InputError(weights, f"weights do not fit backbone {name}: {first}") from None
     if missing or unexpected:
         keys = list(missing)[:3] if missing else list(unexpected)[:3]
         problem = f"{'missing' if missing else 'unexpected'} keys {keys}"

@@ -1,0 +1,124 @@
+"""Reading input rasters: validation, band selection, scaling, nodata, padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.raster_io import compute_scaling, open_raster_info, read_window
+from tests.conftest import write_raster
+
+
+def _rgb(h=32, w=40, seed=0, dtype=np.uint8, high=255):
+    return np.random.default_rng(seed).integers(1, high, size=(3, h, w)).astype(dtype)
+
+
+def test_uint8_is_used_as_is(tmp_path):
+    data = _rgb()
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data))
+    scaling = compute_scaling(info)
+    img, valid = read_window(info, scaling, 0, 0, 32, 40)
+    assert scaling.kind == "uint8"
+    np.testing.assert_allclose(img, data / 255.0, atol=1e-6)
+    assert valid.all()
+
+
+def test_uint16_is_scaled_by_robust_percentiles_once_per_scene(tmp_path):
+    data = _rgb(64, 64, dtype=np.uint16, high=4000)
+    data[0, 0, 0] = 65000  # an outlier must not stretch the range
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data))
+    scaling = compute_scaling(info, (2, 98))
+    assert scaling.kind == "percentile"
+    assert scaling.high[0] < 5000
+    np.testing.assert_allclose(scaling.low[1], np.percentile(data[1], 2), rtol=0.02)
+    img, _ = read_window(info, scaling, 0, 0, 64, 64)
+    assert img.min() >= 0 and img.max() <= 1 and img[0, 0, 0] == 1.0
+
+
+def test_nodata_comes_from_the_files_mask(tmp_path):
+    mask = np.ones((32, 40), dtype=bool)
+    mask[:5] = False
+    info = open_raster_info(write_raster(tmp_path / "a.tif", _rgb(), mask=mask))
+    _, valid = read_window(info, compute_scaling(info), 0, 0, 32, 40)
+    np.testing.assert_array_equal(valid, mask)
+
+
+def test_nodata_value_is_honoured_too(tmp_path):
+    data = _rgb()
+    data[:, :3, :] = 0
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data, nodata=0))
+    _, valid = read_window(info, compute_scaling(info), 0, 0, 32, 40)
+    assert not valid[:3].any() and valid[3:].all()
+
+
+def test_nan_and_inf_in_float_input_are_nodata(tmp_path):
+    data = _rgb(dtype=np.float32)
+    data[0, 1, 1] = np.nan
+    data[2, 2, 2] = np.inf
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data))
+    img, valid = read_window(info, compute_scaling(info), 0, 0, 32, 40)
+    assert not valid[1, 1] and not valid[2, 2] and valid.sum() == 32 * 40 - 2
+    assert np.isfinite(img).all()
+
+
+def test_windows_past_the_edge_are_reflect_padded_and_invalid(tmp_path):
+    data = _rgb(8, 8)
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data))
+    img, valid = read_window(info, compute_scaling(info), -3, -2, 14, 12)
+    assert img.shape == (3, 14, 12)
+    assert valid[3:11, 2:10].all() and valid.sum() == 64
+    expected = np.pad(data / 255.0, ((0, 0), (3, 3), (2, 2)), mode="reflect")
+    np.testing.assert_allclose(img, expected, atol=1e-6)
+
+
+def test_band_selection_picks_and_repeats_bands(tmp_path):
+    data = np.stack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 40)])
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data), bands=[4, 1, 1])
+    img, _ = read_window(info, compute_scaling(info), 0, 0, 8, 8)
+    np.testing.assert_allclose(img[:, 0, 0], np.array([40, 10, 10]) / 255.0, atol=1e-6)
+
+
+def test_default_bands_are_the_first_three(tmp_path):
+    data = np.stack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 40)])
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data))
+    assert info.bands == (1, 2, 3)
+
+
+def _error(fn) -> str:
+    with pytest.raises(InputError) as exc:
+        fn()
+    return str(exc.value)
+
+
+def test_bad_inputs_get_one_line_errors_naming_the_file(tmp_path):
+    single = write_raster(tmp_path / "pan.tif", _rgb()[:1])
+    text = tmp_path / "notes.tif"
+    text.write_text("hello")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    cplx = write_raster(tmp_path / "c.tif", _rgb().astype(np.complex64))
+    cases = {
+        "file not found": lambda: open_raster_info(tmp_path / "missing.tif"),
+        "is a directory": lambda: open_raster_info(tmp_path),
+        "not a raster": lambda: open_raster_info(text),
+        "empty (0-byte)": lambda: open_raster_info(empty),
+        "has 1 band(s)": lambda: open_raster_info(single),
+        "out of range": lambda: open_raster_info(single, bands=[1, 2, 1]),
+        "exactly 3 bands": lambda: open_raster_info(single, bands=[1]),
+        "unsupported data type complex64": lambda: open_raster_info(cplx),
+    }
+    for expected, fn in cases.items():
+        message = _error(fn)
+        assert expected in message and "\n" not in message
+
+
+def test_an_all_nodata_raster_is_refused_clearly(tmp_path):
+    data = _rgb(dtype=np.uint16)
+    path = write_raster(tmp_path / "a.tif", data, mask=np.zeros((32, 40), bool))
+    assert "every pixel is nodata" in _error(lambda: compute_scaling(open_raster_info(path)))
+
+
+def test_a_raster_without_crs_opens(tmp_path):
+    info = open_raster_info(write_raster(tmp_path / "a.tif", _rgb(), crs=None))
+    assert info.crs_wkt is None
