@@ -130,7 +130,13 @@ def _config(args: argparse.Namespace) -> Any:
 def cmd_fit(args: argparse.Namespace) -> int:
     from flows.fit_flow import fit_flow
 
+    from pipeline.raster_io import open_raster_info
+
     cfg = _config(args)
+    if not 2 <= args.clusters <= 254:
+        raise InputError("--clusters", "must be between 2 and 254")
+    for path in args.inputs:  # fail fast, before any flow starts
+        open_raster_info(path, cfg.input.bands)
     result = fit_flow(
         [str(p) for p in args.inputs], str(args.out), method=args.method,
         clusters=args.clusters, weights=str(args.weights), backbone=args.backbone,
@@ -144,7 +150,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from flows.segment_flow import segment
 
+    from pipeline.segment import check_segment_inputs
+
     cfg = _config(args)
+    check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
     doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
                   progress=not args.quiet)
     _print_outputs(doc)
@@ -197,6 +206,11 @@ COMMANDS = {"fit": cmd_fit, "segment": cmd_segment, "demo-scene": cmd_demo_scene
             "demo": cmd_demo}
 
 
+def _prefect_defaults() -> None:
+    # no telemetry from offline machines; the embedded server unless PREFECT_API_URL is set
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _quiet_logging() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -208,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
+        _prefect_defaults()
         if getattr(args, "quiet", False):
             _quiet_logging()
             warnings.simplefilter("ignore")

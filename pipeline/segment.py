@@ -104,25 +104,34 @@ def _check_out_dir(out_dir: Path, input_path: str) -> None:
             raise InputError(input_path, f"input would be overwritten by output {name}")
 
 
+def check_segment_inputs(
+    input_path: str, model_dir: str, out_dir: str, config: RunConfig
+) -> tuple[RasterInfo, dict[str, Any]]:
+    """Cheap checks of input, model and output directory; one-line InputError on problems."""
+    info = open_raster_info(input_path, config.input.bands)
+    meta = read_model_json(Path(model_dir))
+    patch = int(meta.get("patch_size", 1))
+    tile = config.tiling.tile_size
+    if tile % patch:
+        raise InputError("tiling.tile_size", f"{tile} is not a multiple of the model's patch "
+                         f"size {patch}")
+    _check_out_dir(Path(out_dir), input_path)
+    return info, meta
+
+
 def plan_segment(
     input_path: str, model_dir: str, out_dir: str, config: RunConfig
 ) -> SegmentPlan:
     """Validate inputs and model, compute scaling once, and plan blocks."""
     t0 = time.perf_counter()
-    info = open_raster_info(input_path, config.input.bands)
+    info, meta = check_segment_inputs(input_path, model_dir, out_dir, config)
     notes = []
     if info.crs_wkt is None:
         msg = f"{input_path}: raster has no CRS; outputs will have none either"
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
-    meta = read_model_json(Path(model_dir))
     mhash = model_hash(Path(model_dir))
     tiling = config.tiling
-    patch = int(meta.get("patch_size", 1))
-    if tiling.tile_size % patch:
-        raise InputError("tiling.tile_size", f"{tiling.tile_size} is not a multiple of the "
-                         f"model's patch size {patch}")
-    _check_out_dir(Path(out_dir), input_path)
     scaling = compute_scaling(info, config.input.percentiles)
     grid = TileGrid(tiling.tile_size, tiling.overlap)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)

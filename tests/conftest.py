@@ -94,3 +94,4 @@ def write_raster(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633"
 
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

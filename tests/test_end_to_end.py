@@ -1,0 +1,161 @@
+"""The command line as a user runs it: fit, segment, outputs, resume and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from rasterio.features import rasterize
+
+from flows.cli import main
+from pipeline.zarr_store import open_labels
+
+SMALL = """
+tiling: {tile_size: 64, overlap: 16, block_size: 96, chunk_size: 32, batch_size: 4}
+dask: {workers: 1, processes: false}
+vectorize: {min_pixels: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def small_yaml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(prefect_harness, demo_scene, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("m") / "model"
+    code = main(["fit", str(demo_scene[0]), "--method", "pixel-kmeans", "--clusters", "4",
+                 "--out", str(out), "--set", "fit.crops=8", "--set", "fit.crop_size=64", "-q"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def segmented(fitted, demo_scene, small_yaml, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seg") / "out"
+    code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out", str(out),
+                 "--config", str(small_yaml), "-q"])
+    assert code == 0
+    return out
+
+
+def test_segment_writes_the_four_outputs(segmented):
+    assert sorted(p.name for p in segmented.iterdir()) == [
+        "labels.tif", "labels.zarr", "polygons.gpkg", "run.json"]
+
+
+def test_cog_and_zarr_hold_identical_georeferenced_labels(segmented, demo_scene):
+    with rasterio.open(segmented / "labels.tif") as cog, rasterio.open(demo_scene[0]) as src:
+        labels = cog.read(1)
+        assert cog.crs == src.crs and cog.transform == src.transform
+        valid = src.read_masks(1) > 0
+    np.testing.assert_array_equal(open_labels(segmented / "labels.zarr")[:], labels)
+    assert (labels[~valid] == 255).all() and (labels[valid] < 4).all()
+
+
+def test_polygons_rasterize_back_to_the_labels(segmented):
+    with rasterio.open(segmented / "labels.tif") as cog:
+        labels, transform, crs = cog.read(1), cog.transform, cog.crs
+    info = pyogrio.read_info(segmented / "polygons.gpkg")
+    assert info["crs"].endswith("25833")
+    assert {"class_id", "class_name", "area_m2"} <= set(info["fields"])
+    meta, _, geoms, fields = pyogrio.raw.read(segmented / "polygons.gpkg")
+    names = list(meta["fields"])
+    class_id = fields[names.index("class_id")]
+    import shapely
+
+    shapes = zip(shapely.from_wkb(geoms), class_id, strict=True)
+    back = rasterize(shapes, out_shape=labels.shape, transform=transform, fill=255,
+                     dtype="uint8")
+    np.testing.assert_array_equal(back, labels)
+    area = fields[names.index("area_m2")]
+    assert area.sum() == pytest.approx((labels != 255).sum() * 0.05 * 0.05)
+
+
+def test_run_json_records_inputs_model_weights_counts_and_timings(segmented, fitted):
+    doc = json.loads((segmented / "run.json").read_text())
+    assert doc["status"] == "complete"
+    assert doc["model"]["method"] == "pixel-kmeans"
+    assert doc["scaling"]["kind"] == "uint8"
+    assert doc["counts"]["blocks_total"] == 16 and doc["counts"]["blocks_computed"] == 16
+    assert set(doc["timings_s"]) >= {"validate", "infer", "cog", "vectorize", "total"}
+    assert doc["input"]["bands"] == [1, 2, 3]
+
+
+def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_scene,
+                                                        small_yaml, tmp_path):
+    import shutil
+
+    before = (segmented / "labels.tif").read_bytes()
+    # pretend the run was killed after some blocks: an unfinished store is left behind
+    from pipeline.zarr_store import partial_path
+
+    partial = partial_path(segmented / "labels.zarr")
+    shutil.copytree(segmented / "labels.zarr", partial)
+    import zarr
+
+    done = zarr.open_array(str(partial), path="block_done", mode="r+")
+    done[2:, :] = 0
+    code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
+                 str(segmented), "--config", str(small_yaml), "-q"])
+    assert code == 0
+    doc = json.loads((segmented / "run.json").read_text())
+    assert doc["counts"]["blocks_computed"] == 8 and doc["counts"]["blocks_resumed"] == 8
+    assert (segmented / "labels.tif").read_bytes() == before
+
+
+def test_feature_kmeans_fits_and_segments_from_the_cli(prefect_harness, demo_scene, small_yaml,
+                                                       tmp_path):
+    model = tmp_path / "fm"
+    code = main(["fit", str(demo_scene[0]), "--method", "feature-kmeans", "--clusters", "3",
+                 "--weights", "random", "--backbone-arg", "depth=2", "--backbone-arg",
+                 "embed_dim=64", "--backbone-arg", "num_heads=2", "--out", str(model),
+                 "--set", "fit.crops=4", "--set", "fit.crop_size=64", "-q"])
+    assert code == 0
+    code = main(["segment", str(demo_scene[0]), "--model", str(model), "--out",
+                 str(tmp_path / "o"), "--config", str(small_yaml), "-q"])
+    assert code == 0
+    doc = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert doc["model"]["weights"]["source"] == "random"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, pixel_model):
+    res = _cli("segment", str(tmp_path / "missing.tif"), "--model", str(pixel_model), "--out",
+               str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {tmp_path / 'missing.tif'}: file not found"
+    assert not (tmp_path / "o").exists()
+
+
+def test_usage_errors_are_one_line_with_exit_code_2():
+    res = _cli("segment", "x.tif")
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: stego segment:")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["fit", "X", "--out", "m", "--clusters", "1"], "--clusters: must be between 2 and 254"),
+    (["segment", "X", "--model", "nomodel", "--out", "o"], "model directory not found"),
+    (["segment", "X", "--model", "M", "--out", "o", "--set", "tiling.nope=1"], "tiling.nope"),
+])
+def test_in_process_errors_return_2(prefect_harness, demo_scene, pixel_model, tmp_path, capsys,
+                                    argv, expected):
+    argv = [str(demo_scene[0]) if a == "X" else str(pixel_model) if a == "M" else
+            str(tmp_path / a) if a in ("m", "o", "nomodel") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
