@@ -42,7 +42,8 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        msg = f"expected comma-separated integers, got '{text}'"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -129,7 +130,6 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from flows.fit_flow import fit_flow
-
     from pipeline.raster_io import open_raster_info
 
     cfg = _config(args)
@@ -149,7 +149,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from flows.segment_flow import segment
-
     from pipeline.segment import check_segment_inputs
 
     cfg = _config(args)
