@@ -152,7 +152,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pipeline.segment import check_segment_inputs
 
     cfg = _config(args)
-    check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
+    info, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
+    if info.crs_wkt is None:
+        print(f"warning: {args.input}: raster has no CRS; outputs will have none either",
+              file=sys.stderr)
     doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
                   progress=not args.quiet)
     _print_outputs(doc)

@@ -72,7 +72,7 @@ def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
     out = write_cog(
         open_labels(plan.output("zarr")), plan.output("cog"), transform=plan.info.affine,
         crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
-        tile=plan.config.tiling.chunk_size, compress=plan.config.output.compress,
+        tile=max(128, plan.config.tiling.chunk_size), compress=plan.config.output.compress,
         resampling=plan.config.output.overview_resampling,
     )
     return {"path": str(out), "seconds": time.perf_counter() - t0}
