@@ -89,6 +89,7 @@ class DaskConfig(_Section):
     scheduler_address: str | None = Field(
         default=None, description="connect to an existing Dask scheduler instead"
     )
+    connect_timeout: float = Field(default=20.0, description="seconds to reach the scheduler")
 
 
 class FitConfig(_Section):

@@ -34,7 +34,7 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
     """Connect to ``cfg.scheduler_address`` or start a LocalCluster for the run."""
     if cfg.scheduler_address:
         try:
-            client = Client(cfg.scheduler_address, timeout="20s")
+            client = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s")
         except OSError as exc:
             from pipeline.errors import InputError
 

@@ -122,3 +122,25 @@ def test_an_all_nodata_raster_is_refused_clearly(tmp_path):
 def test_a_raster_without_crs_opens(tmp_path):
     info = open_raster_info(write_raster(tmp_path / "a.tif", _rgb(), crs=None))
     assert info.crs_wkt is None
+
+
+def test_vrt_and_vsi_paths_are_read_like_files(tmp_path):
+    import zipfile
+
+    data = _rgb(16, 24)
+    tif = write_raster(tmp_path / "a.tif", data)
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">a.tif</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    vrt = tmp_path / "a.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="24" rasterYSize="16">{bands}</VRTDataset>')
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.write(tif, "inner/a.tif")
+    for path in (str(vrt), f"/vsizip/{tmp_path / 'a.zip'}/inner/a.tif"):
+        info = open_raster_info(path)
+        img, valid = read_window(info, compute_scaling(info), 0, 0, 16, 24)
+        np.testing.assert_allclose(img, data / 255.0, atol=1e-6)
+        assert valid.all()

@@ -1,0 +1,82 @@
+"""Execution on Dask: worker processes, an existing scheduler, models loaded once per worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from dask.distributed import LocalCluster
+
+from flows.segment_flow import segment
+from pipeline.executor import cached_model
+from pipeline.models.store import model_hash
+from tests.conftest import small_config
+
+
+def _labels(out):
+    with rasterio.open(out / "labels.tif") as ds:
+        return ds.read(1)
+
+
+@pytest.fixture(scope="module")
+def reference(prefect_harness, demo_scene, pixel_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "o"
+    segment(demo_scene[0], pixel_model, out, small_config(), progress=False)
+    return _labels(out)
+
+
+def test_two_worker_processes_give_the_same_labels(reference, demo_scene, pixel_model,
+                                                   tmp_path):
+    cfg = small_config()
+    cfg.dask.workers = 2
+    cfg.dask.processes = True
+    doc = segment(demo_scene[0], pixel_model, tmp_path / "o", cfg, progress=False)
+    np.testing.assert_array_equal(_labels(tmp_path / "o"), reference)
+    assert doc["config"]["dask"]["workers"] == 2
+
+
+def test_an_existing_scheduler_can_be_used(reference, demo_scene, pixel_model, tmp_path):
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class CountFinished(SchedulerPlugin):
+        finished = 0
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "memory":
+                CountFinished.finished += 1
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        cluster.scheduler.add_plugin(CountFinished())
+        cfg = small_config()
+        cfg.dask.scheduler_address = cluster.scheduler_address
+        segment(demo_scene[0], pixel_model, tmp_path / "o", cfg, progress=False)
+    assert CountFinished.finished == 16  # every block ran on this cluster
+    np.testing.assert_array_equal(_labels(tmp_path / "o"), reference)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(prefect_harness, demo_scene, pixel_model,
+                                                   tmp_path):
+    from pipeline.errors import InputError
+
+    cfg = small_config()
+    cfg.dask.scheduler_address = "tcp://127.0.0.1:9"
+    cfg.dask.connect_timeout = 1
+    with pytest.raises(InputError, match="cannot reach Dask scheduler"):
+        segment(demo_scene[0], pixel_model, tmp_path / "o", cfg, progress=False)
+
+
+def test_models_are_loaded_once_per_worker(pixel_model):
+    h = model_hash(pixel_model)
+    first = cached_model(str(pixel_model), h, "cpu")
+    assert cached_model(str(pixel_model), h, "cpu") is first
+
+
+def test_blocks_read_pixels_from_the_file_not_from_the_scheduler(demo_scene, pixel_model):
+    import pickle
+
+    from pipeline.segment import block_job, plan_segment
+
+    plan = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", small_config())
+    job = block_job(plan, "/tmp/store", 1)
+    # what is shipped per task: a block description and a job of paths and numbers, no arrays
+    assert len(pickle.dumps((plan.blocks[0], job))) < 4000
