@@ -26,6 +26,9 @@ EXAMPLES = {
     "demo-scene": """examples:
   stego demo-scene demo/scene.tif            # also writes demo/scene_labels.tif
   stego demo-scene small.tif --size 512 --seed 3""",
+    "import-checkpoint": """examples:
+  stego import-checkpoint potsdam_test.ckpt --out models/potsdam --input-scale 0.5 --crf
+  (the file is read with a restricted unpickler: only tensors and plain containers)""",
     "demo": """examples:
   stego demo demo/     # scene -> fit -> segment, prints where the outputs are""",
 }
@@ -77,11 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = add("fit", "Fit an unsupervised segmentation model on one or more rasters.")
     fit.add_argument("inputs", nargs="+", help="rasters GDAL can open")
-    fit.add_argument("--method", default="pixel-kmeans",
-                     choices=["pixel-kmeans", "feature-kmeans"])
+    fit.add_argument("--method", default="stego",
+                     choices=["stego", "pixel-kmeans", "feature-kmeans"],
+                     help="stego (default), or a baseline: pixel-kmeans, feature-kmeans")
     fit.add_argument("--clusters", type=int, default=5, help="number of classes (default 5)")
     fit.add_argument("--weights", default="auto",
-                     help="backbone weights: auto, hub, random or a local file (feature-kmeans)")
+                     help="backbone weights: auto, hub, random or a local file (stego, "
+                     "feature-kmeans)")
     fit.add_argument("--backbone", default="vit_small_patch8_224.dino", help="timm model name")
     fit.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
                      help="timm create_model override, e.g. depth=2 (tests, experiments)")
@@ -103,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("out", type=Path, help="image path; labels go to <stem>_labels.tif")
     scene.add_argument("--size", type=int, default=2560, help="pixels per side (default 2560)")
     scene.add_argument("--seed", type=int, default=0)
+
+    imp = add("import-checkpoint", "Convert an official STEGO checkpoint into a model directory.")
+    imp.add_argument("checkpoint", type=Path, help="STEGO Lightning .ckpt")
+    imp.add_argument("--out", required=True, type=Path, help="model directory to write")
+    imp.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
+                     help="timm create_model override for non-standard backbone sizes")
+    imp.add_argument("--input-scale", type=float, default=1.0,
+                     help="resample input before the backbone (0.5: 5 cm imagery at 10 cm)")
+    imp.add_argument("--crf", action="store_true", help="dense CRF on each tile at inference")
+    imp.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
     demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
     demo.add_argument("out", type=Path, help="demo directory")
@@ -204,8 +219,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from pipeline.models.stego import stego_model_from_import
+    from pipeline.models.store import save_model
+    from pipeline.stego.checkpoint import import_stego_checkpoint
+
+    imported = import_stego_checkpoint(args.checkpoint)
+    model = stego_model_from_import(imported, str(args.checkpoint), dict(args.backbone_arg),
+                                    input_scale=args.input_scale, crf=args.crf)
+    save_model(model, args.out, {"imported_from": {
+        "path": str(args.checkpoint.resolve()), "hyperparameters": imported.hyperparameters}})
+    print(f"model {args.out}: {imported.backbone_name}, dim {imported.dim}, "
+          f"{imported.n_clusters} clusters")
+    return 0
+
+
 COMMANDS = {"fit": cmd_fit, "segment": cmd_segment, "demo-scene": cmd_demo_scene,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint}
 
 
 def _prefect_defaults() -> None:

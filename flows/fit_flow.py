@@ -10,12 +10,19 @@ from prefect import flow, get_run_logger, task
 
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
-from pipeline.fitting import Crop, fit_feature_kmeans, fit_pixel_kmeans, sample_crops
+from pipeline.fitting import (
+    fit_feature_kmeans,
+    fit_pixel_kmeans,
+    fit_stego,
+    sample_crops,
+)
 from pipeline.inference import resolve_device
+from pipeline.manifest import write_json_atomic
 from pipeline.models import METHODS
 from pipeline.models.backbone import DEFAULT_BACKBONE
 from pipeline.models.store import save_model
 from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
+from pipeline.stego.train import plot_losses
 
 
 @task(name="open-inputs")
@@ -29,17 +36,30 @@ def open_inputs(inputs: list[str], cfg: RunConfig) -> list[tuple[RasterInfo, Sca
 
 
 @task(name="sample-crops")
-def sample(rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig, size: int) -> list[Crop]:
+def sample(rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig, size: int) -> list:
     """Seeded crops across all inputs, mostly-nodata crops skipped."""
     f = cfg.fit
     return sample_crops(rasters, f.crops, size, f.seed, f.max_nodata_fraction)
+
+
+@task(name="train-stego")
+def train_stego_model(rasters: list[tuple[RasterInfo, Scaling]], clusters: int, backbone: str,
+                      weights: str, overrides: dict[str, Any] | None, embed: bool,
+                      cfg: RunConfig, out_dir: str) -> tuple[Any, dict[str, Any]]:
+    """Cache backbone features of the crops, find kNN pairs, train head and cluster probe."""
+    logger = get_run_logger()
+    cache = Path(cfg.fit.cache_dir) if cfg.fit.cache_dir else Path(out_dir) / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return fit_stego(rasters, clusters, backbone, weights, overrides, cfg.fit, cfg.stego, cache,
+                     device=resolve_device(cfg.model.device), embed_backbone=embed,
+                     log=logger.info)
 
 
 @flow(name="fit")
 def fit_flow(
     inputs: list[str],
     out_dir: str,
-    method: str = "pixel-kmeans",
+    method: str = "stego",
     clusters: int = 5,
     weights: str = "auto",
     backbone: str = DEFAULT_BACKBONE,
@@ -57,28 +77,41 @@ def fit_flow(
         raise InputError("--clusters", "must be between 2 and 254")
     t0 = time.perf_counter()
     rasters = open_inputs(inputs, cfg)
-    crop_size = cfg.fit.crop_size
-    crops = sample(rasters, cfg, crop_size)
-    logger.info("sampled %d crops of %d px from %d raster(s)", len(crops), crop_size, len(inputs))
-    t_sample = time.perf_counter() - t0
-    if method == "pixel-kmeans":
-        model, stats = fit_pixel_kmeans(crops, clusters, cfg.fit.sample_pixels,
-                                        cfg.fit.iterations, cfg.fit.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    if method == "stego":
+        model, stats = train_stego_model(rasters, clusters, backbone, weights,
+                                         backbone_overrides, embed_weights, cfg, out_dir)
+        history = stats.pop("history")
+        files["loss_curve"] = str(plot_losses(history, out / "loss.png"))
+        files["training_log"] = str(write_json_atomic(out / "training.json",
+                                                      {"history": history, **stats}))
     else:
-        model, stats = fit_feature_kmeans(
-            crops, clusters, backbone, weights, backbone_overrides, cfg.fit.iterations,
-            cfg.fit.seed, device=resolve_device(cfg.model.device), embed_backbone=embed_weights,
-        )
+        crops = sample(rasters, cfg, cfg.fit.crop_size)
+        logger.info("sampled %d crops from %d raster(s)", len(crops), len(inputs))
+        if method == "pixel-kmeans":
+            model, stats = fit_pixel_kmeans(crops, clusters, cfg.fit.sample_pixels,
+                                            cfg.fit.iterations, cfg.fit.seed)
+        else:
+            model, stats = fit_feature_kmeans(
+                crops, clusters, backbone, weights, backbone_overrides, cfg.fit.iterations,
+                cfg.fit.seed, device=resolve_device(cfg.model.device),
+                embed_backbone=embed_weights,
+            )
+        stats["crops_used"] = len(crops)
     extra = {
         "fit": {
             "inputs": [str(Path(p).resolve()) if Path(p).exists() else p for p in inputs],
             "bands": list(rasters[0][0].bands),
-            "crops": len(crops), "crop_size": crop_size, "seed": cfg.fit.seed,
-            "config": cfg.fit.model_dump(mode="json"), **stats,
-            "seconds": {"sample": t_sample, "total": time.perf_counter() - t0},
+            "config": cfg.fit.model_dump(mode="json"),
+            "stego": cfg.stego.model_dump(mode="json") if method == "stego" else None,
+            "seconds": time.perf_counter() - t0,
+            **stats,
         }
     }
-    path = save_model(model, Path(out_dir), extra)
+    path = save_model(model, out, extra)
     logger.info("model written to %s", path)
-    return {"model_dir": str(path), "method": method, "clusters": clusters,
-            "weights": (getattr(model, "backbone_info", {}) or {}).get("weights"), **stats}
+    return {"model_dir": str(path), "method": method, "clusters": model.n_classes,
+            "weights": (getattr(model, "backbone_info", {}) or {}).get("weights"),
+            **files, **stats}

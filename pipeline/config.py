@@ -101,6 +101,46 @@ class FitConfig(_Section):
     crop_size: int = Field(default=224, description="crop edge in pixels (multiple of patch)")
     iterations: int = Field(default=50, description="k-means iterations")
     max_nodata_fraction: float = Field(default=0.5, description="skip crops with more nodata")
+    cache_dir: str | None = Field(
+        default=None, description="STEGO feature cache; default MODEL_DIR/.cache"
+    )
+
+
+class StegoConfig(_Section):
+    """STEGO head training (defaults: the official Potsdam configuration)."""
+
+    dim: int = Field(default=70, description="code dimension of the segmentation head")
+    steps: int = 5000
+    batch_size: int = 16
+    lr_head: float = 5e-4
+    lr_probe: float = 5e-3
+    neighbors: int = Field(default=7, description="kNN positives drawn from the top-k")
+    feature_samples: int = Field(default=11, description="S x S sampled points per image")
+    neg_samples: int = 5
+    knn_weight: float = 0.25
+    self_weight: float = 0.67
+    rand_weight: float = 0.63
+    knn_shift: float = 0.02
+    self_shift: float = 0.08
+    rand_shift: float = 0.46
+    pointwise: bool = True
+    zero_clamp: bool = True
+    stabilize: bool = False
+    feature_dropout: bool = Field(
+        default=True, description="Dropout2d on the features used in the loss (official)"
+    )
+    extra_clusters: int = 0
+    probe_refine_iterations: int = Field(
+        default=20,
+        description="after training, Lloyd iterations of cosine k-means on the codes starting "
+        "from the probe (re-seeds dead clusters; 0 = the official probe as trained)",
+    )
+    alpha: float = Field(default=2.0, description="softmax(alpha * cos) class scores")
+    input_scale: float = Field(
+        default=1.0, description="resample input before the backbone (0.5: 5 cm -> 10 cm)"
+    )
+    crf: bool = Field(default=False, description="dense CRF on each tile at inference")
+    log_every: int = 50
 
 
 class ModelRuntimeConfig(_Section):
@@ -118,6 +158,7 @@ class RunConfig(_Section):
     output: OutputConfig = OutputConfig()
     dask: DaskConfig = DaskConfig()
     fit: FitConfig = FitConfig()
+    stego: StegoConfig = StegoConfig()
     model: ModelRuntimeConfig = ModelRuntimeConfig()
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +14,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import InputError
 from pipeline.models.backbone import build_backbone
+from pipeline.models.backbone import normalisation as normalisation_of
+from pipeline.models.backbone import patch_size as patch_size_of
 from pipeline.models.base import SegmentationModel, default_class_names, default_colors
 from pipeline.models.feature_kmeans import FeatureKMeans
 from pipeline.models.kmeans import euclidean_kmeans, spherical_kmeans
@@ -29,6 +34,64 @@ class Crop:
     valid: np.ndarray  # bool (s, s)
 
 
+@dataclass(frozen=True)
+class CropWindow:
+    """Where a training crop comes from (raster index and native-resolution window)."""
+
+    raster: int
+    row_off: int
+    col_off: int
+    size: int
+
+
+def sample_crop_windows(
+    rasters: list[tuple[RasterInfo, Scaling]],
+    n: int,
+    size: int,
+    seed: int,
+    max_nodata_fraction: float = 0.5,
+) -> list[CropWindow]:
+    """Draw ``n`` crop windows across all rasters (by area), skipping mostly-nodata ones.
+
+    Only masks are read here, so this stays cheap for many crops; seeded.
+    """
+    rng = np.random.default_rng(seed)
+    areas = np.array([info.width * info.height for info, _ in rasters], dtype=np.float64)
+    weights = areas / areas.sum()
+    out: list[CropWindow] = []
+    attempts = 0
+    while len(out) < n and attempts < 20 * n + 20:
+        attempts += 1
+        i = int(rng.choice(len(rasters), p=weights))
+        info, _ = rasters[i]
+        r = int(rng.integers(0, max(1, info.height - size + 1)))
+        c = int(rng.integers(0, max(1, info.width - size + 1)))
+        if 1.0 - _valid_fraction(info, r, c, size) > max_nodata_fraction:
+            continue
+        out.append(CropWindow(i, r, c, size))
+    if not out:
+        paths = ", ".join(info.path for info, _ in rasters)
+        raise InputError(paths, "no crop with enough valid pixels to fit on (all nodata?)")
+    return out
+
+
+def _valid_fraction(info: RasterInfo, r: int, c: int, size: int) -> float:
+    import rasterio
+    from rasterio.windows import Window
+
+    h, w = min(size, info.height - r), min(size, info.width - c)
+    with rasterio.open(info.path) as ds:
+        masks = ds.read_masks(list(info.bands), window=Window(c, r, w, h))
+    return float(np.all(masks > 0, axis=0).mean())
+
+
+def read_crop(rasters: list[tuple[RasterInfo, Scaling]], win: CropWindow) -> Crop:
+    """Read one crop window (reflect-padded where it passes the raster edge)."""
+    info, scaling = rasters[win.raster]
+    img, valid = read_window(info, scaling, win.row_off, win.col_off, win.size, win.size)
+    return Crop(info.path, win.row_off, win.col_off, img, valid)
+
+
 def sample_crops(
     rasters: list[tuple[RasterInfo, Scaling]],
     n: int,
@@ -36,28 +99,9 @@ def sample_crops(
     seed: int,
     max_nodata_fraction: float = 0.5,
 ) -> list[Crop]:
-    """Draw ``n`` crops across all rasters (by area), skipping mostly-nodata ones; seeded."""
-    rng = np.random.default_rng(seed)
-    areas = np.array([info.width * info.height for info, _ in rasters], dtype=np.float64)
-    weights = areas / areas.sum()
-    crops: list[Crop] = []
-    attempts = 0
-    while len(crops) < n and attempts < 20 * n + 20:
-        attempts += 1
-        i = int(rng.choice(len(rasters), p=weights))
-        info, scaling = rasters[i]
-        r = int(rng.integers(0, max(1, info.height - size + 1)))
-        c = int(rng.integers(0, max(1, info.width - size + 1)))
-        img, valid = read_window(info, scaling, r, c, size, size)
-        inside = np.zeros_like(valid)
-        inside[: min(size, info.height - r), : min(size, info.width - c)] = True
-        if 1.0 - valid[inside].mean() > max_nodata_fraction:
-            continue
-        crops.append(Crop(info.path, r, c, img, valid))
-    if not crops:
-        paths = ", ".join(info.path for info, _ in rasters)
-        raise InputError(paths, "no crop with enough valid pixels to fit on (all nodata?)")
-    return crops
+    """Draw and read ``n`` crops across all rasters, skipping mostly-nodata ones; seeded."""
+    windows = sample_crop_windows(rasters, n, size, seed, max_nodata_fraction)
+    return [read_crop(rasters, w) for w in windows]
 
 
 def fit_pixel_kmeans(
@@ -120,3 +164,90 @@ def fit_feature_kmeans(
     centroids = spherical_kmeans(feats, k, iterations, seed)
     model.centroids.copy_(centroids.to(model.centroids.device))
     return model.cpu(), {"patches_used": int(feats.shape[0]), "feature_dim": int(dim)}
+
+
+def fit_stego(
+    rasters: list[tuple[RasterInfo, Scaling]],
+    k: int,
+    backbone_name: str,
+    weights: str,
+    overrides: dict[str, Any] | None,
+    fit_cfg: Any,
+    stego_cfg: Any,
+    cache_dir: Path,
+    device: str = "cpu",
+    embed_backbone: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """STEGO: crops -> cached backbone features -> kNN pairs -> head + cluster probe."""
+    from pipeline.models.backbone import patch_features, tensor_hash
+    from pipeline.models.stego import StegoModel
+    from pipeline.stego.feature_cache import build_feature_cache, cache_key, load_cache
+    from pipeline.stego.head import ClusterProbe
+    from pipeline.stego.knn import knn_indices
+    from pipeline.stego.train import train_stego
+
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    net, provenance = build_backbone(backbone_name, weights, overrides, seed=fit_cfg.seed)
+    net = net.to(device)
+    info = {"name": backbone_name, "overrides": dict(overrides or {}), "weights": provenance}
+    size = fit_cfg.crop_size
+    p = patch_size_of(net)
+    if size % p:
+        raise InputError("fit.crop_size", f"{size} is not a multiple of patch {p}")
+    native = max(1, round(size / stego_cfg.input_scale))
+    windows = sample_crop_windows(rasters, fit_cfg.crops, native, fit_cfg.seed,
+                                  fit_cfg.max_nodata_fraction)
+    times["sample"] = time.perf_counter() - t0
+    mean, std = normalisation_of(net)
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1).to(device)
+    std_t = torch.tensor(std).view(1, 3, 1, 1).to(device)
+
+    @torch.no_grad()
+    def compute(i0: int, i1: int) -> torch.Tensor:
+        imgs = torch.from_numpy(np.stack([read_crop(rasters, w).image for w in windows[i0:i1]]))
+        imgs = imgs.to(device)
+        if native != size:
+            imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=True)
+        return patch_features(net, (imgs - mean_t) / std_t)
+
+    t1 = time.perf_counter()
+    ids = [(rasters[w.raster][0].path, w.row_off, w.col_off) for w in windows]
+    key = cache_key(ids, size, stego_cfg.input_scale, tensor_hash(net.state_dict()))
+    shape = (net.num_features, size // p, size // p)
+
+    def report(done: int, total: int) -> None:
+        log(f"features {done}/{total} crops")
+
+    group = build_feature_cache(cache_dir / "features.zarr", key, len(windows), shape, compute,
+                                batch_size=16, progress=report)
+    cache = load_cache(group)
+    times["features"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    knn = knn_indices(cache["pooled"], stego_cfg.neighbors)
+    times["knn"] = time.perf_counter() - t2
+
+    def on_step(step: int, row: dict[str, float]) -> None:
+        rate = step / max(row["seconds"], 1e-9)
+        eta = (stego_cfg.steps - step) / max(rate, 1e-9)
+        log(f"step {step}/{stego_cfg.steps} loss {row['total']:.4f} (self {row['self']:.4f} "
+            f"knn {row['knn']:.4f} rand {row['rand']:.4f}) probe {row['probe']:.4f} "
+            f"{rate:.1f} steps/s ETA {eta:.0f}s")
+
+    result = train_stego(cache["features"], knn, k, stego_cfg, seed=fit_cfg.seed, device=device,
+                         progress=on_step)
+    times["train"] = result.seconds
+    n_out = k + stego_cfg.extra_clusters
+    probe: ClusterProbe = result.probe
+    model = StegoModel(net.cpu(), info, result.head, probe, default_class_names(n_out),
+                       default_colors(n_out), alpha=stego_cfg.alpha,
+                       input_scale=stego_cfg.input_scale, crf=stego_cfg.crf,
+                       embed_backbone=embed_backbone)
+    stats = {
+        "crops_used": len(windows), "knn_neighbors": int(knn.shape[1]),
+        "steps": stego_cfg.steps, "steps_per_second": result.steps_per_second,
+        "stage_seconds": times, "history": result.history,
+    }
+    return model, stats

@@ -128,6 +128,28 @@ def test_feature_kmeans_fits_and_segments_from_the_cli(prefect_harness, demo_sce
     assert doc["model"]["weights"]["source"] == "random"
 
 
+def test_stego_is_the_default_method_and_trains_from_the_cli(prefect_harness, demo_scene,
+                                                             small_yaml, tmp_path, capsys):
+    model = tmp_path / "sm"
+    code = main(["fit", str(demo_scene[0]), "--clusters", "3", "--weights", "random",
+                 "--backbone-arg", "depth=2", "--backbone-arg", "embed_dim=64",
+                 "--backbone-arg", "num_heads=2", "--out", str(model),
+                 "--set", "fit.crops=8", "--set", "fit.crop_size=64", "--set", "stego.steps=6",
+                 "--set", "stego.batch_size=4", "--set", "stego.log_every=3", "-q"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "stego" and result["steps_per_second"] > 0
+    assert set(result["stage_seconds"]) == {"sample", "features", "knn", "train"}
+    assert (model / "loss.png").stat().st_size > 0 and (model / ".cache" / "features.zarr").exists()
+    history = json.loads((model / "training.json").read_text())["history"]
+    assert [h["step"] for h in history] == [3, 6]
+    code = main(["segment", str(demo_scene[0]), "--model", str(model), "--out",
+                 str(tmp_path / "o"), "--config", str(small_yaml), "-q"])
+    assert code == 0
+    doc = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert doc["model"]["method"] == "stego" and doc["status"] == "complete"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])

@@ -185,3 +185,23 @@ def normalisation(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[floa
     return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(
         cfg.get("std", (0.229, 0.224, 0.225))
     )
+
+
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_backbone(info: dict[str, Any], tensors: dict[str, torch.Tensor], embedded: bool,
+                  model_dir: str) -> torch.nn.Module:
+    """Rebuild a model's backbone from embedded tensors, its weights file or the hub; verify."""
+    if embedded:
+        net, _ = build_backbone(info["name"], "random", info.get("overrides"), seed=0)
+        net.load_state_dict(prefixed(tensors, "backbone."), strict=True)
+    else:
+        source = info["weights"]["source"]
+        where = info["weights"].get("path") if source == "file" else "hub"
+        net, _ = build_backbone(info["name"], where, info.get("overrides"))
+    if tensor_hash(net.state_dict()) != info["weights"]["sha256"]:
+        raise InputError(model_dir, "backbone weights differ from those the model was fit on")
+    return net

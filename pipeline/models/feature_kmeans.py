@@ -67,19 +67,8 @@ class FeatureKMeans(SegmentationModel):
     ) -> FeatureKMeans:
         info = meta["backbone"]
         params = meta["params"]
-        prefix = "backbone."
-        if params.get("backbone_embedded"):
-            net, _ = bb.build_backbone(info["name"], "random", info.get("overrides"), seed=0)
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            net.load_state_dict(state, strict=True)
-        else:
-            source = info["weights"]["source"]
-            where = info["weights"].get("path") if source == "file" else "hub"
-            net, _ = bb.build_backbone(info["name"], where, info.get("overrides"))
-        if bb.tensor_hash(net.state_dict()) != info["weights"]["sha256"]:
-            from pipeline.errors import InputError
-
-            raise InputError(model_dir, "backbone weights differ from those the model was fit on")
+        embedded = params.get("backbone_embedded", False)
+        net = bb.load_backbone(info, tensors, embedded, model_dir)
         return cls(net, info, tensors["centroids"], meta["class_names"],
                    [tuple(c) for c in meta["colors"]], alpha=params["alpha"],
                    embed_backbone=params.get("backbone_embedded", False))

@@ -17,13 +17,40 @@ def euclidean_kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.nd
     return centroids[order]
 
 
-def spherical_kmeans(x: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
-    """Cosine k-means: unit centroids maximising the mean cosine of hard assignments."""
+def spherical_kmeans(
+    x: torch.Tensor, k: int, iterations: int, seed: int, init: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cosine k-means: unit centroids maximising the mean cosine of hard assignments.
+
+    Seeds with k-means++ on cosine distance unless ``init`` is given; an empty cluster is
+    re-seeded with the point its neighbours fit worst, so no centroid stays dead.
+    """
     if x.shape[0] < k:
         raise ValueError(f"need at least {k} samples to fit {k} clusters, got {x.shape[0]}")
     x = torch.nn.functional.normalize(x.float(), dim=1)
     gen = torch.Generator().manual_seed(seed)
-    # k-means++ style seeding on cosine distance
+    if init is not None:
+        c = torch.nn.functional.normalize(init.float(), dim=1).clone()
+    else:
+        c = _plus_plus(x, k, gen)
+    for _ in range(iterations):
+        sim = x @ c.T
+        assign = sim.argmax(1)
+        new = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        worst = sim.max(1).values.argsort()
+        for j, i in zip(torch.nonzero(counts == 0).flatten().tolist(), worst.tolist(),
+                        strict=False):
+            new[j] = x[i]
+        new = torch.nn.functional.normalize(new, dim=1)
+        if torch.allclose(new, c):
+            return new
+        c = new
+    return c
+
+
+def _plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on cosine distance."""
     first = int(torch.randint(x.shape[0], (1,), generator=gen))
     centroids = [x[first]]
     dist = 1 - x @ centroids[0]
@@ -34,15 +61,4 @@ def spherical_kmeans(x: torch.Tensor, k: int, iterations: int, seed: int) -> tor
         idx = int(torch.multinomial(probs, 1, generator=gen))
         centroids.append(x[idx])
         dist = torch.minimum(dist, 1 - x @ x[idx])
-    c = torch.stack(centroids)
-    for _ in range(iterations):
-        assign = (x @ c.T).argmax(1)
-        new = torch.zeros_like(c).index_add_(0, assign, x)
-        empty = new.norm(dim=1) == 0
-        new[empty] = c[empty]
-        new = torch.nn.functional.normalize(new, dim=1)
-        if torch.allclose(new, c):
-            c = new
-            break
-        c = new
-    return c
+    return torch.stack(centroids)

@@ -20,8 +20,9 @@ FORMAT_VERSION = 1
 def _registry() -> dict[str, type[SegmentationModel]]:
     from pipeline.models.feature_kmeans import FeatureKMeans
     from pipeline.models.pixel_kmeans import PixelKMeans
+    from pipeline.models.stego import StegoModel
 
-    return {cls.method: cls for cls in (PixelKMeans, FeatureKMeans)}
+    return {cls.method: cls for cls in (PixelKMeans, FeatureKMeans, StegoModel)}
 
 
 def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any]) -> Path:
@@ -43,7 +44,7 @@ def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any])
     tmp_j = model_dir / f".model.json.tmp-{os.getpid()}"
     try:
         save_file(model.state_tensors(), str(tmp_t))
-        tmp_j.write_text(json.dumps(meta, indent=2))
+        tmp_j.write_text(json.dumps(meta, indent=2, default=str))
         os.replace(tmp_t, model_dir / "model.safetensors")
         os.replace(tmp_j, model_dir / "model.json")
     finally:
