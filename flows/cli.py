@@ -80,14 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = add("fit", "Fit an unsupervised segmentation model on one or more rasters.")
     fit.add_argument("inputs", nargs="+", help="rasters GDAL can open")
-    fit.add_argument("--method", default="stego",
-                     choices=["stego", "pixel-kmeans", "feature-kmeans"],
+    fit.add_argument("--method", choices=["stego", "pixel-kmeans", "feature-kmeans"],
                      help="stego (default), or a baseline: pixel-kmeans, feature-kmeans")
-    fit.add_argument("--clusters", type=int, default=5, help="number of classes (default 5)")
-    fit.add_argument("--weights", default="auto",
-                     help="backbone weights: auto, hub, random or a local file (stego, "
-                     "feature-kmeans)")
-    fit.add_argument("--backbone", default="vit_small_patch8_224.dino", help="timm model name")
+    fit.add_argument("--clusters", type=int, help="number of classes (default 5)")
+    fit.add_argument("--weights", help="backbone weights: auto (default), hub, random or a "
+                     "local file (stego, feature-kmeans)")
+    fit.add_argument("--backbone", help="timm model name (default vit_small_patch8_224.dino)")
     fit.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
                      help="timm create_model override, e.g. depth=2 (tests, experiments)")
     fit.add_argument("--embed-weights", action="store_true",
@@ -102,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--workers", type=int, help="Dask LocalCluster workers")
     seg.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
     seg.add_argument("--fresh", action="store_true", help="ignore blocks done by an earlier run")
+    seg.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                     help="dense CRF post-processing (STEGO models; default: the model's)")
     _add_config_args(seg)
 
     scene = add("demo-scene", "Write a synthetic aerial GeoTIFF and its true labels.")
@@ -122,25 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
     demo.add_argument("out", type=Path, help="demo directory")
     demo.add_argument("--size", type=int, default=2560)
-    demo.add_argument("--method", default="pixel-kmeans",
-                      choices=["pixel-kmeans", "feature-kmeans"])
+    demo.add_argument("--method", default="stego",
+                      choices=["stego", "pixel-kmeans", "feature-kmeans"])
     demo.add_argument("--clusters", type=int, default=5)
+    demo.add_argument("--steps", type=int, default=400, help="STEGO training steps")
     return parser
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pipeline.config import load_config
+    """The config file (or defaults), then --set overrides, then the dedicated flags."""
+    from pipeline.config import build_config, load_config
 
-    overrides = list(args.overrides)
-    if args.bands:
-        overrides.append(f"input.bands=[{','.join(map(str, args.bands))}]")
-    if getattr(args, "device", None):
-        overrides.append(f"model.device={args.device}")
-    if getattr(args, "workers", None):
-        overrides.append(f"dask.workers={args.workers}")
-    if getattr(args, "scheduler_address", None):
-        overrides.append(f"dask.scheduler_address={args.scheduler_address}")
-    return load_config(args.config, overrides)
+    data = load_config(args.config, list(args.overrides)).model_dump(mode="json")
+    flags = {
+        ("input", "bands"): getattr(args, "bands", None),
+        ("model", "device"): getattr(args, "device", None),
+        ("model", "crf"): getattr(args, "crf", None),
+        ("dask", "workers"): getattr(args, "workers", None),
+        ("dask", "scheduler_address"): getattr(args, "scheduler_address", None),
+        **{("fit", k): getattr(args, k, None)
+           for k in ("method", "clusters", "backbone", "weights")},
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            data[section][key] = value
+    return build_config(data, "command line")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -148,13 +154,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pipeline.raster_io import open_raster_info
 
     cfg = _config(args)
-    if not 2 <= args.clusters <= 254:
+    if not 2 <= cfg.fit.clusters <= 254:
         raise InputError("--clusters", "must be between 2 and 254")
     for path in args.inputs:  # fail fast, before any flow starts
         open_raster_info(path, cfg.input.bands)
     result = fit_flow(
-        [str(p) for p in args.inputs], str(args.out), method=args.method,
-        clusters=args.clusters, weights=str(args.weights), backbone=args.backbone,
+        [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
+        clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,
         backbone_overrides=dict(args.backbone_arg), embed_weights=args.embed_weights,
         config=cfg.model_dump(mode="json"),
     )
@@ -197,6 +203,9 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_BACKBONE = "vit_small_patch16_224.dino"  # patch 16 keeps the CPU demo to minutes
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.fit_flow import fit_flow
     from flows.segment_flow import segment
@@ -207,13 +216,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     image, labels = write_demo_scene(out / "scene.tif", size=args.size)
     print(f"demo scene: {image} (true labels: {labels})", flush=True)
-    cfg = RunConfig()
-    if args.method == "feature-kmeans":
-        # small patch-16 ViT keeps the CPU demo to minutes; weights: hub if reachable, else random
-        cfg = RunConfig.model_validate({"tiling": {"tile_size": 448, "overlap": 32}})
+    cfg = RunConfig.model_validate({
+        "fit": {"method": args.method, "clusters": args.clusters, "backbone": DEMO_BACKBONE,
+                "crops": 64, "crop_size": 224},
+        "stego": {"steps": args.steps, "log_every": 50},
+    })
     fit_flow([str(image)], str(out / "model"), method=args.method, clusters=args.clusters,
-             weights="auto", backbone="vit_small_patch16_224.dino",
-             config=cfg.model_dump(mode="json"))
+             weights="auto", backbone=DEMO_BACKBONE, config=cfg.model_dump(mode="json"))
+    print(f"model: {out / 'model'}", flush=True)
     doc = segment(image, out / "model", out / "output", cfg)
     _print_outputs(doc)
     return 0

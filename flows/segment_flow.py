@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from pipeline.cog import write_cog
 from pipeline.config import RunConfig, build_config
 from pipeline.executor import dask_client, map_unordered, torch_threads_per_worker
+from pipeline.lock import output_lock
 from pipeline.manifest import write_json_atomic
 from pipeline.segment import (
     SegmentPlan,
@@ -109,6 +110,12 @@ def segment_flow(
     cfg = build_config(config or {})
     t0 = time.perf_counter()
     plan = validate(input_path, model_dir, out_dir, cfg)
+    with output_lock(Path(out_dir)):
+        return _run_stages(plan, cfg, fresh, progress, t0)
+
+
+def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: bool,
+                t0: float) -> dict[str, Any]:
     run_json = plan.output("manifest")
     write_json_atomic(run_json, manifest(plan, "running", {}))
     try:

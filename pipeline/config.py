@@ -93,8 +93,12 @@ class DaskConfig(_Section):
 
 
 class FitConfig(_Section):
-    """Sampling and clustering for `stego fit`."""
+    """Sampling and clustering for `stego fit` (CLI flags override these)."""
 
+    method: Literal["stego", "pixel-kmeans", "feature-kmeans"] = "stego"
+    clusters: int = Field(default=5, description="classes (clusters) to discover")
+    backbone: str = Field(default="vit_small_patch8_224.dino", description="timm model name")
+    weights: str = Field(default="auto", description="auto, hub, random or a local file")
     seed: int = 0
     sample_pixels: int = Field(default=200_000, description="pixels sampled for pixel-kmeans")
     crops: int = Field(default=64, description="crops sampled for feature-kmeans")
@@ -147,6 +151,7 @@ class ModelRuntimeConfig(_Section):
     """Where and how the model runs."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
 
 
 class RunConfig(_Section):
