@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--embed-weights", action="store_true",
                      help="store backbone weights inside the model directory")
     fit.add_argument("--out", required=True, type=Path, help="model directory to write")
+    fit.add_argument("--labels", nargs="+", metavar="LABELS.tif",
+                     help="STEGO only, for evaluation: label rasters (one per input, class "
+                     "indices) to train a linear probe on the codes; the head never sees them")
+    fit.add_argument("--label-ignore", type=_int_list, default=[],
+                     help="label values to ignore, e.g. 0")
     _add_config_args(fit)
 
     seg = add("segment", "Segment a raster into labels.tif, labels.zarr and polygons.gpkg.")
@@ -158,11 +163,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise InputError("--clusters", "must be between 2 and 254")
     for path in args.inputs:  # fail fast, before any flow starts
         open_raster_info(path, cfg.input.bands)
+    if args.labels and cfg.fit.method != "stego":
+        raise InputError("--labels", "a linear probe is trained only with --method stego")
     result = fit_flow(
         [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
         clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,
         backbone_overrides=dict(args.backbone_arg), embed_weights=args.embed_weights,
         config=cfg.model_dump(mode="json"),
+        labels=[str(p) for p in args.labels] if args.labels else None,
+        label_ignore=list(args.label_ignore),
     )
     print(json.dumps(result, indent=2))
     return 0

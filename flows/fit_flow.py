@@ -45,14 +45,15 @@ def sample(rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig, size: int)
 @task(name="train-stego")
 def train_stego_model(rasters: list[tuple[RasterInfo, Scaling]], clusters: int, backbone: str,
                       weights: str, overrides: dict[str, Any] | None, embed: bool,
-                      cfg: RunConfig, out_dir: str) -> tuple[Any, dict[str, Any]]:
+                      cfg: RunConfig, out_dir: str, labels: list[str] | None = None,
+                      label_ignore: list[int] | None = None) -> tuple[Any, dict[str, Any]]:
     """Cache backbone features of the crops, find kNN pairs, train head and cluster probe."""
     logger = get_run_logger()
     cache = Path(cfg.fit.cache_dir) if cfg.fit.cache_dir else Path(out_dir) / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
     return fit_stego(rasters, clusters, backbone, weights, overrides, cfg.fit, cfg.stego, cache,
                      device=resolve_device(cfg.model.device), embed_backbone=embed,
-                     log=logger.info)
+                     log=logger.info, label_paths=labels, label_ignore=tuple(label_ignore or ()))
 
 
 @flow(name="fit")
@@ -66,6 +67,8 @@ def fit_flow(
     backbone_overrides: dict[str, Any] | None = None,
     embed_weights: bool = False,
     config: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    label_ignore: list[int] | None = None,
 ) -> dict[str, Any]:
     """Fit an unsupervised model on the inputs and write MODEL_DIR/model.{json,safetensors}."""
     logger = get_run_logger()
@@ -82,7 +85,8 @@ def fit_flow(
     files: dict[str, str] = {}
     if method == "stego":
         model, stats = train_stego_model(rasters, clusters, backbone, weights,
-                                         backbone_overrides, embed_weights, cfg, out_dir)
+                                         backbone_overrides, embed_weights, cfg, out_dir,
+                                         labels, label_ignore)
         history = stats.pop("history")
         files["loss_curve"] = str(plot_losses(history, out / "loss.png"))
         files["training_log"] = str(write_json_atomic(out / "training.json",

@@ -152,6 +152,10 @@ class ModelRuntimeConfig(_Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
+    probe: Literal["cluster", "linear"] = Field(
+        default="cluster", description="STEGO: unsupervised clusters, or the linear probe "
+        "trained from --labels (evaluation only)"
+    )
 
 
 class RunConfig(_Section):

@@ -178,8 +178,14 @@ def fit_stego(
     device: str = "cpu",
     embed_backbone: bool = False,
     log: Callable[[str], None] = print,
+    label_paths: list[str] | None = None,
+    label_ignore: tuple[int, ...] = (),
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """STEGO: crops -> cached backbone features -> kNN pairs -> head + cluster probe."""
+    """STEGO: crops -> cached backbone features -> kNN pairs -> head + cluster probe.
+
+    ``label_paths`` (one label raster per input, same grid) adds a linear probe trained on
+    the codes for evaluation; the head and cluster probe never see labels.
+    """
     from pipeline.models.backbone import patch_features, tensor_hash
     from pipeline.models.stego import StegoModel
     from pipeline.stego.feature_cache import build_feature_cache, cache_key, load_cache
@@ -236,18 +242,59 @@ def fit_stego(
             f"knn {row['knn']:.4f} rand {row['rand']:.4f}) probe {row['probe']:.4f} "
             f"{rate:.1f} steps/s ETA {eta:.0f}s")
 
+    labels, n_label_classes = None, 0
+    if label_paths:
+        labels, n_label_classes = read_label_crops(label_paths, rasters, windows, shape[1:],
+                                                   label_ignore)
     result = train_stego(cache["features"], knn, k, stego_cfg, seed=fit_cfg.seed, device=device,
-                         progress=on_step)
+                         progress=on_step, labels=labels, n_label_classes=n_label_classes)
     times["train"] = result.seconds
     n_out = k + stego_cfg.extra_clusters
     probe: ClusterProbe = result.probe
     model = StegoModel(net.cpu(), info, result.head, probe, default_class_names(n_out),
                        default_colors(n_out), alpha=stego_cfg.alpha,
                        input_scale=stego_cfg.input_scale, crf=stego_cfg.crf,
-                       embed_backbone=embed_backbone)
+                       embed_backbone=embed_backbone, linear_probe=result.linear_probe)
     stats = {
         "crops_used": len(windows), "knn_neighbors": int(knn.shape[1]),
         "steps": stego_cfg.steps, "steps_per_second": result.steps_per_second,
         "stage_seconds": times, "history": result.history,
     }
     return model, stats
+
+
+def read_label_crops(
+    label_paths: list[str],
+    rasters: list[tuple[RasterInfo, Scaling]],
+    windows: list[CropWindow],
+    grid: tuple[int, int],
+    ignore: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, int]:
+    """Class indices of each crop at the feature grid (nearest), -1 where ignored or outside,
+    and the number of classes in the label rasters."""
+    import rasterio
+    from rasterio.windows import Window
+
+    if len(label_paths) != len(rasters):
+        raise InputError("--labels", f"give one label raster per input ({len(rasters)})")
+    out = torch.full((len(windows), *grid), -1, dtype=torch.int64)
+    out_classes = 0
+    for path in label_paths:  # the class count comes from the whole rasters, not the crops
+        with rasterio.open(path) as ds:
+            for r0 in range(0, ds.height, 1024):
+                rows = ds.read(1, window=Window(0, r0, ds.width, min(1024, ds.height - r0)))
+                keep = rows[~np.isin(rows, list(ignore) + [255])]
+                if keep.size:
+                    out_classes = max(out_classes, int(keep.max()) + 1)
+    for i, w in enumerate(windows):
+        info = rasters[w.raster][0]
+        with rasterio.open(label_paths[w.raster]) as ds:
+            if (ds.width, ds.height) != (info.width, info.height):
+                raise InputError(label_paths[w.raster], f"labels are {ds.width}x{ds.height}, "
+                                 f"the image is {info.width}x{info.height}")
+            lab = ds.read(1, window=Window(w.col_off, w.row_off, w.size, w.size),
+                          boundless=True, fill_value=255).astype(np.int64)
+        lab[np.isin(lab, list(ignore) + [255])] = -1
+        t = torch.from_numpy(lab)[None, None].float()
+        out[i] = F.interpolate(t, size=grid, mode="nearest")[0, 0].long()
+    return out, out_classes

@@ -45,6 +45,7 @@ class BlockJob:
     confidence: bool
     torch_threads: int
     crf: bool | None = None
+    linear_probe: bool = False
 
 
 @dataclass
@@ -143,7 +144,8 @@ def plan_segment(
         "scaling": scaling.to_dict(),
         "model": mhash,
         "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
-        | {"confidence": config.output.confidence, "crf": config.model.crf},
+        | {"confidence": config.output.confidence, "crf": config.model.crf,
+           "probe": config.model.probe},
     }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     plan = SegmentPlan(
@@ -166,6 +168,8 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
     model = cached_model(job.model_dir, job.model_hash, job.device)
     if job.crf is not None and hasattr(model, "crf"):
         model.crf = job.crf
+    if hasattr(model, "use_linear_probe"):
+        model.use_linear_probe = job.linear_probe
     out = segment_block(model, job.info, job.scaling, job.grid, block, job.batch_size,
                         job.device)
     write_block(Path(job.store), out, job.confidence)
@@ -192,7 +196,7 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
         model_dir=str(Path(plan.model_dir).resolve()), model_hash=plan.model_hash,
         device=plan.device, batch_size=plan.config.tiling.batch_size, store=str(store),
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
-        crf=plan.config.model.crf,
+        crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
     )
 
 

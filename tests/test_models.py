@@ -148,3 +148,18 @@ def test_spherical_kmeans_recovers_planted_directions():
     # one cluster per planted direction
     assert len({(int(a), int(b)) for a, b in zip(assign, labels, strict=True)}) == 4
     assert np.unique(assign.numpy()).size == 4
+
+
+@pytest.mark.parametrize("name,prefix", [
+    ("vit_base_patch8_224.dino", 1),
+    ("vit_small_patch14_dinov2.lvd142m", 1),
+    ("vit_small_patch14_reg4_dinov2.lvd142m", 5),  # CLS + 4 registers are dropped
+])
+def test_dino_and_dinov2_backbones_give_patch_grids_at_any_multiple_of_the_patch(name, prefix):
+    net, _ = build_backbone(name, "random", TINY_VIT)
+    p = net.patch_embed.patch_size[0]
+    x = torch.rand(1, 3, 4 * p, 3 * p)
+    assert net.num_prefix_tokens == prefix
+    f = patch_features(net, x)
+    assert f.shape == (1, 64, 4, 3)
+    torch.testing.assert_close(f[0, :, 3, 2], net.forward_features(x)[0, -1])

@@ -199,3 +199,23 @@ def test_a_malicious_checkpoint_is_refused_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {ckpt}: unsafe checkpoint") and err.count("\n") == 1
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "m").exists()
+
+
+def test_labels_train_a_linear_probe_for_evaluation_only(demo_scene, tmp_path):
+    from pipeline.fitting import fit_stego
+    from pipeline.raster_io import compute_scaling, open_raster_info
+
+    info = open_raster_info(demo_scene[0])
+    rasters = [(info, compute_scaling(info))]
+    cfg = StegoConfig(dim=8, steps=40, batch_size=4, log_every=20)
+    model, stats = fit_stego(rasters, 3, "vit_small_patch8_224.dino", "random", TINY_VIT,
+                             FitConfig(crops=8, crop_size=64), cfg, tmp_path,
+                             log=lambda _: None, label_paths=[str(demo_scene[1])])
+    assert model.linear_probe is not None and model.linear_probe.out_channels == 5  # 5 classes
+    history = stats["history"]
+    assert history[-1]["linear"] < history[0]["linear"] + 1e-6
+    model.use_linear_probe = True
+    probs = model.predict(torch.rand(1, 3, 64, 64))
+    assert probs.shape == (1, 5, 64, 64)
+    model.use_linear_probe = False
+    assert model.predict(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)

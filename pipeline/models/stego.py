@@ -50,6 +50,7 @@ class StegoModel(SegmentationModel):
         self.alpha = float(alpha)
         self.input_scale = float(input_scale)
         self.crf = bool(crf)
+        self.use_linear_probe = False  # the supervised probe, for evaluation only
         p = bb.patch_size(backbone)
         # tiles must map to a whole number of patches after resampling
         self.patch_size = int(round(p / self.input_scale)) if self.input_scale < 1 else p
@@ -72,7 +73,13 @@ class StegoModel(SegmentationModel):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         codes = self.codes(x)
         codes = F.interpolate(codes, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        probs = self.probe.probs(codes, self.alpha)
+        if self.use_linear_probe:
+            if self.linear_probe is None:
+                raise InputError("model.probe", "this model has no linear probe (fit with "
+                                 "--labels to train one)")
+            probs = torch.softmax(self.linear_probe(codes), dim=1)
+        else:
+            probs = self.probe.probs(codes, self.alpha)
         if self.input_scale != 1.0:
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         if self.crf:

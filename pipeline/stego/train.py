@@ -36,6 +36,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     steps_per_second: float = 0.0
+    linear_probe: torch.nn.Conv2d | None = None
 
 
 def _batch(features: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -53,11 +54,15 @@ def train_stego(
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    labels: torch.Tensor | None = None,
+    n_label_classes: int = 0,
 ) -> TrainResult:
     """Adam on the correspondence loss (head) and on spherical k-means (probe, detached codes).
 
     ``features``: (n, C, h, w) tensor (or a Zarr array read per batch); ``knn``: (n, k)
-    neighbour indices. Deterministic for a seed on the CPU.
+    neighbour indices. With ``labels`` ((n, h, w) class indices, -1 = ignore) a linear probe
+    is trained too, by cross-entropy on detached codes (for evaluation; the head never sees
+    labels). Deterministic for a seed on the CPU.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -66,6 +71,11 @@ def train_stego(
     probe = ClusterProbe(cfg.dim, n_clusters + cfg.extra_clusters).to(device)
     opt_head = torch.optim.Adam(head.parameters(), lr=cfg.lr_head)
     opt_probe = torch.optim.Adam(probe.parameters(), lr=cfg.lr_probe)
+    linear: torch.nn.Conv2d | None = None
+    if labels is not None:
+        n_label = max(n_label_classes, int(labels.max()) + 1)
+        linear = torch.nn.Conv2d(cfg.dim, n_label, 1).to(device)
+        opt_linear = torch.optim.Adam(linear.parameters(), lr=cfg.lr_probe)
     weights = loss_weights(cfg)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -85,9 +95,18 @@ def train_stego(
         opt_probe.zero_grad(set_to_none=True)
         probe_loss.backward()
         opt_probe.step()
+        extra: dict[str, float] = {}
+        if linear is not None and labels is not None:
+            target = labels[idx].long().to(device)
+            linear_loss = F.cross_entropy(linear(codes.detach()), target, ignore_index=-1)
+            opt_linear.zero_grad(set_to_none=True)
+            linear_loss.backward()
+            opt_linear.step()
+            extra["linear"] = float(linear_loss.detach())
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"step": step, **{k: float(v) for k, v in terms.items()},
-                   "probe": float(probe_loss.detach()), "seconds": time.perf_counter() - t0}
+                   "probe": float(probe_loss.detach()), **extra,
+                   "seconds": time.perf_counter() - t0}
             history.append(row)
             if progress:
                 progress(step, row)
@@ -95,7 +114,8 @@ def train_stego(
     if cfg.probe_refine_iterations > 0:
         refine_probe(head, probe, features, cfg.probe_refine_iterations, gen, seed, device)
     seconds = time.perf_counter() - t0
-    return TrainResult(head.cpu(), probe.cpu(), history, seconds, cfg.steps / max(seconds, 1e-9))
+    return TrainResult(head.cpu(), probe.cpu(), history, seconds, cfg.steps / max(seconds, 1e-9),
+                       linear.cpu() if linear is not None else None)
 
 
 @torch.no_grad()
