@@ -15,6 +15,9 @@ from pipeline.errors import InputError
 
 EXAMPLES = {
     "fit": """examples:
+  stego fit tiles/*.tif --weights dino_deitsmall8_300ep_pretrain.pth --clusters 5 --out models/s
+  stego fit top_potsdam_*.tif --config configs/potsdam.yaml --weights dino.pth --out models/p
+  stego fit scene.tif --labels scene_labels.tif --label-ignore 0 --out models/eval
   stego fit scene.tif --method pixel-kmeans --clusters 5 --out models/px
   stego fit a.tif b.tif --method feature-kmeans --weights dino_deitsmall8_pretrain.pth \\
       --clusters 6 --out models/dino
