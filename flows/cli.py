@@ -130,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
     demo.add_argument("out", type=Path, help="demo directory")
     demo.add_argument("--size", type=int, default=2560)
-    demo.add_argument("--method", default="stego",
-                      choices=["stego", "pixel-kmeans", "feature-kmeans"])
+    demo.add_argument("--method", default="auto",
+                      choices=["auto", "stego", "pixel-kmeans", "feature-kmeans"],
+                      help="auto: stego when pretrained weights are available, else "
+                      "pixel-kmeans")
+    demo.add_argument("--weights", default="auto", help="backbone weights (see fit)")
     demo.add_argument("--clusters", type=int, default=5)
     demo.add_argument("--steps", type=int, default=400, help="STEGO training steps")
     return parser
@@ -223,19 +226,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.segment_flow import segment
     from pipeline.config import RunConfig
     from pipeline.demo_scene import write_demo_scene
+    from pipeline.models.backbone import hub_reachable
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     image, labels = write_demo_scene(out / "scene.tif", size=args.size)
     print(f"demo scene: {image} (true labels: {labels})", flush=True)
+    method, weights = args.method, args.weights
+    if method == "auto":
+        pretrained = weights not in ("auto", "random") or hub_reachable()
+        method = "stego" if pretrained else "pixel-kmeans"
+        if not pretrained:
+            print("demo: no pretrained DINO weights (model hub unreachable, no --weights PATH); "
+                  "STEGO on a random backbone would be meaningless, so this demo fits "
+                  "pixel-kmeans. Run `stego demo DIR --weights dino.pth` for STEGO.",
+                  file=sys.stderr, flush=True)
     cfg = RunConfig.model_validate({
-        "fit": {"method": args.method, "clusters": args.clusters, "backbone": DEMO_BACKBONE,
-                "crops": 64, "crop_size": 224},
+        "fit": {"method": method, "clusters": args.clusters, "backbone": DEMO_BACKBONE,
+                "weights": weights, "crops": 64, "crop_size": 224},
         "stego": {"steps": args.steps, "log_every": 50},
     })
-    fit_flow([str(image)], str(out / "model"), method=args.method, clusters=args.clusters,
-             weights="auto", backbone=DEMO_BACKBONE, config=cfg.model_dump(mode="json"))
-    print(f"model: {out / 'model'}", flush=True)
+    fit_flow([str(image)], str(out / "model"), method=method, clusters=args.clusters,
+             weights=weights, backbone=DEMO_BACKBONE, config=cfg.model_dump(mode="json"))
+    print(f"model ({method}): {out / 'model'}", flush=True)
     doc = segment(image, out / "model", out / "output", cfg)
     _print_outputs(doc)
     return 0

@@ -150,6 +150,18 @@ def test_stego_is_the_default_method_and_trains_from_the_cli(prefect_harness, de
     assert doc["model"]["method"] == "stego" and doc["status"] == "complete"
 
 
+def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path, capsys,
+                                                      monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["demo", str(tmp_path / "d"), "--size", "256"]) == 0
+    captured = capsys.readouterr()
+    assert "no pretrained DINO weights" in captured.err  # says why it is not STEGO
+    assert "labels.tif" in captured.out
+    names = sorted(p.name for p in (tmp_path / "d" / "output").iterdir())
+    assert names == ["labels.tif", "labels.zarr", "polygons.gpkg", "run.json"]
+    assert (tmp_path / "d" / "scene_labels.tif").exists()
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
