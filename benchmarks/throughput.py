@@ -1,0 +1,106 @@
+"""End-to-end throughput of `stego segment` on generated demo scenes; prints one table.
+
+    python benchmarks/throughput.py [--sizes 1024 2048] [--methods pixel-kmeans feature-kmeans]
+        [--backbone vit_small_patch8_224.dino] [--workers 1]
+
+Stage times come from run.json; "model s" is the time spent inside the model's forward pass
+(summed over blocks), so "infer / model" is the overhead of reading, blending and writing.
+Peak RSS is that of the whole process tree (this process + Dask workers), sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class PeakRSS:
+    """Samples the RSS of this process and its children every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            procs = [me, *me.children(recursive=True)]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--methods", nargs="+", default=["pixel-kmeans", "feature-kmeans"])
+    ap.add_argument("--backbone", default="vit_small_patch8_224.dino")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory")
+    args = ap.parse_args()
+
+    from flows.fit_flow import fit_flow
+    from flows.segment_flow import segment
+    from pipeline.config import RunConfig
+    from pipeline.demo_scene import write_demo_scene
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="stego-bench-"))
+    rows = []
+    for size in args.sizes:
+        scene, _ = write_demo_scene(work / f"scene{size}.tif", size=size)
+        for method in args.methods:
+            cfg = RunConfig.model_validate({"dask": {"workers": args.workers}})
+            mdir = work / f"model-{method}"
+            if not (mdir / "model.json").exists():
+                fit_flow([str(scene)], str(mdir), method=method, clusters=5, weights="random",
+                         backbone=args.backbone, config=cfg.model_dump(mode="json"))
+            out = work / f"out-{method}-{size}"
+            with PeakRSS() as rss:
+                t0 = time.perf_counter()
+                doc = segment(scene, mdir, out, cfg, fresh=True, progress=False)
+                wall = time.perf_counter() - t0
+            t, c = doc["timings_s"], doc["counts"]
+            mpx = size * size / 1e6
+            rows.append([method, f"{size}²", f"{wall:.1f}", f"{t['infer']:.1f}",
+                         f"{c['model_seconds']:.1f}", f"{t['cog']:.2f}", f"{t['vectorize']:.2f}",
+                         f"{mpx / t['total']:.2f}", f"{c['compute_amplification']:.2f}",
+                         f"{rss.peak / 2**20:.0f}"])
+    head = ["method", "raster", "wall s", "infer s", "model s", "cog s", "vector s",
+            "Mpx/s (flow)", "amplif.", "peak RSS MiB"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print(f"\nmachine: {os.cpu_count()} CPU cores, workers={args.workers}, "
+          f"backbone={args.backbone} (random weights)")
+    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
