@@ -219,3 +219,19 @@ def test_labels_train_a_linear_probe_for_evaluation_only(demo_scene, tmp_path):
     assert probs.shape == (1, 5, 64, 64)
     model.use_linear_probe = False
     assert model.predict(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_crf_on_each_tile_keeps_blocks_seamless_and_changes_labels(stego_model, demo_scene):
+    from pipeline.raster_io import open_raster_info
+    from pipeline.tiling import TileGrid
+    from tests.test_inference import _segment
+
+    model = load_model(stego_model)
+    info = open_raster_info(demo_scene[0])
+    grid = TileGrid(64, 16)
+    plain, _ = _segment(model, info, grid, 512)
+    model.crf = True
+    one, _ = _segment(model, info, grid, 512)
+    many, _ = _segment(model, info, grid, 96)
+    np.testing.assert_array_equal(many, one)
+    assert (one != plain).any()

@@ -86,7 +86,9 @@ class StegoModel(SegmentationModel):
             from pipeline.stego.crf import dense_crf
 
             rgb = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-            probs = torch.stack([dense_crf(p, im) for p, im in zip(probs, rgb, strict=True)])
+            # the lattice Gaussian reproduces pydensecrf (and so STEGO) within 1e-4
+            probs = torch.stack([dense_crf(p, im, gaussian="lattice")
+                                 for p, im in zip(probs, rgb, strict=True)])
         return probs
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
