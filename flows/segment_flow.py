@@ -14,9 +14,11 @@ from pipeline.config import RunConfig, build_config
 from pipeline.executor import dask_client, map_unordered, torch_threads_per_worker
 from pipeline.lock import output_lock
 from pipeline.manifest import write_json_atomic
+from pipeline.preview import class_histogram, write_preview
 from pipeline.segment import (
     SegmentPlan,
     block_job,
+    class_summary,
     infer_and_write_block,
     manifest,
     min_region_pixels,
@@ -97,6 +99,43 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
             "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0}
 
 
+@task(name="summarize")
+def summarize(plan: SegmentPlan) -> dict[str, Any]:
+    """Per-class pixels and areas from the final labels, and a preview map next to them."""
+    t0 = time.perf_counter()
+    summary = class_summary(plan, class_histogram(open_labels(plan.output("zarr"))))
+    write_preview(plan.output("cog"), plan.input_path, plan.output("preview"), plan.class_names,
+                  plan.colors, bands=plan.info.bands)
+    return {**summary, "seconds": time.perf_counter() - t0}
+
+
+def publish_artifact(doc: dict[str, Any]) -> None:
+    """A markdown summary of the run in Prefect (input, model, weights, classes, timings)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    weights = doc["model"].get("weights") or {}
+    lines = [
+        f"# Segmentation of `{Path(doc['input']['path']).name}`",
+        f"- input: `{doc['input']['path']}` ({doc['input']['width']} x "
+        f"{doc['input']['height']} px, bands {doc['input']['bands']})",
+        f"- model: `{doc['model']['dir']}` ({doc['model']['method']}, hash "
+        f"`{doc['model']['hash'][:12]}`)",
+        f"- backbone weights: {weights.get('source', 'n/a')} {weights.get('path', '')}",
+        f"- preview: ![preview]({Path(doc['outputs']['preview']).resolve().as_uri()})",
+        "",
+        "| class | pixels | share | area m² |",
+        "|---|---|---|---|",
+    ]
+    for name, c in doc["summary"]["classes"].items():
+        area = f"{c['area_m2']:.1f}" if c["area_m2"] is not None else "n/a"
+        lines.append(f"| {name} | {c['pixels']} | {100 * c['share']:.1f} % | {area} |")
+    lines += ["", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in doc["timings_s"].items()]
+    lines += ["", "Outputs:"] + [f"- {k}: `{v}`" for k, v in doc["outputs"].items()]
+    create_markdown_artifact(markdown="\n".join(lines), key="segment-summary",
+                             description=f"stego segment {Path(doc['input']['path']).name}")
+
+
 @flow(name="segment", log_prints=False)
 def segment_flow(
     input_path: str,
@@ -127,11 +166,15 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: bool,
         if cfg.vectorize.enabled:
             polygons = vectorize(plan)
             plan.timings["vectorize"] = polygons.pop("seconds")
+        summary = summarize(plan)
+        plan.timings["summary"] = summary.pop("seconds")
         plan.timings["total"] = time.perf_counter() - t0
-        doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons})
+        doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons,
+                                          "summary": summary})
         if not cfg.vectorize.enabled:
             doc["outputs"].pop("polygons")
         write_json_atomic(run_json, doc)
+        publish_artifact(doc)
         return doc
     except BaseException as exc:
         write_json_atomic(run_json, manifest(plan, "failed", {"error": f"{exc}"}))

@@ -27,7 +27,7 @@ from pipeline.tiling import Block, TileGrid, compute_amplification, plan_blocks
 from pipeline.zarr_store import done_blocks, prepare_store, write_block
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
-                "manifest": "run.json"}
+                "preview": "preview.png", "manifest": "run.json"}
 
 
 @dataclass(frozen=True)
@@ -200,26 +200,44 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
     )
 
 
+def pixel_area_m2(info: RasterInfo) -> float | None:
+    """Ground area of one pixel in m² (at the centre for geographic CRSs); None without CRS."""
+    if info.crs_wkt is None:
+        return None
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(info.crs_wkt)
+    t: Affine = info.affine
+    if crs.is_geographic:
+        lat = math.radians(t.f + t.e * info.height / 2)
+        m_per_deg = 111_320.0
+        return abs(t.a * m_per_deg * math.cos(lat) * t.e * m_per_deg)
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return abs(t.a * t.e - t.b * t.d) * unit * unit
+
+
 def min_region_pixels(plan: SegmentPlan) -> int:
     """Sieve threshold in pixels (from ``min_area_m2`` when set and the CRS is metric)."""
     vec = plan.config.vectorize
     if vec.min_area_m2 is None:
         return vec.min_pixels
-    if plan.info.crs_wkt is None:
+    px_area = pixel_area_m2(plan.info)
+    if px_area is None:
         raise InputError("vectorize.min_area_m2", "raster has no CRS; use vectorize.min_pixels")
-    from pyproj import CRS
-
-    crs = CRS.from_wkt(plan.info.crs_wkt)
-    t: Affine = plan.info.affine
-    if crs.is_geographic:
-        # metres per degree at the raster's centre latitude
-        lat = math.radians(t.f + t.e * plan.info.height / 2)
-        m_per_deg = 111_320.0
-        px_area = abs(t.a * m_per_deg * math.cos(lat) * t.e * m_per_deg)
-    else:
-        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        px_area = abs(t.a * t.e - t.b * t.d) * unit * unit
     return max(0, math.ceil(vec.min_area_m2 / px_area))
+
+
+def class_summary(plan: SegmentPlan, hist: Any) -> dict[str, Any]:
+    """Pixels, share of valid pixels and area per class, from the final labels' histogram."""
+    valid = int(hist[: len(plan.class_names)].sum())
+    px_area = pixel_area_m2(plan.info)
+    classes = {}
+    for i, name in enumerate(plan.class_names):
+        n = int(hist[i])
+        classes[name] = {"class_id": i, "pixels": n,
+                         "share": n / valid if valid else 0.0,
+                         "area_m2": n * px_area if px_area is not None else None}
+    return {"valid_pixels": valid, "nodata_pixels": int(hist[255]), "classes": classes}
 
 
 def summarize_blocks(plan: SegmentPlan, stats: list[dict[str, Any]]) -> dict[str, Any]:

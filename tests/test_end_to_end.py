@@ -50,7 +50,7 @@ def segmented(fitted, demo_scene, small_yaml, tmp_path_factory) -> Path:
 
 def test_segment_writes_the_four_outputs(segmented):
     assert sorted(p.name for p in segmented.iterdir()) == [
-        "labels.tif", "labels.zarr", "polygons.gpkg", "run.json"]
+        "labels.tif", "labels.zarr", "polygons.gpkg", "preview.png", "run.json"]
 
 
 def test_cog_and_zarr_hold_identical_georeferenced_labels(segmented, demo_scene):
@@ -89,6 +89,22 @@ def test_run_json_records_inputs_model_weights_counts_and_timings(segmented, fit
     assert doc["counts"]["blocks_total"] == 16 and doc["counts"]["blocks_computed"] == 16
     assert set(doc["timings_s"]) >= {"validate", "infer", "cog", "vectorize", "total"}
     assert doc["input"]["bands"] == [1, 2, 3]
+
+
+def test_run_summary_preview_and_prefect_artifact(segmented):
+    from PIL import Image
+    from prefect.artifacts import Artifact
+
+    doc = json.loads((segmented / "run.json").read_text())
+    classes = doc["summary"]["classes"]
+    assert sum(c["share"] for c in classes.values()) == pytest.approx(1.0)
+    for c in classes.values():
+        assert c["area_m2"] == pytest.approx(c["pixels"] * 0.05 * 0.05)
+    with Image.open(segmented / "preview.png") as im:
+        assert im.width > 2 * 384 and im.height > 384  # image | labels, plus a legend
+    artifact = Artifact.get("segment-summary")
+    assert artifact is not None and "| class | pixels | share | area m² |" in artifact.data
+    assert "cluster 0" in artifact.data
 
 
 def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_scene,
@@ -158,7 +174,7 @@ def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path,
     assert "no pretrained DINO weights" in captured.err  # says why it is not STEGO
     assert "labels.tif" in captured.out
     names = sorted(p.name for p in (tmp_path / "d" / "output").iterdir())
-    assert names == ["labels.tif", "labels.zarr", "polygons.gpkg", "run.json"]
+    assert names == ["labels.tif", "labels.zarr", "polygons.gpkg", "preview.png", "run.json"]
     assert (tmp_path / "d" / "scene_labels.tif").exists()
 
 
