@@ -12,10 +12,12 @@ from prefect import flow, get_run_logger, task
 from pipeline.cog import write_cog
 from pipeline.config import RunConfig, build_config
 from pipeline.executor import dask_client, map_unordered, torch_threads_per_worker
+from pipeline.gis_styles import write_styles
 from pipeline.lock import output_lock
 from pipeline.manifest import write_json_atomic
 from pipeline.preview import class_histogram, write_preview
 from pipeline.segment import (
+    OUTPUT_NAMES,
     SegmentPlan,
     block_job,
     class_summary,
@@ -26,6 +28,7 @@ from pipeline.segment import (
     prepare_labels_store,
     summarize_blocks,
 )
+from pipeline.stac import build_stac_item, stac_item_id, write_stac_item
 from pipeline.vectorize import vectorize_labels
 from pipeline.zarr_store import finalize_store, open_labels
 
@@ -109,6 +112,27 @@ def summarize(plan: SegmentPlan) -> dict[str, Any]:
     return {**summary, "seconds": time.perf_counter() - t0}
 
 
+@task(name="styles-and-stac")
+def styles_and_stac(plan: SegmentPlan) -> dict[str, str]:
+    """QGIS styles (.qml + the GeoPackage's layer_styles) and a STAC Item for catalogues."""
+    from datetime import UTC, datetime
+
+    files = write_styles(Path(plan.out_dir), plan.class_names, plan.colors,
+                         vector_name=OUTPUT_NAMES["polygons"], layer=plan.config.vectorize.layer)
+    assets = {k: OUTPUT_NAMES[k] for k in ("cog", "zarr", "polygons", "preview", "manifest")}
+    assets["labels"] = assets.pop("cog")
+    item = build_stac_item(
+        item_id=stac_item_id(plan.input_path, plan.fingerprint), out_dir=Path(plan.out_dir),
+        width=plan.info.width, height=plan.info.height, transform=plan.info.transform,
+        crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
+        datetime_utc=datetime.now(UTC).isoformat(), assets=assets,
+        properties={"stego:model_hash": plan.model_hash,
+                    "stego:method": plan.model_meta["method"]},
+    )
+    files["stac_item"] = write_stac_item(item, Path(plan.out_dir) / "item.json")
+    return {k: str(v) for k, v in files.items()}
+
+
 def publish_artifact(doc: dict[str, Any]) -> None:
     """A markdown summary of the run in Prefect (input, model, weights, classes, timings)."""
     from prefect.artifacts import create_markdown_artifact
@@ -168,11 +192,13 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: bool,
             plan.timings["vectorize"] = polygons.pop("seconds")
         summary = summarize(plan)
         plan.timings["summary"] = summary.pop("seconds")
+        extra_outputs = styles_and_stac(plan)
         plan.timings["total"] = time.perf_counter() - t0
         doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons,
                                           "summary": summary})
         if not cfg.vectorize.enabled:
             doc["outputs"].pop("polygons")
+        doc["outputs"].update(extra_outputs)
         write_json_atomic(run_json, doc)
         publish_artifact(doc)
         return doc

@@ -50,7 +50,8 @@ def segmented(fitted, demo_scene, small_yaml, tmp_path_factory) -> Path:
 
 def test_segment_writes_the_four_outputs(segmented):
     assert sorted(p.name for p in segmented.iterdir()) == [
-        "labels.tif", "labels.zarr", "polygons.gpkg", "preview.png", "run.json"]
+        "item.json", "labels.qml", "labels.tif", "labels.zarr", "polygons.gpkg", "polygons.qml",
+        "preview.png", "run.json"]
 
 
 def test_cog_and_zarr_hold_identical_georeferenced_labels(segmented, demo_scene):
@@ -65,10 +66,10 @@ def test_cog_and_zarr_hold_identical_georeferenced_labels(segmented, demo_scene)
 def test_polygons_rasterize_back_to_the_labels(segmented):
     with rasterio.open(segmented / "labels.tif") as cog:
         labels, transform = cog.read(1), cog.transform
-    info = pyogrio.read_info(segmented / "polygons.gpkg")
+    info = pyogrio.read_info(segmented / "polygons.gpkg", layer="polygons")
     assert info["crs"].endswith("25833")
     assert {"class_id", "class_name", "area_m2"} <= set(info["fields"])
-    meta, _, geoms, fields = pyogrio.raw.read(segmented / "polygons.gpkg")
+    meta, _, geoms, fields = pyogrio.raw.read(segmented / "polygons.gpkg", layer="polygons")
     names = list(meta["fields"])
     class_id = fields[names.index("class_id")]
     import shapely
@@ -105,6 +106,18 @@ def test_run_summary_preview_and_prefect_artifact(segmented):
     artifact = Artifact.get("segment-summary")
     assert artifact is not None and "| class | pixels | share | area m² |" in artifact.data
     assert "cluster 0" in artifact.data
+
+
+def test_qgis_styles_and_stac_item_come_with_the_outputs(segmented):
+    import sqlite3
+
+    item = json.loads((segmented / "item.json").read_text())
+    assert item["type"] == "Feature" and item["properties"]["proj:code"] == "EPSG:25833"
+    assert set(item["assets"]) >= {"labels", "zarr", "polygons", "preview", "manifest"}
+    with sqlite3.connect(segmented / "polygons.gpkg") as db:
+        rows = db.execute("SELECT f_table_name, useAsDefault FROM layer_styles").fetchall()
+    assert rows == [("polygons", 1)]
+    assert "paletted" in (segmented / "labels.qml").read_text()
 
 
 def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_scene,
@@ -174,7 +187,7 @@ def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path,
     assert "no pretrained DINO weights" in captured.err  # says why it is not STEGO
     assert "labels.tif" in captured.out
     names = sorted(p.name for p in (tmp_path / "d" / "output").iterdir())
-    assert names == ["labels.tif", "labels.zarr", "polygons.gpkg", "preview.png", "run.json"]
+    assert {"labels.tif", "labels.zarr", "polygons.gpkg", "run.json"} <= set(names)
     assert (tmp_path / "d" / "scene_labels.tif").exists()
 
 

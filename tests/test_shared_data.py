@@ -78,5 +78,5 @@ def test_potsdam_png_without_crs_works_and_says_so(prefect_harness, pixel_model,
         assert (lab.read(1) != 255).all()
     doc = json.loads((tmp_path / "o" / "run.json").read_text())
     assert doc["input"]["crs"] is None and any("no CRS" in w for w in doc["warnings"])
-    _, _, _, fields = pyogrio.raw.read(tmp_path / "o" / "polygons.gpkg")
+    _, _, _, fields = pyogrio.raw.read(tmp_path / "o" / "polygons.gpkg", layer="polygons")
     assert len(fields[0]) > 0
