@@ -101,6 +101,7 @@ def open_raster_info(path: str | os.PathLike, bands: list[int] | None = None) ->
     for dt in dtypes:
         if np.dtype(dt).kind not in _SUPPORTED_KINDS:
             raise InputError(p, f"unsupported data type {dt} (use integer or float bands)")
+    _check_readable(p, width, height)
     dtype = str(np.result_type(*[np.dtype(d) for d in dtypes]))
     return RasterInfo(
         path=p,
@@ -115,6 +116,32 @@ def open_raster_info(path: str | os.PathLike, bands: list[int] | None = None) ->
     )
 
 
+def _check_readable(path: str, width: int, height: int) -> None:
+    """Read the first and last pixel: a truncated file fails here, not mid-run."""
+    try:
+        with rasterio.open(path) as ds:
+            ds.read(1, window=Window(0, 0, 1, 1))
+            ds.read(1, window=Window(width - 1, height - 1, 1, 1))
+    except RasterioIOError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "read error"
+        raise InputError(path, f"cannot read pixels (truncated or corrupt file? {first})") from None
+
+
+def has_valid_pixels(info: RasterInfo, max_side: int = 1024, rows: int = 1024) -> bool:
+    """Whether any pixel is valid: a decimated mask first, a full scan only if that finds none."""
+    factor = max(1, int(np.ceil(max(info.width, info.height) / max_side)))
+    shape = (max(1, info.height // factor), max(1, info.width // factor))
+    with rasterio.open(info.path) as ds:
+        if np.all(ds.read_masks(list(info.bands), out_shape=(3, *shape)) > 0, axis=0).any():
+            return True
+        for r0 in range(0, info.height, rows):
+            win = Window(0, r0, info.width, min(rows, info.height - r0))
+            data = ds.read(list(info.bands), window=win)
+            if _valid_from(ds, data, ds.read_masks(list(info.bands), window=win)).any():
+                return True
+    return False
+
+
 def _valid_from(ds: rasterio.io.DatasetReader, data: np.ndarray, masks: np.ndarray) -> np.ndarray:
     valid = np.all(masks > 0, axis=0)
     if data.dtype.kind == "f":
@@ -127,6 +154,8 @@ def compute_scaling(
 ) -> Scaling:
     """uint8 is used as is; other types get per-band robust percentiles from a decimated read."""
     if np.dtype(info.dtype) == np.uint8:
+        if not has_valid_pixels(info):
+            raise InputError(info.path, "every pixel is nodata; nothing to segment")
         return Scaling("uint8", (0.0,) * 3, (255.0,) * 3)
     factor = max(1, int(np.ceil(max(info.width, info.height) / max_side)))
     shape = (max(1, info.height // factor), max(1, info.width // factor))
@@ -134,8 +163,10 @@ def compute_scaling(
         data = ds.read(list(info.bands), out_shape=(3, *shape)).astype(np.float64)
         masks = ds.read_masks(list(info.bands), out_shape=(3, *shape))
         valid = _valid_from(ds, data, masks)
-    if not valid.any():
+    if not valid.any() and not has_valid_pixels(info):
         raise InputError(info.path, "every pixel is nodata; nothing to segment")
+    if not valid.any():  # valid pixels too sparse for the decimated sample: read them all
+        data, valid = _full_valid_sample(info)
     lows, highs = [], []
     for band in data:
         lo, hi = np.percentile(band[valid], percentiles)
@@ -144,6 +175,19 @@ def compute_scaling(
         lows.append(float(lo))
         highs.append(float(hi))
     return Scaling("percentile", tuple(lows), tuple(highs), tuple(percentiles), shape)
+
+
+def _full_valid_sample(info: RasterInfo, rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Every valid pixel (sparse by construction here), read block by block: (3, 1, n)."""
+    parts = []
+    with rasterio.open(info.path) as ds:
+        for r0 in range(0, info.height, rows):
+            win = Window(0, r0, info.width, min(rows, info.height - r0))
+            data = ds.read(list(info.bands), window=win).astype(np.float64)
+            valid = _valid_from(ds, data, ds.read_masks(list(info.bands), window=win))
+            parts.append(data[:, valid])
+    values = np.concatenate(parts, axis=1)[:, None, :]
+    return values, np.ones(values.shape[1:], dtype=bool)
 
 
 def _pad_axis_mode(size: int) -> str:
