@@ -162,13 +162,13 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from flows.fit_flow import fit_flow
-    from pipeline.raster_io import open_raster_info
+    from pipeline.raster_io import compute_scaling, open_raster_info
 
     cfg = _config(args)
     if not 2 <= cfg.fit.clusters <= 254:
         raise InputError("--clusters", "must be between 2 and 254")
     for path in args.inputs:  # fail fast, before any flow starts
-        open_raster_info(path, cfg.input.bands)
+        compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
     if args.labels and cfg.fit.method != "stego":
         raise InputError("--labels", "a linear probe is trained only with --method stego")
     result = fit_flow(
@@ -188,7 +188,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pipeline.segment import check_segment_inputs
 
     cfg = _config(args)
-    info, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
+    info, _, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
     if info.crs_wkt is None:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",
               file=sys.stderr)

@@ -253,7 +253,7 @@ class PredReader:
         if wkt:
             from rasterio.crs import CRS
 
-            self.crs = CRS.from_wkt(wkt)
+            self.crs = CRS.from_user_input(wkt)
         larr = dict(arr.attrs)
         self.nodata = {NODATA}
         if larr.get("nodata") is not None:
@@ -515,8 +515,8 @@ class VectorGT:
         from rasterio.features import rasterize
 
         h, w = shape
-        x0, y0 = transform * (0, 0)
-        x1, y1 = transform * (w, h)
+        x0, y0 = transform @ (0, 0)
+        x1, y1 = transform @ (w, h)
         idx = np.sort(self.tree.query(shapely.box(min(x0, x1), min(y0, y1),
                                                   max(x0, x1), max(y0, y1))))
         if len(idx) == 0:
@@ -526,12 +526,12 @@ class VectorGT:
                          all_touched=False, dtype=self.dtype)
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, None]:
-        t = self.pred.transform * Affine.translation(c0, r0)
+        t = self.pred.transform @ Affine.translation(c0, r0)
         return self._rasterize(t, (r1 - r0, c1 - c0)), None
 
     def read_decimated(self, out_shape: tuple[int, int]) -> tuple[np.ndarray, None]:
         oh, ow = out_shape
-        t = self.pred.transform * Affine.scale(self.pred.width / ow, self.pred.height / oh)
+        t = self.pred.transform @ Affine.scale(self.pred.width / ow, self.pred.height / oh)
         return self._rasterize(t, out_shape), None
 
     def key(self, code: int) -> Any:
@@ -963,8 +963,10 @@ def _read_image_rgb(path: str, pred: PredReader, o: Overlap,
         win = Window(io.other_col - io.col + o.col, io.other_row - io.row + o.row,
                      o.width, o.height)
         bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
-        data = ds.read(bands, window=win, out_shape=(3, *out_shape), boundless=True,
-                       fill_value=0, resampling=Resampling.nearest)
+        with warnings.catch_warnings():  # rasterio's boundless path uses Affine's `*`
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            data = ds.read(bands, window=win, out_shape=(3, *out_shape), boundless=True,
+                           fill_value=0, resampling=Resampling.nearest)
     finally:
         ds.close()
     if data.dtype != np.uint8:

@@ -21,7 +21,7 @@ from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
 from pipeline.inference import resolve_device, segment_block
-from pipeline.models.store import model_hash, read_model_json
+from pipeline.models.store import load_model, model_hash, read_model_json
 from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.tiling import Block, TileGrid, compute_amplification, plan_blocks
 from pipeline.zarr_store import done_blocks, prepare_store, write_block
@@ -108,17 +108,22 @@ def _check_out_dir(out_dir: Path, input_path: str) -> None:
 
 def check_segment_inputs(
     input_path: str, model_dir: str, out_dir: str, config: RunConfig
-) -> tuple[RasterInfo, dict[str, Any]]:
-    """Cheap checks of input, model and output directory; one-line InputError on problems."""
+) -> tuple[RasterInfo, dict[str, Any], Scaling]:
+    """Checks of input, model and output directory, and the scene's scaling (computed once).
+
+    One-line InputError on problems, before any output is touched.
+    """
     info = open_raster_info(input_path, config.input.bands)
+    scaling = compute_scaling(info, config.input.percentiles)
     meta = read_model_json(Path(model_dir))
+    load_model(Path(model_dir))  # fail here, not in every worker, when the files are broken
     patch = int(meta.get("patch_size", 1))
     tile = config.tiling.tile_size
     if tile % patch:
         raise InputError("tiling.tile_size", f"{tile} is not a multiple of the model's patch "
                          f"size {patch}")
     _check_out_dir(Path(out_dir), input_path)
-    return info, meta
+    return info, meta, scaling
 
 
 def plan_segment(
@@ -126,7 +131,7 @@ def plan_segment(
 ) -> SegmentPlan:
     """Validate inputs and model, compute scaling once, and plan blocks."""
     t0 = time.perf_counter()
-    info, meta = check_segment_inputs(input_path, model_dir, out_dir, config)
+    info, meta, scaling = check_segment_inputs(input_path, model_dir, out_dir, config)
     notes = []
     if info.crs_wkt is None:
         msg = f"{input_path}: raster has no CRS; outputs will have none either"
@@ -134,7 +139,6 @@ def plan_segment(
         notes.append(msg)
     mhash = model_hash(Path(model_dir))
     tiling = config.tiling
-    scaling = compute_scaling(info, config.input.percentiles)
     grid = TileGrid(tiling.tile_size, tiling.overlap)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)
     ident = {

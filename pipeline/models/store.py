@@ -96,4 +96,7 @@ def load_model(model_dir: Path) -> SegmentationModel:
         model = cls.from_saved(meta, tensors, str(model_dir))
     except KeyError as exc:
         raise InputError(tpath, f"model file lacks {exc}") from None
+    except (RuntimeError, ValueError) as exc:
+        last = str(exc).strip().splitlines()[-1].strip() if str(exc) else type(exc).__name__
+        raise InputError(model_dir, f"model weights do not fit its description ({last})") from None
     return model.eval()

@@ -1,0 +1,229 @@
+"""The bad-input catalogue: each case gets one line on stderr, exit code 2, and no outputs.
+
+`python -m tests.test_bad_inputs` prints the catalogue as the Markdown table in the README,
+so the table is generated from the same cases the tests run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_raster
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad (or odd) input, how to make it, and what the user must see."""
+
+    name: str
+    behaviour: str  # for the README
+    make: Callable[[Path, Path], list[str]]  # (tmp, good model) -> argv after "stego"
+    expect: str | None  # substring of the one-line error; None = the run succeeds
+
+
+def _rgb(h=40, w=40, dtype=np.uint8):
+    return np.random.default_rng(0).integers(1, 200, size=(3, h, w)).astype(dtype)
+
+
+def _seg(src, model, tmp, *extra):
+    return ["segment", str(src), "--model", str(model), "--out", str(tmp / "out"), *extra]
+
+
+def _good(tmp):
+    return write_raster(tmp / "good.tif", _rgb())
+
+
+def _text(tmp, model):
+    (tmp / "notes.tif").write_text("not a raster")
+    return _seg(tmp / "notes.tif", model, tmp)
+
+
+def _jpeg(tmp, model):
+    from PIL import Image
+
+    Image.fromarray(_rgb().transpose(1, 2, 0)).save(tmp / "photo.jpg", format="JPEG")
+    (tmp / "photo.jpg").rename(tmp / "photo.tif")
+    return _seg(tmp / "photo.tif", model, tmp)
+
+
+def _truncated(tmp, model):
+    data = np.random.default_rng(1).integers(0, 255, size=(3, 300, 300), dtype=np.uint8)
+    src = write_raster(tmp / "full.tif", data)
+    blob = src.read_bytes()
+    (tmp / "cut.tif").write_bytes(blob[: len(blob) // 2])
+    return _seg(tmp / "cut.tif", model, tmp)
+
+
+def _empty(tmp, model):
+    (tmp / "empty.tif").write_bytes(b"")
+    return _seg(tmp / "empty.tif", model, tmp)
+
+
+def _zero_size(tmp, model):
+    (tmp / "zero.vrt").write_text('<VRTDataset rasterXSize="0" rasterYSize="10">'
+                                  '<VRTRasterBand dataType="Byte" band="1"/></VRTDataset>')
+    return _seg(tmp / "zero.vrt", model, tmp)
+
+
+def _one_band(tmp, model):
+    return _seg(write_raster(tmp / "pan.tif", _rgb()[:1]), model, tmp)
+
+
+def _band_range(tmp, model):
+    return _seg(_good(tmp), model, tmp, "--bands", "1,2,5")
+
+
+def _complex(tmp, model):
+    return _seg(write_raster(tmp / "c.tif", _rgb().astype(np.complex64)), model, tmp)
+
+
+def _all_nodata(tmp, model):
+    src = write_raster(tmp / "void.tif", _rgb(), mask=np.zeros((40, 40), bool))
+    return _seg(src, model, tmp)
+
+
+def _nan(tmp, model):
+    data = _rgb(dtype=np.float32)
+    data[:, :5] = np.nan
+    data[0, 10, 10] = np.inf
+    return _seg(write_raster(tmp / "f.tif", data), model, tmp)
+
+
+def _tiny(tmp, model):
+    return _seg(write_raster(tmp / "tiny.tif", _rgb(3, 2)), model, tmp)
+
+
+def _no_crs(tmp, model):
+    return _seg(write_raster(tmp / "nocrs.tif", _rgb(), crs=None), model, tmp)
+
+
+def _model_missing(tmp, model):
+    return _seg(_good(tmp), tmp / "no-model", tmp)
+
+
+def _model_corrupt(tmp, model):
+    shutil.copytree(model, tmp / "m")
+    (tmp / "m" / "model.safetensors").write_bytes(b"garbage")
+    return _seg(_good(tmp), tmp / "m", tmp)
+
+
+def _model_json_corrupt(tmp, model):
+    shutil.copytree(model, tmp / "m")
+    (tmp / "m" / "model.json").write_text("{")
+    return _seg(_good(tmp), tmp / "m", tmp)
+
+
+def _model_other_backbone(tmp, model):
+    shutil.copytree(model, tmp / "m")
+    meta = json.loads((tmp / "m" / "model.json").read_text())
+    meta["backbone"]["overrides"]["embed_dim"] = 32  # weights no longer fit
+    (tmp / "m" / "model.json").write_text(json.dumps(meta))
+    return _seg(_good(tmp), tmp / "m", tmp)
+
+
+def _config_key(tmp, model):
+    (tmp / "c.yaml").write_text("tiling:\n  tile_sise: 64\n")
+    return _seg(_good(tmp), model, tmp, "--config", str(tmp / "c.yaml"))
+
+
+def _config_type(tmp, model):
+    (tmp / "c.yaml").write_text("tiling:\n  batch_size: lots\n")
+    return _seg(_good(tmp), model, tmp, "--config", str(tmp / "c.yaml"))
+
+
+def _out_is_file(tmp, model):
+    (tmp / "taken").write_text("")
+    return ["segment", str(_good(tmp)), "--model", str(model), "--out", str(tmp / "taken")]
+
+
+def _out_is_input(tmp, model):
+    src = _good(tmp)
+    return ["segment", str(src), "--model", str(model), "--out", str(src)]
+
+
+CASES = [
+    Case("missing file", "error: file not found", lambda t, m: _seg(t / "nope.tif", m, t),
+         "file not found"),
+    Case("directory instead of a file", "error: is a directory",
+         lambda t, m: _seg(t, m, t / "x"), "is a directory"),
+    Case("text file named .tif", "error: not a raster GDAL can read", _text,
+         "not a raster GDAL can read"),
+    Case("JPEG renamed .tif", "works: GDAL identifies files by content", _jpeg, None),
+    Case("truncated TIFF", "error: cannot read pixels (truncated or corrupt)", _truncated,
+         "cannot read pixels"),
+    Case("zero-byte file", "error: is an empty (0-byte) file", _empty, "empty (0-byte)"),
+    Case("0 width or height", "error: not a raster GDAL can read", _zero_size,
+         "not a raster GDAL can read"),
+    Case("1-band input without --bands", "error: has 1 band(s)… choose them with --bands",
+         _one_band, "has 1 band(s)"),
+    Case("band index out of range", "error: band 5 out of range", _band_range,
+         "band 5 out of range"),
+    Case("complex data type", "error: unsupported data type complex64", _complex,
+         "unsupported data type"),
+    Case("all-nodata raster", "error: every pixel is nodata; nothing to segment", _all_nodata,
+         "every pixel is nodata"),
+    Case("NaN / inf in float input", "works: treated as nodata (255)", _nan, None),
+    Case("raster smaller than one tile", "works (reflect padding)", _tiny, None),
+    Case("raster without CRS", "works, with a warning; outputs without CRS", _no_crs, None),
+    Case("model directory missing", "error: model directory not found", _model_missing,
+         "model directory not found"),
+    Case("model weights corrupt", "error: corrupt model weights", _model_corrupt,
+         "corrupt model weights"),
+    Case("model.json corrupt", "error: corrupt model.json", _model_json_corrupt,
+         "corrupt model.json"),
+    Case("model built for another backbone", "error: model weights do not fit its description",
+         _model_other_backbone, "do not fit"),
+    Case("config with an unknown key", "error: unknown config key … (valid keys: …)",
+         _config_key, "unknown config key 'tiling.tile_sise'"),
+    Case("config value of the wrong type", "error: config key 'tiling.batch_size': …",
+         _config_type, "tiling.batch_size"),
+    Case("output path is a file", "error: output path exists and is not a directory",
+         _out_is_file, "not a directory"),
+    Case("output path equals the input", "error: output … must not be the input file",
+         _out_is_input, "must not be the input"),
+]
+
+
+def markdown_table() -> str:
+    """The catalogue as the README shows it."""
+    rows = ["| input | behaviour |", "|---|---|"]
+    rows += [f"| {c.name} | {c.behaviour} |" for c in CASES]
+    return "\n".join(rows)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_catalogue(case, tmp_path, feature_model, prefect_harness, capsys):
+    from flows.cli import main
+
+    argv = case.make(tmp_path, feature_model)
+    argv += ["--set", "tiling.tile_size=32", "--set", "tiling.overlap=8",
+             "--set", "tiling.block_size=64", "--set", "tiling.chunk_size=32",
+             "--set", "dask.processes=false", "-q"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    out_dir = tmp_path / "out"
+    if case.expect is None:
+        assert code == 0, err
+        assert (out_dir / "labels.tif").exists()
+        return
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and case.expect in lines[0] and "Traceback" not in err
+    final = [out_dir / n for n in ("labels.tif", "labels.zarr", "polygons.gpkg", "run.json")]
+    assert not any(p.exists() for p in final)
+
+
+def test_the_readme_shows_this_catalogue():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme
+
+
+if __name__ == "__main__":
+    print(markdown_table())
