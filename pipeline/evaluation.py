@@ -82,7 +82,7 @@ def _builtin(name: str) -> Mapping:
 
 def _parse_key(text: Any) -> Any:
     if isinstance(text, bool):
-        raise ValueError("a boolean is not a class value")
+        raise ValueError("a boolean is not a class value; quote YAML keys such as 'yes'")
     if isinstance(text, int):
         return text
     if isinstance(text, float) and text.is_integer():
@@ -147,7 +147,7 @@ def load_mapping(spec: str | None) -> Mapping | None:
         for n, row in enumerate(rows[1:], start=2):
             if not any(cell.strip() for cell in row):
                 continue
-            if len(row) <= max(vi, ci) - (1 if ci > vi else 0):
+            if len(row) <= vi or not row[vi].strip():
                 raise InputError(path, f"line {n}: expected value,class")
             pairs.append((row[vi], row[ci] if ci < len(row) else ""))
         return _mapping_from_pairs(str(path), pairs, path)
@@ -289,9 +289,10 @@ class PredReader:
             cmap = None
         self.colors = None
         if cmap:
-            n = max(len(self.class_names), 1)
+            used = [i for i, c in cmap.items() if i < NODATA and tuple(c) != (0, 0, 0, 0)]
+            n = len(self.class_names) or (max(used) + 1 if used else 0)
             self.colors = [tuple(int(v) for v in cmap.get(i, (128, 128, 128))[:3])
-                           for i in range(n)]
+                           for i in range(n)] or None
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Pixels [r0:r1, c0:c1] as an integer array."""
@@ -391,7 +392,11 @@ class RasterGT:
                                    "class values (convert colour-coded labels first)")
         self.dtype = np.dtype(ds.dtypes[0])
         self.nodata = ds.nodata
-        self.overlap = align(pred, path, ds.transform, ds.crs, (ds.height, ds.width))
+        try:
+            self.overlap = align(pred, path, ds.transform, ds.crs, (ds.height, ds.width))
+        except InputError:
+            ds.close()
+            raise
         self.class_field = None
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -492,8 +497,8 @@ class VectorGT:
                 geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
         if class_field:
             raw = field_data[0][keep]
-            values = [None if _missing(v) else _parse_key(v) if isinstance(v, str) else
-                      int(v) if isinstance(v, (int, np.integer)) else v for v in raw.tolist()]
+            values = [None if _missing(v) else str(v) if isinstance(v, bool) else _parse_key(v)
+                      for v in raw.tolist()]
             if any(v is None for v in values):
                 self.warnings.append(f"{path}: polygons with an empty {class_field!r} are "
                                      "treated as background")
@@ -841,7 +846,8 @@ def evaluate(
                 if nz.size:
                     max_code = max(max_code, int(nz.max()))
                 info = {
-                    "pred": str(pair.pred), "gt": str(pair.gt), "image": pair.image,
+                    "pred": str(pair.pred), "gt": str(pair.gt),
+                    "image": None if pair.image is None else str(pair.image),
                     "gt_type": gt.kind, "class_field": gt.class_field,
                     "pred_window": o.to_dict(),
                     "pred_shape": [pred.height, pred.width],

@@ -1,0 +1,162 @@
+"""Segmentation quality on the labelled sets in ../shared/data; prints one table.
+
+    python benchmarks/quality.py [--sets potsdam loveda] [--weights random|hub|PATH] [--quick]
+        [--methods pixel-kmeans feature-kmeans stego stego-crf] [--backbone-arg depth=2 ...]
+
+For each set and method it runs `stego fit` on the set's images (clusters = number of classes),
+`stego segment` on each image (STEGO twice: --no-crf and --crf), then scores all of the set's
+images together with `pipeline.evaluation.evaluate` (one confusion matrix, Hungarian matching):
+
+- potsdam: the ISPRS Potsdam 512 px crop, Potsdam-3 (STEGO's merge), value 0 ignored.
+- loveda:  LoveDA tiles 0 and 1, the 7 LoveDA classes, value 0 (no-data) ignored.
+
+With random backbone weights (the default: the model hub is unreachable offline) the numbers
+say how the pipeline behaves, not what STEGO achieves; pass --weights with a DINO checkpoint for
+meaningful ones. The sets are tiny, so the numbers are noisy either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA = ROOT.parent / "shared" / "data"
+METHODS = {  # name -> (fit method, segment flags)
+    "pixel-kmeans": ("pixel-kmeans", []),
+    "feature-kmeans": ("feature-kmeans", []),
+    "stego": ("stego", ["--no-crf"]),
+    "stego-crf": ("stego", ["--crf"]),
+}
+
+
+def sets(work: Path) -> dict[str, dict]:
+    """The labelled sets: images, labels, mapping, ignored values, number of classes."""
+    loveda_map = work / "loveda_mapping.csv"
+    with open(DATA / "loveda" / "classes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = ["value,class"] + [
+        f"{r['value']},{'ignore' if r['ignore'] == 'yes' else r['name']}" for r in rows]
+    loveda_map.write_text("\n".join(lines) + "\n")
+    n_loveda = sum(r["ignore"] != "yes" for r in rows)
+    pots = DATA / "isprs_potsdam"
+    return {
+        "potsdam": {"images": [pots / "images" / "2_10_0_0_512_512.png"],
+                    "labels": [pots / "labels" / "2_10_0_0_512_512.png"],
+                    "mapping": "potsdam3", "ignore": [0], "classes": 3},
+        "loveda": {"images": [DATA / "loveda" / "images" / f"{i}.png" for i in (0, 1)],
+                   "labels": [DATA / "loveda" / "labels" / f"{i}.png" for i in (0, 1)],
+                   "mapping": str(loveda_map), "ignore": [0], "classes": n_loveda},
+    }
+
+
+def stego_cmd() -> list[str]:
+    exe = ROOT / ".venv" / "bin" / "stego"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
+
+
+def run(args: list[str], log: Path) -> float:
+    """Run a `stego` command; its output goes to ``log``. Returns the wall time."""
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(args)}\n"
+                         + "\n".join(tail))
+    return time.perf_counter() - t0
+
+
+def weights_used(model_dir: Path) -> str:
+    meta = json.loads((model_dir / "model.json").read_text())
+    info = (meta.get("backbone") or {}).get("weights")
+    if not info:
+        return "-"
+    return info["source"] if info["source"] != "file" else f"file {Path(info['path']).name}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", nargs="+", default=["potsdam", "loveda"],
+                    choices=["potsdam", "loveda"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--weights", default="random", help="backbone weights for fit: "
+                    "random (default), hub, auto or a checkpoint path")
+    ap.add_argument("--backbone-arg", action="append", default=[], metavar="K=V",
+                    help="passed to `stego fit` (e.g. depth=2 for a quick smoke run)")
+    ap.add_argument("--crops", type=int, default=64, help="fit.crops (default 64)")
+    ap.add_argument("--steps", type=int, default=500, help="stego.steps (default 500)")
+    ap.add_argument("--quick", action="store_true", help="16 crops and 100 STEGO steps")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (kept)")
+    args = ap.parse_args()
+    if args.quick:
+        args.crops, args.steps = min(args.crops, 16), min(args.steps, 100)
+    missing = [p for p in (DATA / "isprs_potsdam", DATA / "loveda") if not p.exists()]
+    if missing:
+        raise SystemExit(f"shared data not found: {', '.join(map(str, missing))}")
+
+    from pipeline.evaluation import EvalPair, evaluate
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="stego-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    print(f"work directory: {work} (command output in {log.name})", file=sys.stderr)
+    stego = stego_cmd()
+    common = ["--set", "dask.processes=false", "--set", "dask.workers=1"]
+    rows = []
+    for set_name in args.sets:
+        spec = sets(work)[set_name]
+        fitted: dict[str, tuple[Path, float]] = {}
+        for name in args.methods:
+            method, seg_flags = METHODS[name]
+            model = work / set_name / f"model-{method}"
+            if method not in fitted:
+                cmd = [*stego, "fit", *map(str, spec["images"]), "--method", method,
+                       "--clusters", str(spec["classes"]), "--out", str(model),
+                       "--set", f"fit.crops={args.crops}", "--set", f"stego.steps={args.steps}",
+                       *common]
+                if method != "pixel-kmeans":
+                    cmd += ["--weights", args.weights]
+                    for kv in args.backbone_arg:
+                        cmd += ["--backbone-arg", kv]
+                print(f"[{set_name}] fit {method} ...", file=sys.stderr)
+                fitted[method] = (model, run(cmd, log))
+            model, fit_s = fitted[method]
+            pairs, seg_s = [], 0.0
+            for image, label in zip(spec["images"], spec["labels"], strict=True):
+                out = work / set_name / name / image.stem
+                print(f"[{set_name}] segment {name} {image.name} ...", file=sys.stderr)
+                seg_s += run([*stego, "segment", str(image), "--model", str(model),
+                              "--out", str(out), "--fresh", "-q", *seg_flags, *common], log)
+                pairs.append(EvalPair(str(out / "labels.tif"), str(label), str(image)))
+            m = evaluate(pairs, mapping=spec["mapping"], ignore=spec["ignore"])
+            (work / set_name / name / "metrics.json").write_text(json.dumps(m, indent=2))
+            rows.append([set_name, name, f"{m['accuracy']:.1f}", f"{m['mIoU']:.1f}",
+                         weights_used(model) if method != "pixel-kmeans" else "-",
+                         f"{fit_s:.0f}", f"{seg_s:.0f}"])
+    head = ["set", "method", "accuracy %", "mIoU %", "weights", "fit s", "segment s"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print(f"\ncrops={args.crops}, stego steps={args.steps}, weights={args.weights}, "
+          f"backbone args={args.backbone_arg or '-'}, {os.cpu_count()} CPU cores")
+    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
