@@ -32,6 +32,13 @@ EXAMPLES = {
     "import-checkpoint": """examples:
   stego import-checkpoint potsdam_test.ckpt --out models/potsdam --input-scale 0.5 --crf
   (the file is read with a restricted unpickler: only tensors and plain containers)""",
+    "evaluate": """examples:
+  stego evaluate out/labels.tif potsdam_label.tif --mapping potsdam3 --ignore 0 --out eval/
+  stego evaluate a/labels.tif a_gt.tif b/labels.zarr b_gt.tif --out eval/   # one matrix
+  stego evaluate out/labels.tif buildings.gpkg --out eval/   # vector ground truth""",
+    "name-clusters": """examples:
+  stego name-clusters models/potsdam --from eval/metrics.json
+  stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}""",
     "demo": """examples:
   stego demo demo/     # scene -> fit -> segment, prints where the outputs are""",
 }
@@ -126,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resample input before the backbone (0.5: 5 cm imagery at 10 cm)")
     imp.add_argument("--crf", action="store_true", help="dense CRF on each tile at inference")
     imp.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    ev = add("evaluate", "Hungarian-matched accuracy and mIoU against ground truth.")
+    ev.add_argument("pairs", nargs="+", metavar="PRED GT",
+                    help="labels.tif/labels.zarr and its ground truth (raster or vector), "
+                    "repeated for several pairs")
+    ev.add_argument("--mapping", help="potsdam3, potsdam6, or a CSV/YAML value -> class file")
+    ev.add_argument("--ignore", type=int, nargs="+", default=[], metavar="V",
+                    help="ground-truth values to leave out (e.g. 0)")
+    ev.add_argument("--class-field", help="vector ground truth: the class attribute")
+    ev.add_argument("--image", help="the input image, shown in preview.png")
+    ev.add_argument("--out", required=True, type=Path, help="report directory")
+    ev.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    nc = add("name-clusters", "Give a model's clusters class names (and colours).")
+    nc.add_argument("model", type=Path, help="model directory")
+    nc.add_argument("--from", dest="source", required=True, type=Path,
+                    help="metrics.json from `stego evaluate`, or a YAML/CSV cluster -> name file")
+    nc.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
     demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
     demo.add_argument("out", type=Path, help="demo directory")
@@ -269,8 +294,48 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate_flow import evaluate_flow
+
+    if len(args.pairs) % 2:
+        raise InputError("evaluate", "give PRED GT pairs (an even number of paths)")
+    for path in args.pairs:
+        if not Path(path).exists() and not path.startswith("/vsi"):
+            raise InputError(path, "file not found")
+    pairs = list(zip(args.pairs[::2], args.pairs[1::2], strict=True))
+    result = evaluate_flow(pairs, str(args.out), mapping=args.mapping, ignore=args.ignore,
+                           image=args.image, class_field=args.class_field)
+    m = result["metrics"]
+    print(f"accuracy {m['accuracy']:.1f} %  mIoU {m['mIoU']:.1f} %  "
+          f"(STEGO variant: accuracy {m['stego_variant']['accuracy']:.1f} %)")
+    for name, path in result["files"].items():
+        print(f"  {name:9s} {path}")
+    return 0
+
+
+def cmd_name_clusters(args: argparse.Namespace) -> int:
+    from pipeline.evaluation import (
+        cluster_names_from_file,
+        cluster_names_from_metrics,
+        rename_model_classes,
+    )
+    from pipeline.models.store import read_model_json
+
+    n = len(read_model_json(args.model)["class_names"])
+    colors = None
+    if args.source.suffix == ".json":
+        names = cluster_names_from_metrics(args.source, n)
+    else:
+        names, colors = cluster_names_from_file(args.source, n)
+    rename_model_classes(args.model, names, colors)
+    for i, name in enumerate(names):
+        print(f"  {i}: {name}")
+    return 0
+
+
 COMMANDS = {"fit": cmd_fit, "segment": cmd_segment, "demo-scene": cmd_demo_scene,
-            "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint}
+            "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
+            "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters}
 
 
 def _prefect_defaults() -> None:

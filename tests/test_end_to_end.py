@@ -120,6 +120,28 @@ def test_qgis_styles_and_stac_item_come_with_the_outputs(segmented):
     assert "paletted" in (segmented / "labels.qml").read_text()
 
 
+def test_evaluate_and_name_clusters_from_the_cli(segmented, fitted, demo_scene, tmp_path,
+                                                 capsys):
+    import shutil
+
+    code = main(["evaluate", str(segmented / "labels.tif"), str(demo_scene[1]),
+                 "--image", str(demo_scene[0]), "--out", str(tmp_path / "eval")])
+    assert code == 0, capsys.readouterr().err
+    assert "accuracy" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 < metrics["accuracy"] <= 100 and len(metrics["classes"]) == 5
+    assert (tmp_path / "eval" / "confusion.png").exists()
+    assert (tmp_path / "eval" / "preview.png").exists()
+    model = tmp_path / "named"
+    shutil.copytree(fitted, model)
+    assert main(["name-clusters", str(model), "--from",
+                 str(tmp_path / "eval" / "metrics.json")]) == 0
+    names = json.loads((model / "model.json").read_text())["class_names"]
+    matched = set(metrics["matching"].values())
+    assert matched <= set(names) and len(matched) == 4  # 4 clusters matched to 5 classes
+    assert main(["evaluate", str(segmented / "labels.tif"), "--out", str(tmp_path / "e")]) == 2
+
+
 def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_scene,
                                                         small_yaml, tmp_path):
     import shutil
