@@ -249,6 +249,14 @@ def fit_stego(
     result = train_stego(cache["features"], knn, k, stego_cfg, seed=fit_cfg.seed, device=device,
                          progress=on_step, labels=labels, n_label_classes=n_label_classes)
     times["train"] = result.seconds
+    pooled = torch.nn.functional.normalize(cache["pooled"][:512].float(), dim=1)
+    mean_cos = float((pooled @ pooled.T).mean())
+    if result.code_coherence > 0.98:
+        log(f"WARNING: the head's codes collapsed (mean cosine to their mean direction "
+            f"{result.code_coherence:.3f}), so the clusters carry little meaning. The "
+            f"backbone's features are very alike (mean cosine of crop features {mean_cos:.2f}): "
+            "random weights do this. STEGO's shifts assume DINO features; use pretrained "
+            "weights (--weights PATH) or retune stego.*_shift.")
     n_out = k + stego_cfg.extra_clusters
     probe: ClusterProbe = result.probe
     model = StegoModel(net.cpu(), info, result.head, probe, default_class_names(n_out),
@@ -258,6 +266,8 @@ def fit_stego(
     stats = {
         "crops_used": len(windows), "knn_neighbors": int(knn.shape[1]),
         "steps": stego_cfg.steps, "steps_per_second": result.steps_per_second,
+        "cluster_shares": result.cluster_shares, "code_coherence": result.code_coherence,
+        "mean_feature_cosine": mean_cos,
         "stage_seconds": times, "history": result.history,
     }
     return model, stats

@@ -235,3 +235,16 @@ def test_crf_on_each_tile_keeps_blocks_seamless_and_changes_labels(stego_model, 
     many, _ = _segment(model, info, grid, 96)
     np.testing.assert_array_equal(many, one)
     assert (one != plain).any()
+
+
+def test_code_coherence_reveals_collapsed_codes():
+    feats, _, k = planted_features(n=32)
+    knn = knn_indices(feats.mean((2, 3)), 3)
+    cfg = StegoConfig(dim=8, steps=20, batch_size=8, log_every=10, self_weight=0.0,
+                      knn_weight=0.0, rand_weight=1.0, rand_shift=0.35)
+    healthy = train_stego(feats, knn, k, cfg, seed=0)
+    assert sum(healthy.cluster_shares) == pytest.approx(1.0) and healthy.code_coherence < 0.9
+    same = torch.ones(32, 32, 12, 12) + 1e-4 * torch.randn(32, 32, 12, 12)  # features all alike
+    collapsed = train_stego(same, knn, k, StegoConfig(dim=8, steps=20, batch_size=8,
+                                                      log_every=10), seed=0)
+    assert collapsed.code_coherence > 0.98

@@ -37,6 +37,8 @@ class TrainResult:
     seconds: float = 0.0
     steps_per_second: float = 0.0
     linear_probe: torch.nn.Conv2d | None = None
+    cluster_shares: list[float] = field(default_factory=list)
+    code_coherence: float = 0.0  # mean cosine of codes to their mean direction; ~1 = collapsed
 
 
 def _batch(features: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -111,26 +113,38 @@ def train_stego(
             if progress:
                 progress(step, row)
     head.eval()
-    if cfg.probe_refine_iterations > 0:
-        refine_probe(head, probe, features, cfg.probe_refine_iterations, gen, seed, device)
+    shares, coherence = refine_probe(head, probe, features, cfg.probe_refine_iterations, gen,
+                                     seed, device)
     seconds = time.perf_counter() - t0
     return TrainResult(head.cpu(), probe.cpu(), history, seconds, cfg.steps / max(seconds, 1e-9),
-                       linear.cpu() if linear is not None else None)
+                       linear.cpu() if linear is not None else None, shares, coherence)
 
 
 @torch.no_grad()
 def refine_probe(head: SegmentationHead, probe: ClusterProbe, features: Any, iterations: int,
-                 gen: torch.Generator, seed: int, device: str, max_crops: int = 256) -> None:
-    """Cosine k-means on head codes of up to ``max_crops`` crops, starting at the probe."""
+                 gen: torch.Generator, seed: int, device: str,
+                 max_crops: int = 256) -> tuple[list[float], float]:
+    """Cosine k-means on head codes of up to ``max_crops`` crops, starting at the probe.
+
+    Returns the share of those codes in each cluster and their coherence (mean cosine to
+    their mean direction), so that a collapse of the codes can be reported.
+    """
     n = features.shape[0]
     idx = torch.randperm(n, generator=gen)[: min(n, max_crops)].sort().values
     codes = torch.cat([head(_batch(features, idx[i : i + 16]).to(device)).cpu()
                        for i in range(0, len(idx), 16)])
     x = codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
-    probe.clusters.data.copy_(
-        spherical_kmeans(x, probe.clusters.shape[0], iterations, seed,
-                         init=probe.clusters.detach().cpu()).to(probe.clusters.device)
-    )
+    if iterations > 0:
+        probe.clusters.data.copy_(
+            spherical_kmeans(x, probe.clusters.shape[0], iterations, seed,
+                             init=probe.clusters.detach().cpu()).to(probe.clusters.device)
+        )
+    c = F.normalize(probe.clusters.detach().cpu(), dim=1)
+    assign = (F.normalize(x, dim=1) @ c.T).argmax(1)
+    counts = torch.bincount(assign, minlength=c.shape[0]).float()
+    xn = F.normalize(x, dim=1)
+    coherence = float((xn @ F.normalize(xn.mean(0), dim=0)).mean())
+    return (counts / counts.sum()).tolist(), coherence
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> Path:
