@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import print_table  # noqa: E402
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,11 +59,7 @@ def main() -> None:
     head = ["run", "crops", "features s", "kNN s", "train s", "steps/s", "fit wall s"]
     print(f"\nmachine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
           f"backbone {args.backbone} (random weights), {args.steps} steps, batch 16")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print_table(head, rows)
     print(json.dumps({"work": str(work)}))
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import print_table  # noqa: E402
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,13 +151,9 @@ def main() -> None:
                          weights_used(model) if method != "pixel-kmeans" else "-",
                          f"{fit_s:.0f}", f"{seg_s:.0f}"])
     head = ["set", "method", "accuracy %", "mIoU %", "weights", "fit s", "segment s"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print(f"\ncrops={args.crops}, stego steps={args.steps}, weights={args.weights}, "
           f"backbone args={args.backbone_arg or '-'}, {os.cpu_count()} CPU cores")
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":

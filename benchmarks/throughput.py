@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import print_table  # noqa: E402
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,13 +96,9 @@ def main() -> None:
                          f"{rss.peak / 2**20:.0f}"])
     head = ["method", "raster", "wall s", "infer s", "model s", "cog s", "vector s",
             "infer Mpx/s", "model-only Mpx/s", "amplif.", "peak RSS MiB"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print(f"\nmachine: {os.cpu_count()} CPU cores, workers={args.workers}, "
           f"backbone={args.backbone} (random weights)")
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":
