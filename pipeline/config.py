@@ -90,6 +90,8 @@ class DaskConfig(_Section):
         default=None, description="connect to an existing Dask scheduler instead"
     )
     connect_timeout: float = Field(default=20.0, description="seconds to reach the scheduler")
+    io_retries: int = Field(default=3, description="retries of a block after an I/O error")
+    retry_delay: float = Field(default=1.0, description="first retry delay (s), then doubled")
 
 
 class FitConfig(_Section):

@@ -46,6 +46,8 @@ class BlockJob:
     torch_threads: int
     crf: bool | None = None
     linear_probe: bool = False
+    io_retries: int = 3
+    retry_delay: float = 1.0
 
 
 @dataclass
@@ -174,10 +176,32 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         model.crf = job.crf
     if hasattr(model, "use_linear_probe"):
         model.use_linear_probe = job.linear_probe
-    out = segment_block(model, job.info, job.scaling, job.grid, block, job.batch_size,
-                        job.device)
-    write_block(Path(job.store), out, job.confidence)
-    return out.stats
+
+    def attempt() -> dict[str, Any]:
+        out = segment_block(model, job.info, job.scaling, job.grid, block, job.batch_size,
+                            job.device)
+        write_block(Path(job.store), out, job.confidence)
+        return out.stats
+
+    stats = retry_transient(attempt, job.io_retries, job.retry_delay)
+    return stats
+
+
+def retry_transient(fn: Any, retries: int, delay: float) -> Any:
+    """Call ``fn``; retry I/O errors (OSError) with exponential backoff, never bad input."""
+    for n in range(retries + 1):
+        try:
+            result = fn()
+            if n:
+                result = {**result, "io_retries": n}
+            return result
+        except InputError:
+            raise
+        except OSError:
+            if n == retries:
+                raise
+            time.sleep(delay * 2**n)
+    raise AssertionError("unreachable")
 
 
 def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, list[Block]]:
@@ -201,6 +225,7 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
         device=plan.device, batch_size=plan.config.tiling.batch_size, store=str(store),
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
+        io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
     )
 
 

@@ -80,3 +80,34 @@ def test_blocks_read_pixels_from_the_file_not_from_the_scheduler(demo_scene, pix
     job = block_job(plan, "/tmp/store", 1)
     # what is shipped per task: a block description and a job of paths and numbers, no arrays
     assert len(pickle.dumps((plan.blocks[0], job))) < 4000
+
+
+def test_transient_io_errors_are_retried_with_backoff_but_bad_input_is_not(monkeypatch):
+    import time
+
+    from pipeline.errors import InputError
+    from pipeline.segment import retry_transient
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise OSError("NFS hiccup")
+        return {"ok": True}
+
+    assert retry_transient(flaky, 3, 0.5) == {"ok": True, "io_retries": 2}
+    assert sleeps == [0.5, 1.0]
+
+    def bad():
+        calls["n"] += 1
+        raise InputError("x.tif", "corrupt")
+
+    calls["n"] = 0
+    with pytest.raises(InputError):
+        retry_transient(bad, 3, 0.5)
+    assert calls["n"] == 1
+    with pytest.raises(OSError):
+        retry_transient(lambda: (_ for _ in ()).throw(OSError("gone")), 2, 0.1)
