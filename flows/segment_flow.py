@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from pipeline.cog import write_cog
 from pipeline.config import RunConfig, build_config
 from pipeline.executor import dask_client, map_unordered, torch_threads_per_worker
+from pipeline.geoparquet import write_geoparquet
 from pipeline.gis_styles import write_styles
 from pipeline.lock import output_lock
 from pipeline.manifest import write_json_atomic
@@ -92,12 +93,21 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
 
     vec = plan.config.vectorize
     crs = CRS.from_wkt(plan.info.crs_wkt) if plan.info.crs_wkt else None
+    final = plan.output("polygons")
+    # GeoParquet is converted from a GeoPackage (GDAL here has no Parquet driver)
+    direct = final if vec.format != "parquet" else final.with_name(f".{final.stem}.gpkg")
+    driver = {"gpkg": "GPKG", "fgb": "FlatGeobuf", "parquet": "GPKG"}[vec.format]
     stats = vectorize_labels(
         open_labels(plan.output("zarr")), transform=plan.info.affine, crs=crs,
-        class_names=plan.class_names, out_path=plan.output("polygons"),
+        class_names=plan.class_names, out_path=direct, driver=driver,
         block_size=plan.config.tiling.block_size, min_region_pixels=min_region_pixels(plan),
         simplify_tolerance=vec.simplify_tolerance, layer=vec.layer,
     )
+    if direct != final:
+        try:
+            write_geoparquet(direct, vec.layer, final)
+        finally:
+            direct.unlink(missing_ok=True)
     return {"polygons": stats.polygons, "seam_groups_merged": stats.seam_groups_merged,
             "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0}
 
@@ -117,9 +127,11 @@ def styles_and_stac(plan: SegmentPlan) -> dict[str, str]:
     """QGIS styles (.qml + the GeoPackage's layer_styles) and a STAC Item for catalogues."""
     from datetime import UTC, datetime
 
+    polygons = plan.output("polygons").name
     files = write_styles(Path(plan.out_dir), plan.class_names, plan.colors,
-                         vector_name=OUTPUT_NAMES["polygons"], layer=plan.config.vectorize.layer)
-    assets = {k: OUTPUT_NAMES[k] for k in ("cog", "zarr", "polygons", "preview", "manifest")}
+                         vector_name=polygons, layer=plan.config.vectorize.layer)
+    assets = {k: OUTPUT_NAMES[k] for k in ("cog", "zarr", "preview", "manifest")}
+    assets["polygons"] = polygons
     assets["labels"] = assets.pop("cog")
     item = build_stac_item(
         item_id=stac_item_id(plan.input_path, plan.fingerprint), out_dir=Path(plan.out_dir),

@@ -70,6 +70,9 @@ class VectorizeConfig(_Section):
     min_pixels: int = Field(default=16, description="sieve regions smaller than this (pixels)")
     simplify_tolerance: float = Field(default=0.0, description="in CRS units; 0 = off")
     layer: str = "polygons"
+    format: Literal["gpkg", "parquet", "fgb"] = Field(
+        default="gpkg", description="GeoPackage, GeoParquet or FlatGeobuf"
+    )
 
 
 class OutputConfig(_Section):

@@ -70,7 +70,9 @@ class SegmentPlan:
     warnings: list[str] = field(default_factory=list)
 
     def output(self, kind: str) -> Path:
-        """Final path of an output (``cog``, ``zarr``, ``polygons``, ``manifest``)."""
+        """Final path of an output (``cog``, ``zarr``, ``polygons``, ``preview``, ``manifest``)."""
+        if kind == "polygons":
+            return Path(self.out_dir) / f"polygons.{self.config.vectorize.format}"
         return Path(self.out_dir) / OUTPUT_NAMES[kind]
 
     @property

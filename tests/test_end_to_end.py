@@ -142,6 +142,30 @@ def test_evaluate_and_name_clusters_from_the_cli(segmented, fitted, demo_scene, 
     assert main(["evaluate", str(segmented / "labels.tif"), "--out", str(tmp_path / "e")]) == 2
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "fgb"])
+def test_polygons_as_geoparquet_or_flatgeobuf(fitted, demo_scene, small_yaml, tmp_path, fmt,
+                                              segmented):
+    code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
+                 str(tmp_path / "o"), "--config", str(small_yaml),
+                 "--set", f"vectorize.format={fmt}", "-q"])
+    assert code == 0
+    path = tmp_path / "o" / f"polygons.{fmt}"
+    reference = pyogrio.read_info(segmented / "polygons.gpkg", layer="polygons")["features"]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        geo = json.loads(table.schema.metadata[b"geo"])
+        assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["crs"]
+        assert table.num_rows == reference
+        assert {"class_id", "class_name", "area_m2"} <= set(table.column_names)
+    else:
+        assert pyogrio.read_info(path)["features"] == reference
+    assert not (tmp_path / "o" / "polygons.gpkg").exists()
+    doc = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert doc["outputs"]["polygons"] == str(path)
+
+
 def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_scene,
                                                         small_yaml, tmp_path):
     import shutil
