@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--workers", type=int, help="Dask LocalCluster workers")
     seg.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
     seg.add_argument("--fresh", action="store_true", help="ignore blocks done by an earlier run")
+    seg.add_argument("--progress", choices=["auto", "bar", "lines", "json", "off"],
+                     default="auto", help="progress on stderr (auto: a bar on a terminal)")
+    seg.add_argument("--json", action="store_true",
+                     help="print run.json's content on stdout (for scripts and cron)")
     seg.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
                      help="dense CRF post-processing (STEGO models; default: the model's)")
     _add_config_args(seg)
@@ -217,9 +221,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if info.crs_wkt is None:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",
               file=sys.stderr)
-    doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
-                  progress=not args.quiet)
-    _print_outputs(doc)
+    progress = "off" if args.quiet else ("json" if args.json else args.progress)
+    doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh, progress=progress)
+    if args.json:
+        print(json.dumps(doc, default=str))
+    else:
+        _print_outputs(doc)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pipeline.gis_styles import write_styles
 from pipeline.lock import output_lock
 from pipeline.manifest import write_json_atomic
 from pipeline.preview import class_histogram, write_preview
+from pipeline.progress import Progress
 from pipeline.segment import (
     OUTPUT_NAMES,
     SegmentPlan,
@@ -41,7 +41,7 @@ def validate(input_path: str, model_dir: str, out_dir: str, config: RunConfig) -
 
 
 @task(name="infer-blocks")
-def infer_blocks(plan: SegmentPlan, fresh: bool, progress: bool) -> dict[str, Any]:
+def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any]:
     """Segment every block not already done on Dask workers; each writes its own region."""
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -49,14 +49,10 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: bool) -> dict[str, An
     if len(todo) < len(plan.blocks):
         logger.info("resuming: %d of %d blocks already done", len(plan.blocks) - len(todo),
                     len(plan.blocks))
-    done = {"n": len(plan.blocks) - len(todo), "px": 0}
+    bar = Progress(len(todo), "blocks", mode=progress)
 
     def report(stats: dict[str, Any]) -> None:
-        done["n"] += 1
-        done["px"] += stats["valid_pixels"]
-        if progress:
-            rate = done["px"] / 1e6 / max(time.perf_counter() - t0, 1e-9)
-            print(f"blocks {done['n']}/{len(plan.blocks)}  {rate:.2f} Mpx/s", file=sys.stderr)
+        bar.update(1, stats["valid_pixels"] / 1e6)
 
     stats: list[dict[str, Any]] = []
     if todo:
@@ -179,7 +175,7 @@ def segment_flow(
     out_dir: str,
     config: dict[str, Any] | None = None,
     fresh: bool = False,
-    progress: bool = True,
+    progress: str = "auto",
 ) -> dict[str, Any]:
     """Segment one raster with a fitted model into labels.tif, labels.zarr, polygons.gpkg."""
     cfg = build_config(config or {})
@@ -189,7 +185,7 @@ def segment_flow(
         return _run_stages(plan, cfg, fresh, progress, t0)
 
 
-def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: bool,
+def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
                 t0: float) -> dict[str, Any]:
     run_json = plan.output("manifest")
     write_json_atomic(run_json, manifest(plan, "running", {}))
@@ -221,8 +217,12 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: bool,
 
 def segment(input_path: str | Path, model_dir: str | Path, out_dir: str | Path,
             config: RunConfig | None = None, fresh: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Run the flow with a typed config (the CLI and tests call this)."""
+            progress: bool | str = "auto") -> dict[str, Any]:
+    """Run the flow with a typed config (the CLI and tests call this).
+
+    ``progress``: "auto", "bar", "lines", "json", or "off" (False).
+    """
     cfg = config or RunConfig()
+    progress = {True: "auto", False: "off"}.get(progress, progress)  # type: ignore[arg-type]
     return segment_flow(str(input_path), str(model_dir), str(out_dir),
                         cfg.model_dump(mode="json"), fresh, progress)

@@ -166,6 +166,17 @@ def test_polygons_as_geoparquet_or_flatgeobuf(fitted, demo_scene, small_yaml, tm
     assert doc["outputs"]["polygons"] == str(path)
 
 
+def test_json_mode_for_cron(fitted, demo_scene, small_yaml, tmp_path, capsys):
+    code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
+                 str(tmp_path / "o"), "--config", str(small_yaml), "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["status"] == "complete"
+    events = [json.loads(x) for x in captured.err.splitlines() if x.startswith('{"event"')]
+    assert events and events[-1]["done"] == events[-1]["total"] == 16
+
+
 def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_scene,
                                                         small_yaml, tmp_path):
     import shutil
