@@ -39,6 +39,14 @@ EXAMPLES = {
     "name-clusters": """examples:
   stego name-clusters models/potsdam --from eval/metrics.json
   stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}""",
+    "deploy": """examples:
+  prefect server start &   export PREFECT_API_URL=http://127.0.0.1:4200/api
+  stego deploy --name nightly --cron "0 2 * * *" --input-glob 'scenes/*.tif' \\
+      --model models/potsdam --out-root out/
+  (serves until stopped; scenes already done with the same model and config are skipped)""",
+    "run-deployment": """examples:
+  stego run-deployment nightly
+  stego run-deployment nightly --param input_glob='new/*.tif' --watch""",
     "demo": """examples:
   stego demo demo/     # scene -> fit -> segment, prints where the outputs are""",
 }
@@ -155,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     nc.add_argument("--from", dest="source", required=True, type=Path,
                     help="metrics.json from `stego evaluate`, or a YAML/CSV cluster -> name file")
     nc.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    dep = add("deploy", "Serve a scheduled deployment that segments every new scene in a folder.")
+    dep.add_argument("--name", required=True, help="deployment name")
+    dep.add_argument("--cron", help='schedule, e.g. "0 2 * * *" (needs a Prefect server)')
+    dep.add_argument("--timezone", help="for the cron schedule, e.g. Europe/Berlin")
+    dep.add_argument("--input-glob", required=True, help="scenes to process, e.g. 'in/*.tif'")
+    dep.add_argument("--model", required=True, type=Path, help="model directory")
+    dep.add_argument("--out-root", required=True, type=Path, help="OUT_ROOT/<scene stem>/")
+    dep.add_argument("--config", type=Path, help="YAML run config")
+    dep.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="SEC.KEY=V", help="override one config value")
+
+    rd = add("run-deployment", "Trigger a run of a served or deployed segment-folder flow.")
+    rd.add_argument("name", help="deployment name (or FLOW/DEPLOYMENT)")
+    rd.add_argument("--param", action="append", default=[], metavar="K=V",
+                    help="flow parameter override (YAML-typed)")
+    rd.add_argument("--watch", action="store_true", help="wait for the run to finish")
+    rd.add_argument("--timeout", type=float, help="seconds to wait with --watch")
 
     demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
     demo.add_argument("out", type=Path, help="demo directory")
@@ -340,9 +366,30 @@ def cmd_name_clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import serve_folder
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, list(args.overrides)).model_dump(mode="json",
+                                                                   exclude_unset=True)
+    serve_folder(args.name, args.cron, args.input_glob, str(args.model), str(args.out_root),
+                 cfg or None, timezone=args.timezone)
+    return 0
+
+
+def cmd_run_deployment(args: argparse.Namespace) -> int:
+    from flows.deploy import parse_params, trigger
+
+    timeout = args.timeout if args.watch else 0
+    run = trigger(args.name, parse_params(args.param), timeout=timeout)
+    print(json.dumps(run, default=str))
+    return 0 if not args.watch or run["state"] == "Completed" else 1
+
+
 COMMANDS = {"fit": cmd_fit, "segment": cmd_segment, "demo-scene": cmd_demo_scene,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
-            "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters}
+            "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,
+            "deploy": cmd_deploy, "run-deployment": cmd_run_deployment}
 
 
 def _prefect_defaults() -> None:

@@ -279,3 +279,14 @@ def test_in_process_errors_return_2(prefect_harness, demo_scene, pixel_model, tm
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
+
+
+def test_deploy_and_run_deployment_report_bad_input_in_one_line(prefect_harness, pixel_model,
+                                                                tmp_path, capsys):
+    assert main(["run-deployment", "no-such-deployment"]) == 2
+    assert "no such deployment" in capsys.readouterr().err
+    assert main(["deploy", "--name", "n", "--cron", "not a cron", "--input-glob",
+                 str(tmp_path / "*.tif"), "--model", str(pixel_model), "--out-root",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --cron") and err.count("\n") == 1

@@ -1,0 +1,148 @@
+"""The `segment-folder` flow: segment every scene matching a glob, skipping finished ones.
+
+Each scene goes to ``OUT_ROOT/<scene stem>/`` through the `segment` flow (a subflow). A scene
+is skipped when its ``run.json`` says ``complete`` for the fingerprint the run would have now
+(same input file, model and tiling/input config) and the same output-affecting config. A
+failing scene does not stop the others; the flow ends Failed after all scenes were tried.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.segment_flow import segment_flow
+from pipeline.config import RunConfig, build_config
+from pipeline.errors import InputError
+from pipeline.segment import OUTPUT_NAMES, plan_segment
+
+# config sections that change what a segment run writes (dask/fit/stego do not)
+OUTPUT_SECTIONS = ("input", "tiling", "vectorize", "output", "model")
+
+
+class BatchFailed(RuntimeError):
+    """Some scenes of a folder run failed; ``summary`` holds the whole result."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.summary = summary
+        failed = summary["failed"]
+        first = next(iter(failed.items()))
+        super().__init__(f"{len(failed)} of {summary['total']} scene(s) failed; first: "
+                         f"{first[0]}: {first[1]}")
+
+
+def find_scenes(input_glob: str) -> list[str]:
+    """Files matching the glob (``**`` recursive), sorted; directories are left out."""
+    return sorted(p for p in glob.glob(os.path.expanduser(input_glob), recursive=True)
+                  if not os.path.isdir(p))
+
+
+def scene_out_dir(out_root: str | Path, scene: str) -> Path:
+    """``OUT_ROOT/<stem of the scene file>``."""
+    return Path(out_root) / Path(scene).stem
+
+
+def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((out_dir / OUTPUT_NAMES["manifest"]).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _output_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config.get(k) for k in OUTPUT_SECTIONS}
+
+
+def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
+    """True when ``out_dir/run.json`` is complete for the run this scene would get now.
+
+    Only a complete run.json is checked further (cheap otherwise); then the scene is planned
+    (validation, decimated scaling read, model hash) to compare the fingerprint. Raises
+    InputError when the scene or model is bad.
+    """
+    doc = _read_manifest(out_dir)
+    if doc is None or doc.get("status") != "complete":
+        return False
+    if _output_config(doc.get("config") or {}) != _output_config(cfg.model_dump(mode="json")):
+        return False
+    plan = plan_segment(scene, model_dir, str(out_dir), cfg)
+    return doc.get("fingerprint") == plan.fingerprint
+
+
+def _error_text(exc: Exception, scene: str) -> str:
+    """The error of a scene, without repeating the scene's path."""
+    if isinstance(exc, InputError) and exc.path == scene:
+        return exc.problem
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _publish_summary(summary: dict[str, Any], input_glob: str) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"# segment-folder `{input_glob}`", "",
+             f"- processed: {len(summary['processed'])}",
+             f"- skipped (already done): {len(summary['skipped'])}",
+             f"- failed: {len(summary['failed'])}", ""]
+    if summary["failed"]:
+        lines += ["| failed scene | error |", "|---|---|"]
+        lines += [f"| `{s}` | {e.replace('|', '/')} |" for s, e in summary["failed"].items()]
+    create_markdown_artifact(markdown="\n".join(lines), key="segment-folder-summary",
+                             description=f"stego segment-folder {input_glob}")
+
+
+@flow(name="segment-folder", log_prints=False)
+def segment_folder(
+    input_glob: str,
+    model_dir: str,
+    out_root: str,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segment every scene matching ``input_glob`` into ``out_root/<stem>/``, skipping done ones.
+
+    Returns ``{processed: [...], skipped: [...], failed: {scene: error}, total: n}``; raises
+    BatchFailed after trying every scene when any failed.
+    """
+    logger = get_run_logger()
+    cfg = build_config(config or {})
+    cfg_json = cfg.model_dump(mode="json")
+    scenes = find_scenes(input_glob)
+    if not scenes:
+        raise InputError(input_glob, "no files match this pattern")
+    summary: dict[str, Any] = {"processed": [], "skipped": [], "failed": {},
+                               "total": len(scenes), "out_root": str(out_root)}
+    owners: dict[str, str] = {}
+    for scene in scenes:
+        out_dir = scene_out_dir(out_root, scene)
+        if out_dir.name in owners:
+            summary["failed"][scene] = (f"output folder {out_dir} is already used by "
+                                        f"{owners[out_dir.name]} (same file name)")
+            logger.error("%s: %s", scene, summary["failed"][scene])
+            continue
+        owners[out_dir.name] = scene
+        try:
+            if is_done(scene, model_dir, out_dir, cfg):
+                logger.info("%s: already done in %s, skipped", scene, out_dir)
+                summary["skipped"].append(scene)
+                continue
+            label = out_dir.name.replace("{", "{{").replace("}", "}}")  # a name template
+            run = segment_flow.with_options(flow_run_name=f"segment-{label}")
+            run(scene, model_dir, str(out_dir), cfg_json, False, "off")
+        except Exception as exc:  # noqa: BLE001 - one bad scene must not stop the others
+            msg = _error_text(exc, scene)
+            logger.error("%s: failed: %s", scene, msg)
+            summary["failed"][scene] = msg
+            continue
+        logger.info("%s: done -> %s", scene, out_dir)
+        summary["processed"].append(scene)
+    logger.info("segment-folder: %d processed, %d skipped, %d failed",
+                len(summary["processed"]), len(summary["skipped"]), len(summary["failed"]))
+    _publish_summary(summary, input_glob)
+    if summary["failed"]:
+        raise BatchFailed(summary)
+    return summary
