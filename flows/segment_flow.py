@@ -27,6 +27,7 @@ from pipeline.segment import (
     min_region_pixels,
     plan_segment,
     prepare_labels_store,
+    simplify_tolerance_crs,
     summarize_blocks,
 )
 from pipeline.stac import build_stac_item, stac_item_id, write_stac_item
@@ -97,7 +98,7 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
         open_labels(plan.output("zarr")), transform=plan.info.affine, crs=crs,
         class_names=plan.class_names, out_path=direct, driver=driver,
         block_size=plan.config.tiling.block_size, min_region_pixels=min_region_pixels(plan),
-        simplify_tolerance=vec.simplify_tolerance, layer=vec.layer,
+        simplify_tolerance=simplify_tolerance_crs(plan), layer=vec.layer,
     )
     if direct != final:
         try:

@@ -68,7 +68,9 @@ class VectorizeConfig(_Section):
         default=None, description="sieve regions smaller than this area (overrides min_pixels)"
     )
     min_pixels: int = Field(default=16, description="sieve regions smaller than this (pixels)")
-    simplify_tolerance: float = Field(default=0.0, description="in CRS units; 0 = off")
+    simplify_tolerance: float = Field(
+        default=0.0, description="in metres (pixels without a CRS); 0 = off"
+    )
     layer: str = "polygons"
     format: Literal["gpkg", "parquet", "fgb"] = Field(
         default="gpkg", description="GeoPackage, GeoParquet or FlatGeobuf"

@@ -247,6 +247,22 @@ def pixel_area_m2(info: RasterInfo) -> float | None:
     return abs(t.a * t.e - t.b * t.d) * unit * unit
 
 
+def simplify_tolerance_crs(plan: SegmentPlan) -> float:
+    """``vectorize.simplify_tolerance`` (metres) in CRS units: degrees for geographic CRSs."""
+    tol = plan.config.vectorize.simplify_tolerance
+    if not tol or plan.info.crs_wkt is None:
+        return tol
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(plan.info.crs_wkt)
+    if crs.is_geographic:
+        t: Affine = plan.info.affine
+        lat = math.radians(t.f + t.e * plan.info.height / 2)
+        return tol / (111_320.0 * max(math.cos(lat), 1e-6))
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return tol / unit
+
+
 def min_region_pixels(plan: SegmentPlan) -> int:
     """Sieve threshold in pixels (from ``min_area_m2`` when set and the CRS is metric)."""
     vec = plan.config.vectorize

@@ -111,3 +111,19 @@ def test_transient_io_errors_are_retried_with_backoff_but_bad_input_is_not(monke
     assert calls["n"] == 1
     with pytest.raises(OSError):
         retry_transient(lambda: (_ for _ in ()).throw(OSError("gone")), 2, 0.1)
+
+
+def test_simplification_tolerance_is_given_in_metres(demo_scene, pixel_model):
+    from pipeline.segment import plan_segment, simplify_tolerance_crs
+
+    cfg = small_config()
+    cfg.vectorize.simplify_tolerance = 0.5
+    plan = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", cfg)
+    assert simplify_tolerance_crs(plan) == pytest.approx(0.5)  # EPSG:25833 is in metres
+    from dataclasses import replace
+
+    from pyproj import CRS
+
+    geo = replace(plan, info=replace(plan.info, crs_wkt=CRS.from_epsg(4326).to_wkt(),
+                                     transform=(1e-5, 0, 13.0, 0, -1e-5, 52.4)))
+    assert simplify_tolerance_crs(geo) == pytest.approx(0.5 / (111_320 * 0.6103), rel=0.01)
