@@ -84,8 +84,15 @@ def map_unordered(
         client.submit(fn, item, pure=False, retries=retries, **kwargs) for item in items
     ]
     results = []
-    for fut in as_completed(futures):
+    # On this client's event loop, not the default client's (a caller's `with Client()`):
+    # a result lost with a dead worker before it is collected is then waited for again.
+    pending = as_completed(futures, loop=client.loop)
+    # Hold each future only until its result is collected: otherwise a worker that dies
+    # later makes Dask recompute (and rewrite) every finished block it still holds.
+    del futures
+    for fut in pending:
         res = fut.result()
+        fut.release()
         results.append(res)
         if on_result is not None:
             on_result(res)
