@@ -22,6 +22,8 @@ from pipeline.segment import (
     SegmentPlan,
     block_job,
     class_summary,
+    clean_stale_temporaries,
+    complete_store_matches,
     infer_and_write_block,
     manifest,
     min_region_pixels,
@@ -46,6 +48,11 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
     """Segment every block not already done on Dask workers; each writes its own region."""
     logger = get_run_logger()
     t0 = time.perf_counter()
+    if not fresh and complete_store_matches(plan):
+        logger.info("labels.zarr is already complete for this input, model and config")
+        summary = summarize_blocks(plan, [])
+        summary["seconds"] = time.perf_counter() - t0
+        return summary
     store, todo = prepare_labels_store(plan, fresh=fresh)
     if len(todo) < len(plan.blocks):
         logger.info("resuming: %d of %d blocks already done", len(plan.blocks) - len(todo),
@@ -183,6 +190,7 @@ def segment_flow(
     t0 = time.perf_counter()
     plan = validate(input_path, model_dir, out_dir, cfg)
     with output_lock(Path(out_dir)):
+        clean_stale_temporaries(Path(out_dir))
         return _run_stages(plan, cfg, fresh, progress, t0)
 
 

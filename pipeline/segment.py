@@ -5,6 +5,7 @@ validate/plan -> infer blocks (Dask) -> finalize Zarr -> COG -> polygons -> run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -189,8 +190,14 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
     return stats
 
 
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def retry_transient(fn: Any, retries: int, delay: float) -> Any:
-    """Call ``fn``; retry I/O errors (OSError) with exponential backoff, never bad input."""
+    """Call ``fn``; retry I/O errors (OSError) with exponential backoff.
+
+    Bad input and a full disk (ENOSPC, EDQUOT) are not transient: they are raised at once.
+    """
     for n in range(retries + 1):
         try:
             result = fn()
@@ -199,11 +206,39 @@ def retry_transient(fn: Any, retries: int, delay: float) -> Any:
             return result
         except InputError:
             raise
-        except OSError:
-            if n == retries:
+        except OSError as exc:
+            if n == retries or exc.errno in _PERMANENT_ERRNOS:
                 raise
             time.sleep(delay * 2**n)
     raise AssertionError("unreachable")
+
+
+def complete_store_matches(plan: SegmentPlan) -> bool:
+    """Whether labels.zarr is already complete for exactly this run (killed after it)."""
+    import zarr
+
+    final = plan.output("zarr")
+    if not final.exists():
+        return False
+    try:
+        attrs = zarr.open_group(str(final), mode="r").attrs
+    except Exception:  # noqa: BLE001 - unreadable: not a match
+        return False
+    return attrs.get("status") == "complete" and attrs.get("fingerprint") == plan.fingerprint
+
+
+def clean_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Remove temporary files left by a killed run (call while holding the output lock).
+
+    The partial Zarr store is kept: it is what a resumed run continues from.
+    """
+    removed = []
+    for p in Path(out_dir).glob(".*"):
+        name = p.name
+        if p.is_file() and (".tmp-" in name or name.endswith((".build.tif", ".cog.tif"))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, list[Block]]:

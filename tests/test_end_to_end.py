@@ -187,6 +187,7 @@ def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_
 
     partial = partial_path(segmented / "labels.zarr")
     shutil.copytree(segmented / "labels.zarr", partial)
+    shutil.rmtree(segmented / "labels.zarr")  # killed before the store was finalized
     import zarr
 
     done = zarr.open_array(str(partial), path="block_done", mode="r+")
@@ -197,6 +198,20 @@ def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_
     doc = json.loads((segmented / "run.json").read_text())
     assert doc["counts"]["blocks_computed"] == 8 and doc["counts"]["blocks_resumed"] == 8
     assert (segmented / "labels.tif").read_bytes() == before
+
+
+def test_a_run_killed_after_the_store_was_finalized_does_not_recompute(
+        segmented, fitted, demo_scene, small_yaml):
+    before = (segmented / "labels.tif").read_bytes()
+    (segmented / "labels.tif").unlink()  # killed while writing the COG
+    (segmented / ".labels.tif.build.tif").write_bytes(b"half a file")
+    code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
+                 str(segmented), "--config", str(small_yaml), "-q"])
+    assert code == 0
+    doc = json.loads((segmented / "run.json").read_text())
+    assert doc["counts"]["blocks_computed"] == 0 and doc["counts"]["blocks_resumed"] == 16
+    assert (segmented / "labels.tif").read_bytes() == before
+    assert not (segmented / ".labels.tif.build.tif").exists()
 
 
 def test_feature_kmeans_fits_and_segments_from_the_cli(prefect_harness, demo_scene, small_yaml,

@@ -127,3 +127,33 @@ def test_simplification_tolerance_is_given_in_metres(demo_scene, pixel_model):
     geo = replace(plan, info=replace(plan.info, crs_wkt=CRS.from_epsg(4326).to_wkt(),
                                      transform=(1e-5, 0, 13.0, 0, -1e-5, 52.4)))
     assert simplify_tolerance_crs(geo) == pytest.approx(0.5 / (111_320 * 0.6103), rel=0.01)
+
+
+def test_a_full_disk_is_not_retried(monkeypatch):
+    import errno
+    import time
+
+    from pipeline.segment import retry_transient
+
+    calls = {"n": 0}
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+
+    def full():
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        retry_transient(full, 3, 0.1)
+    assert calls["n"] == 1
+
+
+def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
+    from pipeline.segment import clean_stale_temporaries
+
+    for name in (".polygons.gpkg.tmp-123.gpkg", ".labels.tif.build.tif", ".run.json.tmp-9"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".labels.zarr.partial").mkdir()
+    (tmp_path / "labels.tif").write_text("keep")
+    removed = clean_stale_temporaries(tmp_path)
+    assert len(removed) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.zarr.partial", "labels.tif"]
