@@ -204,11 +204,14 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_labels(
     if (k.out / LOCK_NAME).exists():  # the dead run's lock is still there...
         assert json.loads((k.out / LOCK_NAME).read_text())["pid"] == k.pid
 
+    # killed after the store was finalized: the re-run reuses the complete store
+    finalized = (k.out / "labels.zarr").exists()
     # ...and the re-run, the same command, takes it over
     assert main(_args(demo_scene[0], pixel_model, k.out, small_yaml)) == 0
     doc = _run_json(k.out)
     assert doc["status"] == "complete"
-    assert doc["counts"]["blocks_resumed"] == k.done_after_kill
+    expected = N_BLOCKS if finalized else k.done_after_kill
+    assert doc["counts"]["blocks_resumed"] == expected
     if k.hit == "infer":
         assert doc["counts"]["blocks_resumed"] > 0
     np.testing.assert_array_equal(_labels(k.out), ref_labels)
@@ -460,9 +463,8 @@ def test_disk_full_while_writing_blocks_fails_cleanly_and_resumes(
         return real_put(path, value, exclusive)
 
     monkeypatch.setattr(local, "_put", put)
-    # blocks are retried after I/O errors (dask.io_retries); do not wait seconds for that
-    code = main(_args(demo_scene[0], pixel_model, out, small_yaml, "--set",
-                      "dask.retry_delay=0.01"))
+    # --fresh: recompute although the earlier complete store matches, so blocks are written
+    code = main(_args(demo_scene[0], pixel_model, out, small_yaml, "--fresh"))
     assert code == 1
     assert "No space left on device" in _one_line_error(capsys)
     assert _snapshot(out) == before  # every final output is the earlier run's
@@ -470,7 +472,11 @@ def test_disk_full_while_writing_blocks_fails_cleanly_and_resumes(
     done = _done_flags(out)
     assert 0 < done < N_BLOCKS
 
-    monkeypatch.undo()  # space freed: the re-run resumes
+    monkeypatch.undo()  # space freed: the re-run reuses the complete store it still has
+    assert main(_args(demo_scene[0], pixel_model, out, small_yaml)) == 0
+    assert _run_json(out)["counts"]["blocks_resumed"] == N_BLOCKS
+    # and a run without that store resumes the partial one the failed run left behind
+    shutil.rmtree(out / "labels.zarr")
     assert main(_args(demo_scene[0], pixel_model, out, small_yaml)) == 0
     assert _run_json(out)["counts"]["blocks_resumed"] == done
     assert (out / "labels.tif").read_bytes() == (reference / "labels.tif").read_bytes()
