@@ -18,6 +18,7 @@ from flows.batch_flow import segment_folder
 from pipeline.config import build_config
 from pipeline.errors import InputError
 from pipeline.models.store import read_model_json
+from pipeline.segment import ensure_output_dir
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -64,15 +65,7 @@ def folder_parameters(input_glob: str, model_dir: str, out_root: str,
     if not base.is_dir():
         raise InputError(input_glob, f"folder {base} does not exist")
     read_model_json(Path(model_dir))  # InputError: missing, no model.json, corrupt
-    out = Path(out_root).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(out_root, "output path exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(out_root, f"cannot create output directory ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise InputError(out_root, "output directory is not writable")
+    out = ensure_output_dir(out_root)
     if config:
         build_config(config)  # InputError naming the bad key
     return {"input_glob": pattern, "model_dir": str(Path(model_dir).expanduser().absolute()),

@@ -92,12 +92,9 @@ def _input_identity(path: str) -> dict[str, Any]:
     return {"path": path}
 
 
-def _check_out_dir(out_dir: Path, input_path: str) -> None:
-    out = out_dir.resolve()
-    if os.path.exists(input_path) and Path(input_path).resolve() in (out, *out.parents):
-        raise InputError(out_dir, "output directory must not be the input file or inside it")
-    if os.path.exists(input_path) and out == Path(input_path).resolve().parent:
-        pass  # writing next to the input is fine; names differ from the input's
+def ensure_output_dir(out_dir: Path | str) -> Path:
+    """Create ``out_dir`` if needed and check it is a writable directory (one-line errors)."""
+    out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise InputError(out_dir, "output path exists and is not a directory")
     try:
@@ -106,6 +103,14 @@ def _check_out_dir(out_dir: Path, input_path: str) -> None:
         raise InputError(out_dir, f"cannot create output directory ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise InputError(out_dir, "output directory is not writable")
+    return out
+
+
+def _check_out_dir(out_dir: Path, input_path: str) -> None:
+    out = out_dir.resolve()
+    if os.path.exists(input_path) and Path(input_path).resolve() in (out, *out.parents):
+        raise InputError(out_dir, "output directory must not be the input file or inside it")
+    ensure_output_dir(out_dir)
     for name in OUTPUT_NAMES.values():
         if os.path.exists(input_path) and (out / name).resolve() == Path(input_path).resolve():
             raise InputError(input_path, f"input would be overwritten by output {name}")
