@@ -3,6 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 DEMO   ?= demo
+DEMO_ARGS ?=
 
 .PHONY: install demo test lint bench clean
 
@@ -16,7 +17,7 @@ install: $(BIN)/.installed
 
 ## generate a demo scene, fit a model on it, segment it, print where the outputs are
 demo: install
-	$(BIN)/stego demo $(DEMO)
+	$(BIN)/stego demo $(DEMO) $(DEMO_ARGS)
 
 ## the whole test suite (what CI runs); never downloads weights or data
 test: install
