@@ -1160,13 +1160,10 @@ def rename_model_classes(
 
     The model hash changes with it, which is intended: outputs record the names they used.
     """
+    from pipeline.models.store import read_model_json
+
     path = Path(model_dir) / "model.json"
-    if not path.is_file():
-        raise InputError(model_dir, "model.json missing (is this a model directory?)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"corrupt model.json ({exc.msg})") from None
+    meta = read_model_json(Path(model_dir))
     old = meta.get("class_names") or []
     if len(names) != len(old):
         raise InputError(path, f"the model has {len(old)} clusters, {len(names)} names given")

@@ -271,36 +271,33 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
     )
 
 
-def pixel_area_m2(info: RasterInfo) -> float | None:
-    """Ground area of one pixel in m² (at the centre for geographic CRSs); None without CRS."""
+def metres_per_unit(info: RasterInfo) -> float | None:
+    """Metres per CRS unit (per degree at the raster's centre latitude); None without CRS."""
     if info.crs_wkt is None:
         return None
     from pyproj import CRS
 
     crs = CRS.from_wkt(info.crs_wkt)
-    t: Affine = info.affine
     if crs.is_geographic:
-        lat = math.radians(t.f + t.e * info.height / 2)
-        m_per_deg = 111_320.0
-        return abs(t.a * m_per_deg * math.cos(lat) * t.e * m_per_deg)
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        lat = math.radians(info.affine.f + info.affine.e * info.height / 2)
+        return 111_320.0 * max(math.cos(lat), 1e-6)
+    return crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+
+
+def pixel_area_m2(info: RasterInfo) -> float | None:
+    """Ground area of one pixel in m² (at the centre for geographic CRSs); None without CRS."""
+    unit = metres_per_unit(info)
+    if unit is None:
+        return None
+    t: Affine = info.affine
     return abs(t.a * t.e - t.b * t.d) * unit * unit
 
 
 def simplify_tolerance_crs(plan: SegmentPlan) -> float:
     """``vectorize.simplify_tolerance`` (metres) in CRS units: degrees for geographic CRSs."""
     tol = plan.config.vectorize.simplify_tolerance
-    if not tol or plan.info.crs_wkt is None:
-        return tol
-    from pyproj import CRS
-
-    crs = CRS.from_wkt(plan.info.crs_wkt)
-    if crs.is_geographic:
-        t: Affine = plan.info.affine
-        lat = math.radians(t.f + t.e * plan.info.height / 2)
-        return tol / (111_320.0 * max(math.cos(lat), 1e-6))
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return tol / unit
+    unit = metres_per_unit(plan.info)
+    return tol / unit if tol and unit else tol
 
 
 def min_region_pixels(plan: SegmentPlan) -> int:
