@@ -10,7 +10,12 @@ from prefect import flow, get_run_logger, task
 
 from pipeline.cog import write_cog
 from pipeline.config import RunConfig, build_config
-from pipeline.executor import dask_client, map_unordered, torch_threads_per_worker
+from pipeline.executor import (
+    dask_client,
+    map_unordered,
+    task_resources,
+    torch_threads_per_worker,
+)
 from pipeline.geoparquet import write_geoparquet
 from pipeline.gis_styles import write_styles
 from pipeline.lock import output_lock
@@ -64,11 +69,12 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
 
     stats: list[dict[str, Any]] = []
     if todo:
-        with dask_client(plan.config.dask) as client:
+        resources = task_resources(plan.config.dask, plan.device)
+        with dask_client(plan.config.dask, resources) as client:
             logger.info("Dask dashboard: %s", client.dashboard_link)
             job = block_job(plan, store, torch_threads_per_worker(plan.config.dask))
             stats = map_unordered(client, infer_and_write_block, todo, on_result=report,
-                                  job=job)
+                                  resources=resources, job=job)
     summary = summarize_blocks(plan, stats)
     finalize_store(store, plan.output("zarr"),
                    {"model_hash": plan.model_hash, "input": plan.input_path})

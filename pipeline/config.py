@@ -41,11 +41,13 @@ class TilingConfig(_Section):
     tile_size: int = Field(default=544, description="model tile edge in pixels")
     overlap: int = Field(default=32, description="pixels shared by neighbouring tiles (blended)")
     block_size: int = Field(
-        default=4096,
+        default=10240,
         description="block core edge; a multiple of chunk_size (and ideally of the tile stride)",
     )
     chunk_size: int = Field(default=512, description="Zarr chunk and COG tile edge")
-    batch_size: int = Field(default=4, description="tiles per model call")
+    batch_size: int | Literal["auto"] = Field(
+        default=4, description="tiles per model call; auto = from free GPU memory (4 on CPU)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TilingConfig:
@@ -55,8 +57,8 @@ class TilingConfig(_Section):
             raise ValueError("chunk_size must be a positive multiple of 16")
         if self.block_size % self.chunk_size:
             raise ValueError("block_size must be a multiple of chunk_size")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if self.batch_size != "auto" and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1 or 'auto'")
         return self
 
 
@@ -95,6 +97,11 @@ class DaskConfig(_Section):
         default=None, description="connect to an existing Dask scheduler instead"
     )
     connect_timeout: float = Field(default=20.0, description="seconds to reach the scheduler")
+    resources: dict[str, float] | None = Field(
+        default=None,
+        description="Dask resources each block task needs, e.g. {GPU: 1} (workers started with "
+        "--resources GPU=1); null = {GPU: 1} when the model runs on CUDA",
+    )
     io_retries: int = Field(default=3, description="retries of a block after an I/O error")
     retry_delay: float = Field(default=1.0, description="first retry delay (s), then doubled")
 
@@ -159,6 +166,10 @@ class ModelRuntimeConfig(_Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="autocast dtype; auto = bf16 on CUDA, float32 on CPU"
+    )
+    compile: bool = Field(default=False, description="torch.compile the backbone (GPU runs)")
     probe: Literal["cluster", "linear"] = Field(
         default="cluster", description="STEGO: unsupervised clusters, or the linear probe "
         "trained from --labels (evaluation only)"

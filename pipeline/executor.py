@@ -18,20 +18,43 @@ log = logging.getLogger("stego.executor")
 _MODEL_CACHE: dict[tuple[str, str, str], Any] = {}
 
 
-def cached_model(model_dir: str, model_hash: str, device: str) -> Any:
-    """Load a model once per worker process (keyed by its hash), not once per task."""
-    key = (str(Path(model_dir).resolve()), model_hash, device)
+def cached_model(model_dir: str, model_hash: str, device: str, compile: bool = False) -> Any:
+    """Load a model once per worker process (keyed by its hash), not once per task.
+
+    One model per worker: with one GPU per worker (``resources={"GPU": 1}``), one per GPU.
+    ``compile`` wraps the backbone's feature pass in ``torch.compile``.
+    """
+    key = (str(Path(model_dir).resolve()), model_hash, device, compile)
     if key not in _MODEL_CACHE:
         from pipeline.models.store import load_model
 
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = load_model(Path(model_dir)).to(device)
+        model = load_model(Path(model_dir)).to(device)
+        if compile:
+            backbone = getattr(model, "backbone", None)
+            if backbone is None:
+                raise ValueError(f"model.compile: a {model.method} model has no backbone")
+            from pipeline.models.backbone import compile_backbone
+
+            compile_backbone(backbone)
+        _MODEL_CACHE[key] = model
     return _MODEL_CACHE[key]
 
 
+def task_resources(cfg: DaskConfig, device: str) -> dict[str, float] | None:
+    """Resources each block task needs: ``dask.resources``, else one GPU on CUDA."""
+    if cfg.resources is not None:
+        return dict(cfg.resources) or None
+    return {"GPU": 1} if device.startswith("cuda") else None
+
+
 @contextmanager
-def dask_client(cfg: DaskConfig) -> Iterator[Client]:
-    """Connect to ``cfg.scheduler_address`` or start a LocalCluster for the run."""
+def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> Iterator[Client]:
+    """Connect to ``cfg.scheduler_address`` or start a LocalCluster for the run.
+
+    ``resources`` are given to each LocalCluster worker (e.g. ``{"GPU": 1}``) so tasks
+    annotated with them can run; remote workers declare theirs with ``--resources``.
+    """
     if cfg.scheduler_address:
         try:
             client = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s")
@@ -54,6 +77,7 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
         processes=cfg.processes,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
+        resources=resources or None,
     )
     client = Client(cluster)
     log.info("Dask LocalCluster: %d worker(s), dashboard %s", cfg.workers, client.dashboard_link)
@@ -77,11 +101,16 @@ def map_unordered(
     items: Iterable[Any],
     on_result: Callable[[Any], None] | None = None,
     retries: int = 0,
+    resources: dict[str, float] | None = None,
     **kwargs: Any,
 ) -> list[Any]:
-    """Submit ``fn(item, **kwargs)`` per item; collect results as they complete."""
+    """Submit ``fn(item, **kwargs)`` per item; collect results as they complete.
+
+    ``resources`` (e.g. ``{"GPU": 1}``) restricts each task to workers that have them.
+    """
     futures = [
-        client.submit(fn, item, pure=False, retries=retries, **kwargs) for item in items
+        client.submit(fn, item, pure=False, retries=retries, resources=resources, **kwargs)
+        for item in items
     ]
     results = []
     # On this client's event loop, not the default client's (a caller's `with Client()`):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +36,177 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-@torch.inference_mode()
+@dataclass
+class Slab:
+    """Finished rows ``[row, row + height)`` of a block core (core coordinates)."""
+
+    row: int
+    labels: np.ndarray  # uint8 (h, w)
+    confidence: np.ndarray  # uint8 (h, w)
+    valid: np.ndarray  # bool (h, w)
+
+
+@dataclass
+class BlockStats:
+    """Counters one block accumulates while its slabs stream out."""
+
+    tiles: int = 0
+    read_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for ``model.precision`` on ``device`` (None = full float32).
+
+    ``auto`` is bf16 on CUDA and float32 on CPU (CPU bf16 is slower than float32 here).
+    """
+    if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
+        return None
+    return torch.bfloat16
+
+
+def choose_batch_size(free_bytes: int, per_tile_bytes: int, fraction: float = 0.6,
+                      cap: int = 64) -> int:
+    """Tiles per batch that fit in ``fraction`` of the free device memory (1..cap)."""
+    if per_tile_bytes <= 0:
+        return cap
+    return int(max(1, min(cap, (fraction * free_bytes) // per_tile_bytes)))
+
+
+def auto_batch_size(model: SegmentationModel, tile: int, device: str,
+                    precision: str = "auto", cpu_default: int = 4) -> int:
+    """``tiling.batch_size: auto``: measure one small batch's peak memory on the GPU and fill
+    60 % of the free memory; on CPU, ``cpu_default``."""
+    if not device.startswith("cuda"):
+        return cpu_default
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    amp = autocast_dtype(precision, device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32,
+                                                enabled=amp is not None):
+        model.predict(torch.zeros(2, 3, tile, tile, device=device))
+    per_tile = (torch.cuda.max_memory_allocated(device) - base) // 2
+    free, _ = torch.cuda.mem_get_info(device)
+    return choose_batch_size(free, per_tile)
+
+
+def _to_device(x: np.ndarray, device: str) -> torch.Tensor:
+    """Host batch to the device; through pinned memory (asynchronous copy) for CUDA."""
+    t = torch.from_numpy(x)
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def iter_block_slabs(
+    model: SegmentationModel,
+    info: RasterInfo,
+    scaling: Scaling,
+    grid: TileGrid,
+    block: Block,
+    batch_size: int = 8,
+    device: str = "cpu",
+    precision: str = "fp32",
+    stats: BlockStats | None = None,
+) -> Iterator[Slab]:
+    """Segment one block core, one row of tiles at a time, yielding finished rows in order.
+
+    Tiles come from the global grid, so the result is exactly that of a whole-raster run.
+    Memory is one band of tiles (classes x tile x block width), not the whole block: after tile
+    row ``i`` no later tile touches the rows above tile row ``i + 1``, so they are final. The
+    next band is read on a thread while the model runs on the current one.
+    """
+    stats = stats if stats is not None else BlockStats()
+    rows, cols = tiles_for_block(grid, block)
+    t, s = grid.tile, grid.stride
+    c0 = cols[0]
+    read_w = cols[-1] + t - c0
+    R0, R1 = block.row_off, block.row_off + block.height
+    C0, C1 = block.col_off, block.col_off + block.width
+    k = model.n_classes
+    weights_np = blend_weights_2d(t, grid.overlap)
+    weights = torch.from_numpy(weights_np)
+    acc = np.zeros((k, t, block.width), dtype=np.float32)  # rows [base, base + t)
+    wsum = np.zeros((t, block.width), dtype=np.float32)
+    amp = autocast_dtype(precision, device)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def read(y: int) -> tuple[np.ndarray, np.ndarray, float]:
+        tr = time.perf_counter()
+        img, valid = read_window(info, scaling, y, c0, t, read_w)
+        return img, valid, time.perf_counter() - tr
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stego-read") as pool:
+        pending = pool.submit(read, rows[0])
+        for i, base in enumerate(rows):
+            img, valid, t_read = pending.result()
+            stats.read_seconds += t_read
+            if i + 1 < len(rows):
+                pending = pool.submit(read, rows[i + 1])
+            todo = [tc for tc in cols if valid[:, tc - c0 : tc - c0 + t].any()]
+            stats.tiles += len(todo)
+            for j in range(0, len(todo), batch_size):
+                batch = todo[j : j + batch_size]
+                x = np.stack([img[:, :, tc - c0 : tc - c0 + t] for tc in batch])
+                tm = time.perf_counter()
+                with torch.inference_mode(), torch.autocast(
+                    dev_type, dtype=amp or torch.float32, enabled=amp is not None
+                ):
+                    probs = model.predict(_to_device(x, device))
+                probs = probs.float().cpu()
+                stats.model_seconds += time.perf_counter() - tm
+                probs = (probs * weights).numpy()
+                for tc, p in zip(batch, probs, strict=True):
+                    x0, x1 = max(tc, C0), min(tc + t, C1)
+                    if x1 <= x0:
+                        continue
+                    src = slice(x0 - tc, x1 - tc)
+                    dst = slice(x0 - C0, x1 - C0)
+                    acc[:, :, dst] += p[:, :, src]
+                    wsum[:, dst] += weights_np[:, src]
+            last = i + 1 == len(rows)
+            done_to = base + (t if last else s)  # rows [base, done_to) are final
+            y0, y1 = max(base, R0), min(done_to, R1)
+            if y1 > y0:
+                band = slice(y0 - base, y1 - base)
+                core_valid = valid[band, C0 - c0 : C1 - c0]
+                yield _finish(acc[:, band], wsum[band], core_valid, y0 - R0)
+            if not last:
+                acc[:, : t - s] = acc[:, s:]
+                acc[:, t - s :] = 0
+                wsum[: t - s] = wsum[s:]
+                wsum[t - s :] = 0
+
+
+def _finish(acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, row: int) -> Slab:
+    """Argmax of blended scores and confidence for finished rows; nodata stays 255."""
+    labels = np.full(valid.shape, NODATA, dtype=np.uint8)
+    confidence = np.zeros(valid.shape, dtype=np.uint8)
+    if valid.any():
+        best = acc.argmax(axis=0).astype(np.uint8)
+        top = np.take_along_axis(acc, best[None].astype(np.int64), axis=0)[0]
+        conf = np.where(wsum > 0, top / np.maximum(wsum, 1e-12), 0.0)
+        labels[valid] = best[valid]
+        confidence[valid] = np.clip(np.rint(conf[valid] * 255), 0, 255).astype(np.uint8)
+    return Slab(row, labels, confidence, valid.copy())
+
+
+def block_stats(block: Block, grid: TileGrid, stats: BlockStats, counts: np.ndarray,
+                valid_pixels: int, seconds: float) -> dict:
+    """The per-block statistics a run summarises (small and JSON-friendly)."""
+    return {
+        "key": block.key,
+        "tiles": stats.tiles,
+        "model_pixels": stats.tiles * grid.tile * grid.tile,
+        "valid_pixels": int(valid_pixels),
+        "class_counts": counts.tolist(),
+        "seconds": seconds,
+        "read_seconds": stats.read_seconds,
+        "model_seconds": stats.model_seconds,
+    }
+
+
 def segment_block(
     model: SegmentationModel,
     info: RasterInfo,
@@ -43,65 +215,21 @@ def segment_block(
     block: Block,
     batch_size: int = 8,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> BlockOutput:
     """Segment one block core exactly as a whole-raster run would (global tile grid)."""
     t0 = time.perf_counter()
-    rows, cols = tiles_for_block(grid, block)
-    t = grid.tile
-    r0, c0 = rows[0], cols[0]
-    img, valid = read_window(info, scaling, r0, c0, rows[-1] + t - r0, cols[-1] + t - c0)
-    t_read = time.perf_counter() - t0
-
-    weights = torch.from_numpy(blend_weights_2d(t, grid.overlap))
-    k = model.n_classes
-    acc = np.zeros((k, block.height, block.width), dtype=np.float32)
-    wsum = np.zeros((block.height, block.width), dtype=np.float32)
-
-    todo: list[tuple[int, int]] = []
-    for tr in rows:
-        for tc in cols:
-            if valid[tr - r0 : tr - r0 + t, tc - c0 : tc - c0 + t].any():
-                todo.append((tr, tc))
-
-    t_model = 0.0
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i : i + batch_size]
-        x = np.stack([img[:, tr - r0 : tr - r0 + t, tc - c0 : tc - c0 + t] for tr, tc in batch])
-        tm = time.perf_counter()
-        probs = model.predict(torch.from_numpy(x).to(device)).float().cpu()
-        t_model += time.perf_counter() - tm
-        probs = (probs * weights).numpy()
-        for (tr, tc), p in zip(batch, probs, strict=True):
-            # intersection of the tile with the block core, in core coordinates
-            y0, y1 = max(tr, block.row_off), min(tr + t, block.row_off + block.height)
-            x0, x1 = max(tc, block.col_off), min(tc + t, block.col_off + block.width)
-            if y1 <= y0 or x1 <= x0:
-                continue
-            src = (slice(y0 - tr, y1 - tr), slice(x0 - tc, x1 - tc))
-            dst = (slice(y0 - block.row_off, y1 - block.row_off),
-                   slice(x0 - block.col_off, x1 - block.col_off))
-            acc[(slice(None), *dst)] += p[(slice(None), *src)]
-            wsum[dst] += weights.numpy()[src]
-
-    core_valid = valid[block.row_off - r0 : block.row_off - r0 + block.height,
-                       block.col_off - c0 : block.col_off - c0 + block.width]
+    stats = BlockStats()
     labels = np.full((block.height, block.width), NODATA, dtype=np.uint8)
     confidence = np.zeros((block.height, block.width), dtype=np.uint8)
-    if core_valid.any():
-        best = acc.argmax(axis=0).astype(np.uint8)
-        top = np.take_along_axis(acc, best[None].astype(np.int64), axis=0)[0]
-        conf = np.where(wsum > 0, top / np.maximum(wsum, 1e-12), 0.0)
-        labels[core_valid] = best[core_valid]
-        confidence[core_valid] = np.clip(np.rint(conf[core_valid] * 255), 0, 255).astype(np.uint8)
-    counts = np.bincount(labels[core_valid], minlength=k)[:k]
-    stats = {
-        "key": block.key,
-        "tiles": len(todo),
-        "model_pixels": len(todo) * t * t,
-        "valid_pixels": int(core_valid.sum()),
-        "class_counts": counts.tolist(),
-        "seconds": time.perf_counter() - t0,
-        "read_seconds": t_read,
-        "model_seconds": t_model,
-    }
-    return BlockOutput(block, labels, confidence, stats)
+    counts = np.zeros(model.n_classes, dtype=np.int64)
+    n_valid = 0
+    for slab in iter_block_slabs(model, info, scaling, grid, block, batch_size, device,
+                                 precision, stats):
+        rows = slice(slab.row, slab.row + slab.labels.shape[0])
+        labels[rows], confidence[rows] = slab.labels, slab.confidence
+        counts += np.bincount(slab.labels[slab.valid], minlength=model.n_classes)[
+            : model.n_classes]
+        n_valid += int(slab.valid.sum())
+    out_stats = block_stats(block, grid, stats, counts, n_valid, time.perf_counter() - t0)
+    return BlockOutput(block, labels, confidence, out_stats)

@@ -190,8 +190,19 @@ def _full_valid_sample(info: RasterInfo, rows: int = 1024) -> tuple[np.ndarray, 
     return values, np.ones(values.shape[1:], dtype=bool)
 
 
-def _pad_axis_mode(size: int) -> str:
-    return "reflect" if size > 1 else "edge"
+def reflect_index(start: int, stop: int, size: int) -> np.ndarray:
+    """Source indices of positions ``[start, stop)`` on an axis of ``size`` pixels, mirrored
+    about the raster's own edges (numpy "reflect", repeated as often as needed).
+
+    Anchored to the raster, not to the window: any window is a slice of the same padded image,
+    so a tile reads identical pixels whichever block or band asked for it.
+    """
+    idx = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(idx)
+    period = 2 * size - 2
+    m = np.mod(idx, period)
+    return np.where(m < size, m, period - m)
 
 
 def read_window(
@@ -201,11 +212,12 @@ def read_window(
 
     Returns ``(image, valid)``: image float32 (3, height, width) scaled to [0, 1] with invalid
     pixels set to 0.5, and valid bool (height, width), False outside the raster and on nodata.
+    Padding mirrors the raster about its edges (:func:`reflect_index`), whatever the window.
     """
-    r0, c0 = max(row_off, 0), max(col_off, 0)
-    r1, c1 = min(row_off + height, info.height), min(col_off + width, info.width)
-    if r1 <= r0 or c1 <= c0:
-        raise ValueError("window does not intersect the raster")
+    rows = reflect_index(row_off, row_off + height, info.height)
+    cols = reflect_index(col_off, col_off + width, info.width)
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(cols.min()), int(cols.max()) + 1
     win = Window(c0, r0, c1 - c0, r1 - r0)
     try:
         with rasterio.open(info.path) as ds:
@@ -219,10 +231,11 @@ def read_window(
     img = (raw.astype(np.float32) - low) / (high - low)
     np.clip(img, 0.0, 1.0, out=img)
     img[:, ~valid] = 0.5
-    pads = ((r0 - row_off, row_off + height - r1), (c0 - col_off, col_off + width - c1))
-    if any(p for pair in pads for p in pair):
-        modes = (_pad_axis_mode(r1 - r0), _pad_axis_mode(c1 - c0))
-        img = np.pad(img, ((0, 0), pads[0], (0, 0)), mode=modes[0])
-        img = np.pad(img, ((0, 0), (0, 0), pads[1]), mode=modes[1])
-        valid = np.pad(valid, pads, mode="constant", constant_values=False)
+    inside_r = np.arange(row_off, row_off + height)
+    inside_c = np.arange(col_off, col_off + width)
+    if rows.size != r1 - r0 or (rows != inside_r).any() or (cols != inside_c).any():
+        img = img[:, rows - r0][:, :, cols - c0]
+        valid = valid[rows - r0][:, cols - c0]
+        valid &= ((inside_r >= 0) & (inside_r < info.height))[:, None]
+        valid &= ((inside_c >= 0) & (inside_c < info.width))[None, :]
     return np.ascontiguousarray(img), valid

@@ -12,20 +12,27 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from affine import Affine
 
 from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
-from pipeline.inference import resolve_device, segment_block
+from pipeline.inference import (
+    BlockStats,
+    auto_batch_size,
+    block_stats,
+    iter_block_slabs,
+    resolve_device,
+)
 from pipeline.models.store import load_model, model_hash, read_model_json
 from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.tiling import Block, TileGrid, compute_amplification, plan_blocks
-from pipeline.zarr_store import done_blocks, prepare_store, write_block
+from pipeline.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
                 "preview": "preview.png", "manifest": "run.json"}
@@ -49,6 +56,9 @@ class BlockJob:
     linear_probe: bool = False
     io_retries: int = 3
     retry_delay: float = 1.0
+    precision: str = "fp32"
+    compile: bool = False
+    chunk: int = 512
 
 
 @dataclass
@@ -132,6 +142,8 @@ def check_segment_inputs(
     if tile % patch:
         raise InputError("tiling.tile_size", f"{tile} is not a multiple of the model's patch "
                          f"size {patch}")
+    if config.model.compile and meta.get("method") == "pixel-kmeans":
+        raise InputError("model.compile", "a pixel-kmeans model has no backbone to compile")
     _check_out_dir(Path(out_dir), input_path)
     return info, meta, scaling
 
@@ -172,27 +184,45 @@ def plan_segment(
 
 
 def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
-    """Worker task: segment one block from the file itself and write it to the store."""
+    """Worker task: segment one block from the file itself and write it to the store.
+
+    Rows are written in whole chunk rows as they finish; an interrupted block (killed worker,
+    retried I/O error) restarts from its first unwritten chunk row. Because the tile grid is
+    global, the rest of a block segments exactly as the whole block would.
+    """
     import torch
 
     from pipeline.executor import cached_model
 
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
-    model = cached_model(job.model_dir, job.model_hash, job.device)
+    model = cached_model(job.model_dir, job.model_hash, job.device, compile=job.compile)
     if job.crf is not None and hasattr(model, "crf"):
         model.crf = job.crf
     if hasattr(model, "use_linear_probe"):
         model.use_linear_probe = job.linear_probe
+    batch = job.batch_size or auto_batch_size(model, job.grid.tile, job.device, job.precision)
 
     def attempt() -> dict[str, Any]:
-        out = segment_block(model, job.info, job.scaling, job.grid, block, job.batch_size,
-                            job.device)
-        write_block(Path(job.store), out, job.confidence)
-        return out.stats
+        t0 = time.perf_counter()
+        start = block_rows_done(Path(job.store), block)
+        rest = replace(block, row_off=block.row_off + start, height=block.height - start)
+        writer = BlockWriter(Path(job.store), block, start, job.chunk, job.confidence)
+        stats = BlockStats()
+        counts = np.zeros(model.n_classes, dtype=np.int64)
+        n_valid = 0
+        if rest.height > 0:
+            for slab in iter_block_slabs(model, job.info, job.scaling, job.grid, rest, batch,
+                                         job.device, job.precision, stats):
+                counts += np.bincount(slab.labels[slab.valid], minlength=model.n_classes)[
+                    : model.n_classes]
+                n_valid += int(slab.valid.sum())
+                writer.add(slab.labels, slab.confidence)
+        writer.finish()
+        out = block_stats(rest, job.grid, stats, counts, n_valid, time.perf_counter() - t0)
+        return {**out, "key": block.key, "resumed_rows": start}
 
-    stats = retry_transient(attempt, job.io_retries, job.retry_delay)
-    return stats
+    return retry_transient(attempt, job.io_retries, job.retry_delay)
 
 
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -264,10 +294,13 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
     return BlockJob(
         info=plan.info, scaling=plan.scaling, grid=plan.grid,
         model_dir=str(Path(plan.model_dir).resolve()), model_hash=plan.model_hash,
-        device=plan.device, batch_size=plan.config.tiling.batch_size, store=str(store),
+        device=plan.device, store=str(store),
+        batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
         io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
+        precision=plan.config.model.precision, compile=plan.config.model.compile,
+        chunk=plan.config.tiling.chunk_size,
     )
 
 

@@ -21,7 +21,7 @@ import zarr
 from affine import Affine
 
 from pipeline.inference import NODATA, BlockOutput
-from pipeline.tiling import block_grid_shape
+from pipeline.tiling import Block, block_grid_shape
 
 
 def partial_path(final: Path) -> Path:
@@ -115,6 +115,11 @@ def prepare_store(
     sref[...] = 0
     nr, nc = block_grid_shape(height, width, block_size)
     group.create_array(
+        "block_rows_done", shape=(nr, nc), chunks=(1, 1), dtype="int32", fill_value=0,
+        dimension_names=["block_row", "block_col"],
+        attributes={"long_name": "rows of the block's core already written (resume point)"},
+    )
+    group.create_array(
         "block_done", shape=(nr, nc), chunks=(1, 1), dtype="uint8", fill_value=0,
         dimension_names=["block_row", "block_col"],
         attributes={"long_name": "1 when the block's labels are written", "block_size": block_size},
@@ -149,7 +154,64 @@ def write_block(path: Path, out: BlockOutput, confidence: bool = True) -> None:
     group["labels"][region] = out.labels
     if confidence:
         group["confidence"][region] = out.confidence
+    group["block_rows_done"][b.row, b.col] = b.height
     group["block_done"][b.row, b.col] = 1
+
+
+def block_rows_done(path: Path, block: Block) -> int:
+    """Rows of ``block``'s core already written by an earlier, interrupted attempt."""
+    group = zarr.open_group(str(path), mode="r")
+    return int(group["block_rows_done"][block.row, block.col])
+
+
+class BlockWriter:
+    """Writes a block's finished rows in whole chunk rows as they stream in.
+
+    After each write the block's resume point (``block_rows_done``) moves on, so a killed run
+    restarts the block from its first unwritten chunk row. Blocks are chunk-aligned, so blocks
+    never share a chunk and writers need no locks.
+    """
+
+    def __init__(self, path: Path, block: Block, start_row: int, chunk: int,
+                 confidence: bool = True) -> None:
+        self.group = zarr.open_group(str(path), mode="r+")
+        self.block, self.chunk, self.confidence = block, chunk, confidence
+        self.next_row = start_row  # first core row not yet written
+        self._labels: list[np.ndarray] = []
+        self._conf: list[np.ndarray] = []
+        self._rows = 0
+
+    def add(self, labels: np.ndarray, confidence: np.ndarray) -> None:
+        """Append the next finished rows (in order); write every complete chunk row."""
+        self._labels.append(labels)
+        self._conf.append(confidence)
+        self._rows += labels.shape[0]
+        n = (self._rows // self.chunk) * self.chunk
+        if n:
+            self._write(n)
+
+    def finish(self) -> None:
+        """Write the remaining rows and mark the block done."""
+        if self._rows:
+            self._write(self._rows)
+        b = self.block
+        if self.next_row != b.height:
+            raise RuntimeError(f"block {b.key}: {self.next_row} of {b.height} rows written")
+        self.group["block_done"][b.row, b.col] = 1
+
+    def _write(self, n: int) -> None:
+        labels = np.concatenate(self._labels)
+        conf = np.concatenate(self._conf)
+        b = self.block
+        y0 = b.row_off + self.next_row
+        region = (slice(y0, y0 + n), slice(b.col_off, b.col_off + b.width))
+        self.group["labels"][region] = labels[:n]
+        if self.confidence:
+            self.group["confidence"][region] = conf[:n]
+        self.next_row += n
+        self.group["block_rows_done"][b.row, b.col] = self.next_row
+        self._labels, self._conf = [labels[n:]], [conf[n:]]
+        self._rows -= n
 
 
 def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:

@@ -85,3 +85,44 @@ def test_fully_nodata_tiles_are_not_sent_to_the_model(tmp_path, pixel_model):
                         blk, 4)
     assert out.stats["tiles"] < 10  # 10 tiles cover the block, most of them only nodata
     assert (out.labels[:, 40:] == NODATA).all() and (out.labels[:, :40] != NODATA).all()
+
+
+def test_a_block_holds_one_band_of_tiles_in_memory_not_the_whole_block(tmp_path, pixel_model):
+    """Scores are accumulated for one row of tiles at a time: memory does not grow with the
+    block's height (or the raster's), only with its width."""
+    import tracemalloc
+
+    from pipeline.inference import iter_block_slabs
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, size=(3, 2048, 96), dtype=np.uint8)
+    info = open_raster_info(write_raster(tmp_path / "tall.tif", data))
+    model = load_model(pixel_model)
+
+    def peak_bytes(height: int) -> int:
+        blk = Block(0, 0, 0, 0, 0, height, 96)
+        tracemalloc.start()
+        rows = sum(s.labels.shape[0] for s in iter_block_slabs(
+            model, info, compute_scaling(info), TileGrid(64, 16), blk, 4))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert rows == height
+        return peak
+
+    short, tall = peak_bytes(256), peak_bytes(2048)
+    assert tall < 1.3 * short
+    assert tall < model.n_classes * 2048 * 96 * 4 / 3  # a whole-block score accumulator
+
+
+def test_slabs_stream_out_in_order_and_cover_the_block(demo_scene, pixel_model):
+    from pipeline.inference import iter_block_slabs
+
+    info = open_raster_info(demo_scene[0])
+    model = load_model(pixel_model)
+    blk = Block(0, 0, 0, 50, 30, 200, 150)
+    slabs = list(iter_block_slabs(model, info, compute_scaling(info), TileGrid(64, 16), blk, 3))
+    starts = [s.row for s in slabs]
+    assert starts[0] == 0 and starts == sorted(starts) and len(slabs) > 3
+    assert sum(s.labels.shape[0] for s in slabs) == 200
+    whole = segment_block(model, info, compute_scaling(info), TileGrid(64, 16), blk, 3)
+    np.testing.assert_array_equal(np.concatenate([s.labels for s in slabs]), whole.labels)

@@ -144,3 +144,21 @@ def test_vrt_and_vsi_paths_are_read_like_files(tmp_path):
         img, valid = read_window(info, compute_scaling(info), 0, 0, 16, 24)
         np.testing.assert_allclose(img, data / 255.0, atol=1e-6)
         assert valid.all()
+
+
+@pytest.mark.parametrize("window", [(-40, -7, 50, 30), (20, 30, 60, 50), (-5, 33, 90, 12),
+                                    (0, 0, 37, 45)])
+def test_padding_mirrors_the_raster_edges_whatever_the_window(tmp_path, window):
+    """Any window is a slice of one padded image, so tiles never depend on who reads them."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 255, size=(3, 37, 45), dtype=np.uint8)
+    info = open_raster_info(write_raster(tmp_path / "r.tif", data))
+    scaling = compute_scaling(info)
+    big, big_valid = read_window(info, scaling, -100, -100, 237, 245)
+    r, c, h, w = window
+    img, valid = read_window(info, scaling, r, c, h, w)
+    np.testing.assert_array_equal(img, big[:, r + 100 : r + 100 + h, c + 100 : c + 100 + w])
+    np.testing.assert_array_equal(valid, big_valid[r + 100 : r + 100 + h, c + 100 : c + 100 + w])
+    inside = big_valid[100:137, 100:145]
+    assert inside.all() and big_valid.sum() == inside.size
+    np.testing.assert_array_equal(big[:, 100:137, 100:145], data / np.float32(255))

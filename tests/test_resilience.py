@@ -242,15 +242,8 @@ def _fit_other_model(scene: Path, out: Path) -> Path:
 def _one_block_labels(scene: Path, model: Path, cfg_yaml: Path) -> np.ndarray:
     """The whole raster as one block, straight from the library: what a clean run gives."""
     from pipeline.config import load_config
-    from pipeline.inference import segment_block
-    from pipeline.models.store import load_model
-    from pipeline.segment import plan_segment
-    from pipeline.tiling import Block
 
-    plan = plan_segment(str(scene), str(model), "/tmp/unused-out", load_config(cfg_yaml, []))
-    whole = Block(0, 0, 0, 0, 0, plan.info.height, plan.info.width)
-    return segment_block(load_model(model), plan.info, plan.scaling, plan.grid, whole, 8,
-                         "cpu").labels
+    return _one_block_labels_cfg(scene, model, load_config(cfg_yaml, []))
 
 
 def test_a_different_model_or_fresh_starts_over_after_a_kill(
@@ -502,3 +495,49 @@ def test_an_output_directory_that_is_not_writable_is_a_clear_error(
                  str(out), "-q"]) == 2
     assert "output directory is not writable" in _one_line_error(capsys)
     assert list(out.iterdir()) == []
+
+
+def test_a_block_interrupted_midway_resumes_from_its_first_unwritten_chunk_row(
+        demo_scene, pixel_model, tmp_path, monkeypatch):
+    """Big blocks write chunk rows as they finish, so a crash loses at most one band."""
+    import pipeline.segment as seg
+    from pipeline.config import RunConfig
+    from pipeline.zarr_store import block_rows_done
+
+    cfg = RunConfig.model_validate({"tiling": {"tile_size": 64, "overlap": 16,
+                                               "block_size": 192, "chunk_size": 32}})
+    plan = seg.plan_segment(str(demo_scene[0]), str(pixel_model), str(tmp_path / "o"), cfg)
+    store, todo = seg.prepare_labels_store(plan)
+    job = seg.block_job(plan, store, 1)
+    block = todo[0]
+    real = seg.iter_block_slabs
+
+    def crash_after_three_bands(*args, **kwargs):
+        for n, slab in enumerate(real(*args, **kwargs)):
+            if n == 3:
+                raise RuntimeError("killed")
+            yield slab
+
+    monkeypatch.setattr(seg, "iter_block_slabs", crash_after_three_bands)
+    with pytest.raises(RuntimeError, match="killed"):
+        seg.infer_and_write_block(block, job)
+    resume_at = block_rows_done(store, block)
+    assert 0 < resume_at < block.height and resume_at % 32 == 0
+    monkeypatch.setattr(seg, "iter_block_slabs", real)
+    stats = seg.infer_and_write_block(block, job)
+    assert stats["resumed_rows"] == resume_at
+    clean_tiles = len(range(*plan.grid.span(0, 192))) ** 2
+    assert stats["tiles"] < clean_tiles
+    expected = _one_block_labels_cfg(demo_scene[0], pixel_model, cfg)[:192, :192]
+    np.testing.assert_array_equal(open_labels(store)[:192, :192], expected)
+
+
+def _one_block_labels_cfg(scene: Path, model: Path, cfg) -> np.ndarray:
+    from pipeline.inference import segment_block
+    from pipeline.models.store import load_model
+    from pipeline.segment import plan_segment
+    from pipeline.tiling import Block
+
+    plan = plan_segment(str(scene), str(model), "/tmp/unused-out", cfg)
+    whole = Block(0, 0, 0, 0, 0, plan.info.height, plan.info.width)
+    return segment_block(load_model(model), plan.info, plan.scaling, plan.grid, whole, 8).labels

@@ -179,6 +179,23 @@ def patch_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     return tokens.reshape(n, h // p, w // p, -1).permute(0, 3, 1, 2)
 
 
+def compile_backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` the feature pass the pipeline calls (``forward_features``), in place.
+
+    Compilation happens lazily on the first batch (seconds to minutes); shapes are static per
+    run (one tile size), so ``dynamic=False``.
+    """
+    if not hasattr(model.forward_features, "_torchdynamo_orig_callable"):
+        model.forward_features = torch.compile(model.forward_features, dynamic=False)
+    return model
+
+
+def uses_fused_attention(model: torch.nn.Module) -> bool:
+    """Whether every attention layer uses PyTorch SDPA (``F.scaled_dot_product_attention``)."""
+    flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+    return bool(flags) and all(flags)
+
+
 def normalisation(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the backbone was trained with."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}

@@ -1,0 +1,102 @@
+"""The GPU path, exercised on the CPU: precision, batch sizing, pinned copies, Dask GPU
+resources, SDPA attention and torch.compile. Timings on a real GPU belong to benchmarks/."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.executor import cached_model, map_unordered, task_resources
+from pipeline.inference import auto_batch_size, autocast_dtype, choose_batch_size, segment_block
+from pipeline.models.store import load_model, model_hash
+from pipeline.raster_io import compute_scaling, open_raster_info
+from pipeline.tiling import Block, TileGrid
+from tests.conftest import TINY_VIT
+
+
+def test_bf16_autocast_is_the_default_on_cuda_and_float32_on_cpu():
+    assert autocast_dtype("auto", "cuda") is torch.bfloat16
+    assert autocast_dtype("auto", "cuda:1") is torch.bfloat16
+    assert autocast_dtype("auto", "cpu") is None
+    assert autocast_dtype("fp32", "cuda") is None
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+
+
+def test_bf16_inference_runs_and_agrees_with_float32(demo_scene, feature_model):
+    info = open_raster_info(demo_scene[0])
+    model = load_model(feature_model)
+    blk = Block(0, 0, 0, 0, 0, 128, 128)
+    args = (model, info, compute_scaling(info), TileGrid(64, 16), blk, 4, "cpu")
+    fp32 = segment_block(*args, precision="fp32").labels
+    bf16 = segment_block(*args, precision="bf16").labels
+    assert (fp32 == bf16).mean() > 0.9
+
+
+def test_batch_size_fills_a_share_of_free_memory():
+    gib = 2**30
+    assert choose_batch_size(40 * gib, gib) == 24  # 60 % of 40 GiB at 1 GiB per tile
+    assert choose_batch_size(40 * gib, gib // 100) == 64  # capped
+    assert choose_batch_size(gib, 2 * gib) == 1  # never zero
+
+
+def test_auto_batch_size_on_cpu_is_the_cpu_default(pixel_model):
+    assert auto_batch_size(load_model(pixel_model), 64, "cpu") == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_measures_the_gpu(feature_model):
+    model = load_model(feature_model).to("cuda")
+    assert 1 <= auto_batch_size(model, 64, "cuda") <= 64
+
+
+def test_block_tasks_ask_for_a_gpu_when_the_model_runs_on_cuda():
+    from pipeline.config import DaskConfig
+
+    assert task_resources(DaskConfig(), "cuda") == {"GPU": 1}
+    assert task_resources(DaskConfig(), "cpu") is None
+    assert task_resources(DaskConfig(resources={"GPU": 2}), "cpu") == {"GPU": 2}
+    assert task_resources(DaskConfig(resources={}), "cuda") is None
+
+
+def _gpus_left(_: int) -> float:
+    from distributed import get_worker
+
+    return get_worker().state.available_resources["GPU"]
+
+
+def test_a_task_annotated_with_a_gpu_holds_its_workers_gpu_while_it_runs():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      resources={"GPU": 1}, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        held = map_unordered(client, _gpus_left, [1, 2, 3], resources={"GPU": 1})
+        free = map_unordered(client, _gpus_left, [1])
+    assert held == [0, 0, 0]  # one GPU per worker: annotated blocks run one at a time
+    assert free == [1]
+
+
+def test_attention_uses_pytorch_sdpa():
+    from pipeline.models.backbone import build_backbone, uses_fused_attention
+
+    model, _ = build_backbone("vit_small_patch8_224.dino", "random", TINY_VIT)
+    assert uses_fused_attention(model)
+
+
+def test_compile_wraps_the_backbone_feature_pass(feature_model):
+    model = cached_model(str(feature_model), model_hash(feature_model), "cpu", compile=True)
+    assert hasattr(model.backbone.forward_features, "_torchdynamo_orig_callable")
+    plain = cached_model(str(feature_model), model_hash(feature_model), "cpu")
+    assert not hasattr(plain.backbone.forward_features, "_torchdynamo_orig_callable")
+
+
+def test_compile_of_a_model_without_a_backbone_is_a_clear_error(demo_scene, pixel_model,
+                                                                 tmp_path):
+    from pipeline.config import RunConfig
+    from pipeline.errors import InputError
+    from pipeline.segment import plan_segment
+
+    cfg = RunConfig.model_validate({"model": {"compile": True}})
+    with pytest.raises(InputError, match="no backbone to compile"):
+        plan_segment(str(demo_scene[0]), str(pixel_model), str(tmp_path / "o"), cfg)
+
