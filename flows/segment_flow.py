@@ -32,9 +32,12 @@ from pipeline.segment import (
     infer_and_write_block,
     manifest,
     min_region_pixels,
+    output_receipt,
     plan_segment,
     prepare_labels_store,
+    receipt_holds,
     simplify_tolerance_crs,
+    stage_cache_key,
     summarize_blocks,
 )
 from pipeline.stac import build_stac_item, stac_item_id, write_stac_item
@@ -48,7 +51,18 @@ def validate(input_path: str, model_dir: str, out_dir: str, config: RunConfig) -
     return plan_segment(input_path, model_dir, out_dir, config)
 
 
-@task(name="infer-blocks")
+def _stage_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect cache key of a stage task: content and settings, not the run id."""
+    return stage_cache_key(context.task.name, parameters["plan"])
+
+
+# Expensive stages are cached by Prefect (JSON results, no pickles) under a key made of the
+# input's checksum, the model hash, the config, the block windows and the output directory.
+# A cached result is used only while its receipt holds (see run_stage).
+CACHED = {"cache_key_fn": _stage_key, "persist_result": True, "result_serializer": "json"}
+
+
+@task(name="infer-blocks", **CACHED)
 def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any]:
     """Segment every block not already done on Dask workers; each writes its own region."""
     logger = get_run_logger()
@@ -57,6 +71,7 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
         logger.info("labels.zarr is already complete for this input, model and config")
         summary = summarize_blocks(plan, [])
         summary["seconds"] = time.perf_counter() - t0
+        summary["receipt"] = output_receipt(plan, "zarr")
         return summary
     store, todo = prepare_labels_store(plan, fresh=fresh)
     if len(todo) < len(plan.blocks):
@@ -79,10 +94,11 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
     finalize_store(store, plan.output("zarr"),
                    {"model_hash": plan.model_hash, "input": plan.input_path})
     summary["seconds"] = time.perf_counter() - t0
+    summary["receipt"] = output_receipt(plan, "zarr")
     return summary
 
 
-@task(name="write-cog")
+@task(name="write-cog", **CACHED)
 def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
     """Copy the Zarr labels into a paletted Cloud-Optimized GeoTIFF."""
     t0 = time.perf_counter()
@@ -92,10 +108,11 @@ def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
         tile=max(128, plan.config.tiling.chunk_size), compress=plan.config.output.compress,
         resampling=plan.config.output.overview_resampling,
     )
-    return {"path": str(out), "seconds": time.perf_counter() - t0}
+    return {"path": str(out), "seconds": time.perf_counter() - t0,
+            "receipt": output_receipt(plan, "cog")}
 
 
-@task(name="vectorize")
+@task(name="vectorize", **CACHED)
 def vectorize(plan: SegmentPlan) -> dict[str, Any]:
     """Sieve, polygonize block by block, merge across seams, write the GeoPackage."""
     t0 = time.perf_counter()
@@ -118,8 +135,13 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
             write_geoparquet(direct, vec.layer, final)
         finally:
             direct.unlink(missing_ok=True)
+    # QGIS styles belong with the polygons (the GeoPackage embeds its own in layer_styles)
+    styles = write_styles(Path(plan.out_dir), plan.class_names, plan.colors,
+                          vector_name=final.name, layer=vec.layer)
     return {"polygons": stats.polygons, "seam_groups_merged": stats.seam_groups_merged,
-            "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0}
+            "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0,
+            "styles": {k: str(v) for k, v in styles.items() if k != "raster_qml"},
+            "receipt": output_receipt(plan, "polygons")}
 
 
 @task(name="summarize")
@@ -134,12 +156,11 @@ def summarize(plan: SegmentPlan) -> dict[str, Any]:
 
 @task(name="styles-and-stac")
 def styles_and_stac(plan: SegmentPlan) -> dict[str, str]:
-    """QGIS styles (.qml + the GeoPackage's layer_styles) and a STAC Item for catalogues."""
+    """The raster's QGIS style (.qml) and a STAC Item for catalogues."""
     from datetime import UTC, datetime
 
     polygons = plan.output("polygons").name
-    files = write_styles(Path(plan.out_dir), plan.class_names, plan.colors,
-                         vector_name=polygons, layer=plan.config.vectorize.layer)
+    files = write_styles(Path(plan.out_dir), plan.class_names, plan.colors, vector_name=None)
     assets = {k: OUTPUT_NAMES[k] for k in ("cog", "zarr", "preview", "manifest")}
     assets["polygons"] = polygons
     assets["labels"] = assets.pop("cog")
@@ -153,6 +174,27 @@ def styles_and_stac(plan: SegmentPlan) -> dict[str, str]:
     )
     files["stac_item"] = write_stac_item(item, Path(plan.out_dir) / "item.json")
     return {k: str(v) for k, v in files.items()}
+
+
+def run_stage(stage: Any, plan: SegmentPlan, fresh: bool, cached: list[str],
+              *args: Any) -> dict[str, Any]:
+    """Run a cached stage task; a cached result counts only while its receipt holds.
+
+    ``--fresh`` refreshes the cache. A hit whose files were deleted or replaced since (another
+    config writing into the same directory) runs the stage again. The original stage time of
+    a hit is replaced by ~0 and the stage is listed in ``cached``.
+    """
+    t0 = time.perf_counter()
+    state = stage.with_options(refresh_cache=fresh)(plan, *args, return_state=True)
+    result = state.result()
+    if state.name == "Cached":
+        if receipt_holds(result.get("receipt")):
+            cached.append(stage.name)
+            result["seconds"] = time.perf_counter() - t0
+        else:
+            result = stage.with_options(refresh_cache=True)(plan, *args)
+    result.pop("receipt", None)
+    return result
 
 
 def publish_artifact(doc: dict[str, Any]) -> None:
@@ -205,23 +247,29 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
     run_json = plan.output("manifest")
     write_json_atomic(run_json, manifest(plan, "running", {}))
     try:
-        counts = infer_blocks(plan, fresh, progress)
+        cached: list[str] = []
+        counts = run_stage(infer_blocks, plan, fresh, cached, fresh, progress)
         plan.timings["infer"] = counts.pop("seconds")
-        cog = write_labels_cog(plan)
+        if "infer-blocks" in cached:  # this run computed nothing
+            counts = summarize_blocks(plan, [])
+        cog = run_stage(write_labels_cog, plan, fresh, cached)
         plan.timings["cog"] = cog.pop("seconds")
-        polygons = {"skipped": True}
+        polygons: dict[str, Any] = {"skipped": True}
+        vector_styles: dict[str, str] = {}
         if cfg.vectorize.enabled:
-            polygons = vectorize(plan)
+            polygons = run_stage(vectorize, plan, fresh, cached)
             plan.timings["vectorize"] = polygons.pop("seconds")
+            vector_styles = polygons.pop("styles")
         summary = summarize(plan)
         plan.timings["summary"] = summary.pop("seconds")
         extra_outputs = styles_and_stac(plan)
         plan.timings["total"] = time.perf_counter() - t0
         doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons,
-                                          "summary": summary})
+                                          "summary": summary, "cached_stages": cached})
         if not cfg.vectorize.enabled:
             doc["outputs"].pop("polygons")
         doc["outputs"].update(extra_outputs)
+        doc["outputs"].update(vector_styles)
         write_json_atomic(run_json, doc)
         publish_artifact(doc)
         return doc

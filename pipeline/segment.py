@@ -77,6 +77,7 @@ class SegmentPlan:
     grid: TileGrid
     blocks: list[Block]
     device: str
+    input_id: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -95,11 +96,50 @@ class SegmentPlan:
         return [tuple(c) for c in self.model_meta["colors"]]
 
 
-def _input_identity(path: str) -> dict[str, Any]:
-    if os.path.exists(path):
-        st = os.stat(path)
-        return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return {"path": path}
+_CHECKSUMS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a file, memoised per process while its inode, size, mtime and ctime hold
+    (ctime cannot be set back, so a rewrite with a restored mtime is still noticed)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _CHECKSUMS:
+        with open(path, "rb") as f:
+            _CHECKSUMS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _CHECKSUMS[key]
+
+
+def _local_file_of(name: str) -> str | None:
+    """The local file behind a GDAL name: itself, or the archive of a /vsizip/ path."""
+    if os.path.isfile(name):
+        return name
+    if name.startswith(("/vsizip/", "/vsitar/", "/vsigzip/")):
+        parts = name.split("/")
+        for i in range(3, len(parts) + 1):
+            candidate = "/".join(parts[2:i])
+            if candidate.strip("/") and os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def input_checksum(path: str) -> dict[str, Any]:
+    """Content identity of a raster: SHA-256 of every file GDAL opens for it (sidecars, the
+    sources of a VRT, the archive of a /vsizip/ path). Moving or touching the file keeps it;
+    changing a pixel changes it. Network sources (/vsicurl/ ...) cannot be hashed here: their
+    identity is the path and GDAL's reported size, and ``kind`` says so."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        names = list(ds.files) or [path]  # a VRT lists its sources too
+    digests = []
+    for name in dict.fromkeys(names):
+        local = _local_file_of(name)
+        if local is None:
+            return {"kind": "path", "path": path, "files": names}
+        digests.append(_file_sha256(local))
+    combined = hashlib.sha256(json.dumps(sorted(digests)).encode()).hexdigest()
+    return {"kind": "sha256", "sha256": combined}
 
 
 def ensure_output_dir(out_dir: Path | str) -> Path:
@@ -163,9 +203,10 @@ def plan_segment(
     tiling = config.tiling
     grid = TileGrid(tiling.tile_size, tiling.overlap)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)
+    input_id = input_checksum(input_path)
     ident = {
         "version": __version__,
-        "input": _input_identity(input_path),
+        "input": input_id,
         "bands": info.bands,
         "scaling": scaling.to_dict(),
         "model": mhash,
@@ -178,6 +219,7 @@ def plan_segment(
         input_path=input_path, model_dir=str(model_dir), out_dir=str(out_dir), config=config,
         info=info, scaling=scaling, model_meta=meta, model_hash=mhash, fingerprint=fingerprint,
         grid=grid, blocks=blocks, device=resolve_device(config.model.device), warnings=notes,
+        input_id=input_id,
     )
     plan.timings["validate"] = time.perf_counter() - t0
     return plan
@@ -250,16 +292,68 @@ def retry_transient(fn: Any, retries: int, delay: float) -> Any:
 
 def complete_store_matches(plan: SegmentPlan) -> bool:
     """Whether labels.zarr is already complete for exactly this run (killed after it)."""
+    return receipt_holds({"stores": {str(plan.output("zarr")): plan.fingerprint}})
+
+
+_STAGE_SECTIONS = {"write-cog": ("output",), "vectorize": ("vectorize",)}
+
+
+def stage_cache_key(stage: str, plan: SegmentPlan) -> str:
+    """Cache key of a stage: what its output depends on, never the run id.
+
+    Input content (checksum), model hash and the output-relevant config (the run fingerprint),
+    the block windows, the output directory and the stage's own settings.
+    """
+    cfg = plan.config.model_dump(mode="json")
+    ident = {
+        "stage": stage,
+        "fingerprint": plan.fingerprint,
+        "out_dir": str(Path(plan.out_dir).resolve()),
+        "blocks": [(b.row_off, b.col_off, b.height, b.width) for b in plan.blocks],
+        **{k: cfg[k] for k in _STAGE_SECTIONS.get(stage, ())},
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def output_receipt(plan: SegmentPlan, *kinds: str) -> dict[str, Any]:
+    """What a stage left on disk: size and mtime of its files, the fingerprint of the store.
+
+    A cached stage result is trusted only while its receipt still holds (the files were not
+    deleted or replaced by another run since).
+    """
+    files: dict[str, list[int]] = {}
+    stores: dict[str, str] = {}
+    for kind in kinds:
+        path = plan.output(kind)
+        if kind == "zarr":
+            stores[str(path)] = plan.fingerprint
+        else:
+            st = path.stat()
+            files[str(path)] = [st.st_size, st.st_mtime_ns]
+    return {"files": files, "stores": stores}
+
+
+def receipt_holds(receipt: dict[str, Any] | None) -> bool:
+    """Whether every file and store named in a receipt is still exactly as recorded."""
     import zarr
 
-    final = plan.output("zarr")
-    if not final.exists():
+    if not receipt:
         return False
-    try:
-        attrs = zarr.open_group(str(final), mode="r").attrs
-    except Exception:  # noqa: BLE001 - unreadable: not a match
-        return False
-    return attrs.get("status") == "complete" and attrs.get("fingerprint") == plan.fingerprint
+    for path, (size, mtime) in receipt.get("files", {}).items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            return False
+    for path, fingerprint in receipt.get("stores", {}).items():
+        try:
+            attrs = zarr.open_group(path, mode="r").attrs
+        except Exception:  # noqa: BLE001 - missing or unreadable: the receipt fails
+            return False
+        if attrs.get("status") != "complete" or attrs.get("fingerprint") != fingerprint:
+            return False
+    return True
 
 
 def clean_stale_temporaries(out_dir: Path) -> list[Path]:
@@ -388,7 +482,7 @@ def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str,
         "input": {
             "path": plan.input_path, "width": plan.info.width, "height": plan.info.height,
             "bands": list(plan.info.bands), "dtype": plan.info.dtype, "crs": plan.info.crs_wkt,
-            "transform": list(plan.info.transform),
+            "transform": list(plan.info.transform), "identity": plan.input_id,
         },
         "scaling": plan.scaling.to_dict(),
         "model": {

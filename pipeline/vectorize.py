@@ -24,7 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
@@ -74,6 +74,9 @@ class VectorizeStats:
     seam_groups_merged: int  # groups of >1 seam pieces unioned
     pixels: int  # raster pixels covered (width*height)
     seconds: float
+    # seconds per stage: read, sieve, polygonize, features (seam split, CRS transform, measures,
+    # WKB), merge (seam pieces), write; block stages summed over blocks (CPU time, not wall)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,74 +105,151 @@ def sieve(
     out = labels.copy()
     if min_pixels <= 1 or labels.size == 0:
         return out
-    regions, region_value = _label_regions(labels)
-    sizes = np.bincount(regions.ravel(), minlength=region_value.size)
+    runs = _Runs.of(labels)
+    n_regions, run_region = _connect_runs(runs)
+    region_value = np.empty(n_regions, dtype=labels.dtype)
+    region_value[run_region] = runs.value
+    sizes = np.bincount(run_region, weights=runs.length, minlength=n_regions)
     is_nodata = region_value == nodata
-    large = (sizes >= min_pixels) | _touching_cut_edges(regions, region_value.size, cut_edges)
+    large = (sizes >= min_pixels) | _touching_cut_edges(runs, run_region, n_regions, cut_edges)
     pending = ~large & ~is_nodata
     if not pending.any():
         return out
-    src, dst, weight = _neighbour_weights(regions, pending, is_nodata)
+    regions = np.repeat(run_region, runs.length).reshape(labels.shape)
+    small_pixels = runs.pixels(pending[run_region])
+    single = sizes[regions.ravel()[small_pixels]] == 1
+    src, dst, weight = _neighbour_weights(regions, small_pixels, single, is_nodata)
     new_value = _resolve_rounds(src, dst, weight, region_value, pending, large & ~is_nodata)
-    if np.array_equal(new_value, region_value):
-        return out
-    return new_value.astype(labels.dtype)[regions]
+    changed = new_value[run_region] != runs.value
+    new_pixels = np.repeat(new_value[run_region[changed]], runs.length[changed])
+    out.ravel()[runs.pixels(changed)] = new_pixels
+    return out
 
 
-def _label_regions(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4-connected regions of equal value: (region id per pixel 0..n-1, value per region)."""
-    regions = np.empty(labels.shape, dtype=np.int64 if labels.size >= 2**31 else np.int32)
-    values: list[np.ndarray] = []
-    offset = 0
-    for value in np.flatnonzero(np.bincount(labels.ravel())):
-        mask = labels == value
-        lab, count = ndimage.label(mask, structure=_FOUR)
-        regions[mask] = lab[mask] + (offset - 1)
-        values.append(np.full(count, value, dtype=labels.dtype))
-        offset += count
-    return regions, np.concatenate(values)
+@dataclass(frozen=True)
+class _Runs:
+    """Horizontal runs of equal value of a 2-D array, in scan order."""
+
+    start: np.ndarray  # flat index of the first pixel
+    length: np.ndarray
+    value: np.ndarray
+    width: int
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> _Runs:
+        begins = np.empty(labels.shape, dtype=bool)
+        begins[:, 0] = True
+        np.not_equal(labels[:, 1:], labels[:, :-1], out=begins[:, 1:])
+        start = np.flatnonzero(begins)
+        length = np.diff(start, append=labels.size)
+        return cls(start, length, labels.ravel()[start], labels.shape[1])
+
+    def pixels(self, selected: np.ndarray) -> np.ndarray:
+        """Flat indices of all pixels of the selected runs."""
+        start, length = self.start[selected], self.length[selected]
+        first = np.cumsum(length) - length  # position of each run's first pixel in the output
+        return np.arange(int(length.sum())) + np.repeat(start - first, length)
+
+
+def _connect_runs(runs: _Runs) -> tuple[int, np.ndarray]:
+    """4-connected regions of equal value: (number of regions, region of every run).
+
+    Runs of consecutive rows are linked where they overlap and have the same value. The run
+    starts of every row but the last, merged with those of every row but the first moved up
+    one row, cut each row into intervals that lie in exactly one run of the row and one of the
+    row below; listing those two runs for each interval lists every overlapping pair.
+    """
+    start, width = runs.start, runs.width
+    n_upper = int(np.searchsorted(start, start[-1] - start[-1] % width))  # runs above last row
+    first_lower = int(np.searchsorted(start, width))  # first run of the second row
+    cuts = np.concatenate([start[:n_upper], start[first_lower:] - width])
+    order = np.argsort(cuts, kind="stable")
+    from_upper = order < n_upper
+    upper = np.cumsum(from_upper) - 1
+    lower = np.cumsum(~from_upper) - 1 + first_lower
+    cuts = cuts[order]
+    last = np.ones(cuts.size, dtype=bool)  # at a shared cut, the last copy sees both runs
+    last[:-1] = cuts[1:] != cuts[:-1]
+    upper, lower = upper[last], lower[last]
+    same = runs.value[upper] == runs.value[lower]
+    edges = (np.ones(int(same.sum()), dtype=np.int8), (upper[same], lower[same]))
+    graph = coo_matrix(edges, shape=(start.size, start.size))
+    return connected_components(graph, directed=False)
 
 
 def _touching_cut_edges(
-    regions: np.ndarray, n_regions: int, cut_edges: tuple[bool, bool, bool, bool]
+    runs: _Runs, run_region: np.ndarray, n_regions: int, cut_edges: tuple[bool, bool, bool, bool]
 ) -> np.ndarray:
     """Boolean per region: touches one of the edges flagged as cut."""
     top, bottom, left, right = cut_edges
+    start, width = runs.start, runs.width
+    col = start % width
+    end_col = col + runs.length - 1
+    last_row = start[-1] - start[-1] % width
     touching = np.zeros(n_regions, dtype=bool)
-    edges = [(top, regions[0, :]), (bottom, regions[-1, :]), (left, regions[:, 0])]
-    edges.append((right, regions[:, -1]))
-    for is_cut, edge in edges:
+    for is_cut, on_edge in (
+        (top, start < width), (bottom, start >= last_row), (left, col == 0),
+        (right, end_col == width - 1),
+    ):
         if is_cut:
-            touching[edge] = True
+            touching[run_region[on_edge]] = True
     return touching
 
 
-def _neighbour_weights(
-    regions: np.ndarray, candidate: np.ndarray, is_nodata: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(small region, neighbour region, number of distinct neighbour pixels) for candidate regions.
+_SIDES = ((-1, 0), (0, -1), (0, 1), (1, 0))  # up, left, right, down (row, column steps)
 
-    Only non-nodata neighbour regions are listed; every pair appears once.
+
+def _neighbour_weights(
+    regions: np.ndarray, small_pixels: np.ndarray, single: np.ndarray, is_nodata: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(small region, neighbour region, number of distinct neighbour pixels) for small regions.
+
+    ``small_pixels`` are the flat indices of all pixels of the small regions, ``single`` marks
+    those forming a region on their own. Only non-nodata neighbour regions are listed; every
+    pair appears once. A neighbour pixel touching a small region on several sides is counted
+    once: only for the first of its sides (up, left, right, down) that faces the region (a
+    one-pixel region faces each neighbour pixel on one side only, so needs no check).
     """
-    width = regions.shape[1]
+    height, width = regions.shape
     flat = regions.ravel()
-    src_parts, pix_parts = [], []
-    for step, a, b in ((1, regions[:, :-1], regions[:, 1:]), (width, regions[:-1], regions[1:])):
-        rows, cols = np.nonzero(a != b)
-        p = rows.astype(np.int64) * width + cols
-        q = p + step
-        for s, n in ((p, q), (q, p)):  # region of s sees pixel n
-            keep = candidate[flat[s]] & ~is_nodata[flat[n]]
-            src_parts.append(flat[s[keep]].astype(np.int64))
-            pix_parts.append(n[keep])
-    src = np.concatenate(src_parts)
-    pix = np.concatenate(pix_parts)
-    pairs = np.unique(src * flat.size + pix)  # distinct (region, neighbour pixel)
-    src, pix = np.divmod(pairs, flat.size)
-    n_regions = candidate.size
-    keys, weight = np.unique(src * n_regions + flat[pix], return_counts=True)
-    src, dst = np.divmod(keys, n_regions)
-    return src, dst, weight
+    receives = ~is_nodata
+    row, col = np.divmod(small_pixels, width)
+    own = flat[small_pixels]
+    src_parts, dst_parts = [], []
+    for k, (dr, dc) in enumerate(_SIDES):  # the small pixel lies on side k of its neighbour
+        nr, nc = row - dr, col - dc
+        ok = (nr >= 0) & (nr < height) & (nc >= 0) & (nc < width)
+        n = small_pixels[ok] - (dr * width + dc)
+        s_region, n_region = own[ok], flat[n]
+        keep = (n_region != s_region) & receives[n_region]
+        if k:
+            check = np.flatnonzero(keep & ~single[ok])
+            nr, nc, m_region = nr[ok][check], nc[ok][check], s_region[check]
+            seen = np.zeros(check.size, dtype=bool)
+            for er, ec in _SIDES[:k]:  # an earlier side of the neighbour already faces it
+                mr, mc = nr + er, nc + ec
+                inside = (mr >= 0) & (mr < height) & (mc >= 0) & (mc < width)
+                m = np.where(inside, mr * width + mc, 0)
+                seen |= inside & (flat[m] == m_region)
+            keep[check[seen]] = False
+        src_parts.append(s_region[keep])
+        dst_parts.append(n_region[keep])
+    src, dst = np.concatenate(src_parts), np.concatenate(dst_parts)
+    return _sum_pairs(src, dst, np.ones(src.size, dtype=np.int64), (is_nodata.size,) * 2)
+
+
+def _sum_pairs(
+    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (row, col) pairs sorted by row then col, with their summed weights.
+
+    A sparse matrix does the grouping: linear, unlike sorting the pairs as keys.
+    """
+    matrix = coo_matrix((weights, (rows, cols)), shape=shape).tocsr()  # sums duplicates
+    matrix.sort_indices()
+    counts = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(shape[0], dtype=np.int64), counts)
+    return rows, matrix.indices.astype(np.int64), matrix.data
 
 
 def _resolve_rounds(
@@ -200,15 +280,12 @@ def _majority(
     region: np.ndarray, value: np.ndarray, weight: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per region, the value with the largest total weight (ties: smallest value)."""
-    keys, inverse = np.unique(region * 256 + value, return_inverse=True)
-    total = np.bincount(inverse.ravel(), weights=weight)
-    reg, val = np.divmod(keys, 256)
-    order = np.lexsort((val, -total, reg))
-    reg_sorted = reg[order]
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = reg_sorted[1:] != reg_sorted[:-1]
-    best = order[first]
-    return reg[best], val[best]
+    reg, val, total = _sum_pairs(region, value, weight, (int(region.max()) + 1, 256))
+    starts = np.flatnonzero(np.r_[True, reg[1:] != reg[:-1]])
+    best_total = np.repeat(np.maximum.reduceat(total, starts), np.diff(np.r_[starts, reg.size]))
+    ties = np.flatnonzero(total == best_total)  # values sorted within a region: first is smallest
+    first = ties[np.r_[True, reg[ties][1:] != reg[ties][:-1]]]
+    return reg[first], val[first]
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,6 +346,7 @@ class BlockResult:
     seam_wkb: list[bytes]
     seam_class: np.ndarray
     seam_segments: np.ndarray  # int64 (k, 5): piece index in seam_wkb, axis, line, lo, hi
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: read, sieve, ...
 
 
 def block_tasks(
@@ -296,27 +374,44 @@ def block_tasks(
 
 def process_block(labels: Any, task: BlockTask) -> BlockResult:
     """Read, sieve and polygonize one block; split its polygons into final ones and seam pieces."""
-    core = _read_core(labels, task)
+    clock = _Clock()
+    core = _read_core(labels, task, clock)
     geoms, classes = _polygonize(core, task.row0, task.col0)
+    clock.lap("polygonize")
     on_seam = _touches_seam(geoms, task)
     final = _finish(geoms[~on_seam], task.transform, task.simplify_tolerance)
-    return BlockResult(
-        final=make_features(final, classes[~on_seam], task.crs_wkt),
-        seam_wkb=list(shapely.to_wkb(geoms[on_seam])),
-        seam_class=classes[on_seam],
-        seam_segments=_seam_segments(geoms[on_seam], task),
-    )
+    features = make_features(final, classes[~on_seam], task.crs_wkt)
+    seam_wkb = list(shapely.to_wkb(geoms[on_seam]))
+    segments = _seam_segments(geoms[on_seam], task)
+    clock.lap("features")
+    return BlockResult(features, seam_wkb, classes[on_seam], segments, clock.seconds)
 
 
-def _read_core(labels: Any, task: BlockTask) -> np.ndarray:
+class _Clock:
+    """Accumulates the seconds since the previous lap under the lap's name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _read_core(labels: Any, task: BlockTask, clock: _Clock) -> np.ndarray:
     """The block core, sieved with its halo when min_pixels > 1."""
     r0, c0, r1, c1 = task.read_window
     window = _as_uint8(labels[r0:r1, c0:c1])
+    clock.lap("read")
     if task.min_pixels > 1:
         cut = (r0 > 0, r1 < task.height, c0 > 0, c1 < task.width)
         window = sieve(window, task.min_pixels, nodata=NODATA, cut_edges=cut)
     core = window[task.row0 - r0 : task.row1 - r0, task.col0 - c0 : task.col1 - c0]
-    return np.ascontiguousarray(core)
+    core = np.ascontiguousarray(core)
+    clock.lap("sieve")
+    return core
 
 
 def _as_uint8(block: Any) -> np.ndarray:
@@ -427,15 +522,18 @@ def merge_seam_pieces(
     classes = np.asarray(classes, dtype=np.uint8)
     if geoms.size == 0:
         return geoms, classes, 0
-    i, j = _shared_edges(np.asarray(segments, dtype=np.int64).reshape(-1, 5), classes)
+    segments = np.asarray(segments, dtype=np.int64).reshape(-1, 5)
+    i, j = _shared_edges(segments, classes)
     graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(geoms.size,) * 2)
     group = connected_components(graph, directed=False)[1]
     order = np.argsort(group, kind="stable")
     starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
     members = np.split(order, starts[1:])
-    out = [geoms[m[0]] if m.size == 1 else _union_polygon(geoms[m]) for m in members]
-    merged = sum(1 for m in members if m.size > 1)
-    return np.array(out, dtype=object), classes[[m[0] for m in members]], merged
+    out = geoms[order[starts]]
+    multi = np.flatnonzero(np.diff(np.r_[starts, order.size]) > 1)
+    if multi.size:
+        out[multi] = _union_groups(geoms, [members[k] for k in multi], segments)
+    return out, classes[order[starts]], int(multi.size)
 
 
 def _shared_edges(segments: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -459,20 +557,106 @@ def _shared_edges(segments: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray
     return piece[1:][overlap], piece[arg[:-1][overlap]]
 
 
-def _union_polygon(pieces: np.ndarray) -> shapely.Geometry:
-    """Union of edge-connected pieces of one region.
+def _union_groups(
+    geoms: np.ndarray, groups: list[np.ndarray], segments: np.ndarray
+) -> np.ndarray:
+    """Union of each group of edge-connected pieces (all of one region), exactly.
 
-    Holes of a piece never reach its block edge, so they stay holes of the union: only the
-    shells are unioned (much faster with many holes), the collinear vertices left where seams
-    were are removed, and the pieces' holes are added back.
+    The pieces' shells are made to share vertices along the seams (every seam-segment end
+    point lying inside another piece's seam segment on the same line is inserted there), so
+    they form a proper polygon coverage and GEOS's coverage union dissolves the shared edges
+    in linear time. The collinear vertices left on the seams are then dropped, and the pieces'
+    holes, which never reach a block edge, are added back as holes of the union.
     """
-    shells = shapely.polygons(shapely.get_exterior_ring(pieces))
-    union = shapely.simplify(shapely.union_all(shells), 0.0, preserve_topology=False)
-    if shapely.get_type_id(union) != shapely.GeometryType.POLYGON:
-        return shapely.union_all(pieces)  # not expected for pixel geometry; exact fallback
-    holes = [ring for piece in pieces for ring in shapely.get_rings(piece)[1:]]
-    rings = shapely.get_rings(union)
-    return shapely.Polygon(rings[0], [*rings[1:], *holes])
+    pieces = np.concatenate(groups)
+    sizes = np.array([g.size for g in groups])
+    ends = np.cumsum(sizes)
+    used = np.isin(segments[:, 0], pieces)
+    shells = _insert_seam_points(shapely.get_exterior_ring(geoms[pieces]), segments[used])
+    unions = np.array(
+        [shapely.coverage_union_all(shells[e - n : e]) for n, e in zip(sizes, ends, strict=True)],
+        dtype=object,
+    )
+    out = np.empty(len(groups), dtype=object)
+    polygon = shapely.get_type_id(unions) == shapely.GeometryType.POLYGON
+    for k in np.flatnonzero(~polygon):  # not expected for pixel geometry; exact fallback
+        out[k] = shapely.union_all(geoms[groups[k]])
+    ok = np.flatnonzero(polygon)
+    if ok.size == 0:
+        return out
+    # rings of the unions (shell first), then the holes of their pieces, grouped by union
+    union_rings, union_of = shapely.get_rings(unions[ok], return_index=True)
+    union_rings = _drop_collinear(union_rings)
+    ok_pieces = np.concatenate([groups[k] for k in ok])
+    piece_rings, piece_of = shapely.get_rings(geoms[ok_pieces], return_index=True)
+    is_hole = np.r_[False, piece_of[1:] == piece_of[:-1]]
+    owner = np.repeat(np.arange(ok.size), sizes[ok])[piece_of[is_hole]]
+    rings = np.concatenate([union_rings, piece_rings[is_hole]])
+    index = np.concatenate([union_of, owner])
+    order = np.argsort(index, kind="stable")
+    out[ok] = shapely.polygons(rings[order], indices=index[order])
+    return out
+
+
+def _insert_seam_points(rings: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Polygons from rings, with the end points of ``segments`` (rows piece, axis, line, lo,
+    hi) inserted into every ring segment that runs along the same line past them."""
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    xy = np.rint(coords).astype(np.int64)
+    span = int(max(xy.max(initial=0), segments[:, 2:].max(initial=0))) + 2
+    _, axis, line, lo, hi = segments.T
+    on_line = (axis * span + line) * span
+    points = np.sort(np.concatenate([on_line + lo, on_line + hi]))  # keys (axis, line, pos)
+    distinct = np.ones(points.size, dtype=bool)
+    distinct[1:] = points[1:] != points[:-1]
+    points = points[distinct]
+    start, end = xy[:-1], xy[1:]
+    along = np.where(start[:, 0] == end[:, 0], 0, 1)  # vertical segments lie on x = line
+    seg_line = np.where(along == 0, start[:, 0], start[:, 1])
+    a = np.where(along == 0, start[:, 1], start[:, 0])
+    b = np.where(along == 0, end[:, 1], end[:, 0])
+    base = (along * span + seg_line) * span
+    first = np.searchsorted(points, base + np.minimum(a, b), side="right")
+    count = np.searchsorted(points, base + np.maximum(a, b), side="left") - first
+    count = np.maximum(count, 0)  # (a zero-length segment has nothing inside)
+    count[ring[:-1] != ring[1:]] = 0  # from the last vertex of a ring to the next ring
+    count = np.append(count, 0)
+    out_len = 1 + count
+    total = int(out_len.sum())
+    head = np.cumsum(out_len) - out_len  # output position of every original vertex
+    new = np.empty((total, 2), dtype=np.float64)
+    new[head] = coords
+    has = np.flatnonzero(count)
+    if has.size:
+        n = count[has]
+        k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # 0.. within a segment
+        seg = np.repeat(has, n)
+        ascending = np.repeat(a[has] < b[has], n)
+        pick = np.where(ascending, first[seg] + k, first[seg] + count[seg] - 1 - k)
+        pos = (points[pick] % span).astype(np.float64)
+        fixed = seg_line[seg].astype(np.float64)
+        vertical = along[seg] == 0
+        new[head[seg] + 1 + k] = np.column_stack(
+            [np.where(vertical, fixed, pos), np.where(vertical, pos, fixed)]
+        )
+    return shapely.polygons(shapely.linearrings(new, indices=np.repeat(ring, out_len)))
+
+
+def _drop_collinear(rings: np.ndarray) -> np.ndarray:
+    """The rings without the vertices lying on a straight (axis-parallel) line between their
+    neighbours; every ring of pixel geometry keeps at least its four corners."""
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    closing = np.r_[ring[1:] != ring[:-1], True]
+    coords, ring = coords[~closing], ring[~closing]
+    first = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
+    last = np.r_[first[1:], ring.size] - 1
+    prev = np.arange(ring.size) - 1
+    prev[first] = last
+    nxt = np.arange(ring.size) + 1
+    nxt[last] = first
+    x, y = coords.T
+    straight = ((x[prev] == x) & (x == x[nxt])) | ((y[prev] == y) & (y == y[nxt]))
+    return shapely.linearrings(coords[~straight], indices=ring[~straight])
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,20 +869,28 @@ def vectorize_labels(
     tmp = _temp_path(out_path)
     _discard(tmp)
     writer = _LayerWriter(tmp, layer=layer, driver=driver, crs_wkt=crs_wkt, class_names=class_names)
+    timings: dict[str, float] = {}
     try:
         results = map_fn(partial(process_block, labels), tasks)
-        seam_geoms, seam_classes, segments = _write_finals(writer, results)
+        seam_geoms, seam_classes, segments = _write_finals(writer, results, timings)
+        clock = _Clock()
         merged, merged_classes, n_groups = merge_seam_pieces(seam_geoms, seam_classes, segments)
+        clock.lap("merge")
         finished = _finish(merged, tuple(transform)[:6], simplify_tolerance)
-        writer.add(make_features(finished, merged_classes, crs_wkt))
+        features = make_features(finished, merged_classes, crs_wkt)
+        clock.lap("features")
+        writer.add(features)
         writer.flush()
         _commit(tmp, out_path)
+        clock.lap("write")
+        for name, seconds in clock.seconds.items():
+            timings[name] = timings.get(name, 0.0) + seconds
     except BaseException:
         _discard(tmp)
         raise
     stats = VectorizeStats(
         polygons=writer.written, blocks=len(tasks), seam_groups_merged=n_groups,
-        pixels=height * width, seconds=time.perf_counter() - start,
+        pixels=height * width, seconds=time.perf_counter() - start, timings=timings,
     )
     log.info("vectorized %s: %s", out_path, stats)
     return stats
@@ -712,14 +904,22 @@ def _shape(labels: Any) -> tuple[int, int]:
 
 
 def _write_finals(
-    writer: _LayerWriter, results: Iterable[BlockResult]
+    writer: _LayerWriter, results: Iterable[BlockResult], timings: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Write every block's final polygons; collect the seam pieces and their seam segments."""
+    """Write every block's final polygons; collect the seam pieces and their seam segments.
+
+    Adds the blocks' stage times and the time spent writing to ``timings``.
+    """
     seam_wkb: list[bytes] = []
     seam_classes: list[np.ndarray] = [np.empty(0, np.uint8)]
     segments: list[np.ndarray] = [np.empty((0, 5), np.int64)]
     for result in results:
+        for name, seconds in getattr(result, "timings", {}).items():
+            timings[name] = timings.get(name, 0.0) + seconds
+        clock = _Clock()
         writer.add(result.final)
+        clock.lap("write")
+        timings["write"] = timings.get("write", 0.0) + clock.seconds["write"]
         seg = np.array(result.seam_segments, dtype=np.int64).reshape(-1, 5)
         seg[:, 0] += len(seam_wkb)
         segments.append(seg)

@@ -82,16 +82,28 @@ def test_another_config_reprocesses(first_run, scenes, pixel_model):
     assert summary["skipped"] == [str(scenes / "b.tif")]
 
 
-def test_a_changed_input_file_is_reprocessed(first_run, scenes, pixel_model):
+def test_a_changed_input_file_is_reprocessed_and_a_touched_one_is_not(first_run, scenes,
+                                                                      pixel_model):
+    """Identity is the file's content (SHA-256), not its name, size or mtime."""
+    import numpy as np
+    import rasterio
+
     out_root, _ = first_run
     cfg = build_config(CFG)
     scene = str(scenes / "b.tif")
     assert is_done(scene, str(pixel_model), out_root / "b", cfg)
+    original = Path(scene).read_bytes()
     st = os.stat(scene)
-    os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, newer mtime
     try:
+        os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes
+        assert is_done(scene, str(pixel_model), out_root / "b", cfg)
+        with rasterio.open(scene, "r+") as ds:  # one pixel changed, mtime kept
+            px = ds.read(1, window=((5, 6), (5, 6)))
+            ds.write(np.where(px == 0, 1, 0).astype(px.dtype), 1, window=((5, 6), (5, 6)))
+        os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert not is_done(scene, str(pixel_model), out_root / "b", cfg)
     finally:
+        Path(scene).write_bytes(original)
         os.utime(scene, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert is_done(scene, str(pixel_model), out_root / "b", cfg)
 

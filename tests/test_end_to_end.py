@@ -210,6 +210,7 @@ def test_a_run_killed_after_the_store_was_finalized_does_not_recompute(
     assert code == 0
     doc = json.loads((segmented / "run.json").read_text())
     assert doc["counts"]["blocks_computed"] == 0 and doc["counts"]["blocks_resumed"] == 16
+    assert "infer-blocks" in doc["cached_stages"] and "write-cog" not in doc["cached_stages"]
     assert (segmented / "labels.tif").read_bytes() == before
     assert not (segmented / ".labels.tif.build.tif").exists()
 
@@ -305,3 +306,32 @@ def test_deploy_and_run_deployment_report_bad_input_in_one_line(prefect_harness,
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --cron") and err.count("\n") == 1
+
+
+def test_finished_stages_are_cached_by_content_not_by_run(fitted, demo_scene, small_yaml,
+                                                          tmp_path):
+    """Prefect caches each expensive stage under input checksum, model, config, block windows
+    and output directory; a hit counts only while its files are still the ones it wrote."""
+    out = tmp_path / "out"
+    args = ["segment", str(demo_scene[0]), "--model", str(fitted), "--out", str(out),
+            "--config", str(small_yaml), "-q"]
+
+    def run(*extra: str) -> dict:
+        assert main([*args, *extra]) == 0
+        return json.loads((out / "run.json").read_text())
+
+    first = run()
+    assert first["cached_stages"] == []
+    cog, gpkg = (out / "labels.tif").read_bytes(), (out / "polygons.gpkg").stat().st_mtime_ns
+    again = run()
+    assert again["cached_stages"] == ["infer-blocks", "write-cog", "vectorize"]
+    assert (out / "polygons.gpkg").stat().st_mtime_ns == gpkg  # not rewritten
+    (out / "labels.tif").unlink()  # a cached stage whose output is gone runs again
+    assert run()["cached_stages"] == ["infer-blocks", "vectorize"]
+    assert (out / "labels.tif").read_bytes() == cog
+    # another sieve threshold: only the polygons depend on it
+    other = run("--set", "vectorize.min_pixels=40")
+    assert other["cached_stages"] == ["infer-blocks", "write-cog"]
+    # back to the first settings: the cached polygons are no longer on disk, so they are redone
+    assert run()["cached_stages"] == ["infer-blocks", "write-cog"]
+    assert run("--fresh")["cached_stages"] == []

@@ -162,3 +162,31 @@ def test_padding_mirrors_the_raster_edges_whatever_the_window(tmp_path, window):
     inside = big_valid[100:137, 100:145]
     assert inside.all() and big_valid.sum() == inside.size
     np.testing.assert_array_equal(big[:, 100:137, 100:145], data / np.float32(255))
+
+
+def test_input_identity_is_the_content_not_the_name_size_or_mtime(tmp_path):
+    import os
+    import shutil
+    import zipfile
+
+    import rasterio
+
+    from pipeline.segment import input_checksum
+
+    data = np.random.default_rng(0).integers(0, 255, size=(3, 32, 32), dtype=np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    first = input_checksum(str(path))
+    assert first["kind"] == "sha256"
+    moved = tmp_path / "moved.tif"
+    shutil.copy(path, moved)
+    assert input_checksum(str(moved)) == first
+    st = os.stat(path)
+    with rasterio.open(path, "r+") as ds:  # uncompressed: rewritten in place, same size
+        ds.write(np.full((1, 1), 7, dtype=np.uint8), 1, window=((3, 4), (3, 4)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size
+    assert input_checksum(str(path)) != first
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.write(moved, "moved.tif")
+    zipped = input_checksum(f"/vsizip/{tmp_path}/z.zip/moved.tif")
+    assert zipped["kind"] == "sha256"

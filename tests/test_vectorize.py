@@ -180,6 +180,28 @@ def test_block_size_does_not_change_the_polygons(raster, tmp_path):
     assert canonical(small) == canonical(whole)
 
 
+def test_block_size_does_not_change_the_sieved_polygons_of_a_noisy_raster(tmp_path):
+    labels = blobby(230, 260, seed=7, sigma=3.0)
+    rng = np.random.default_rng(8)
+    salt = rng.random(labels.shape) < 0.08
+    labels[salt] = rng.integers(0, 5, salt.sum())
+    labels[rng.random(labels.shape) < 0.01] = NODATA
+    labels[100:140, 30:90] = NODATA
+
+    def canonical(path):
+        geoms, fields, _ = read_layer(path)
+        wkt = shapely.to_wkt(shapely.normalize(geoms))
+        area = np.round(fields["area_m2"], 6)
+        return sorted(zip(fields["class_id"].tolist(), wkt, area, strict=True))
+
+    whole, _ = run(labels, tmp_path, "whole.gpkg", block_size=4096, min_region_pixels=6)
+    for block in (37, 64):
+        tiled, stats = run(labels, tmp_path, f"{block}.gpkg", block_size=block, min_region_pixels=6)
+        assert stats.seam_groups_merged > 0
+        assert canonical(tiled) == canonical(whole)
+    assert np.array_equal(rasterize_back(whole, labels.shape, NORTH_UP), sieve(labels, 6))
+
+
 def test_u_shape_crossing_a_seam_twice_is_one_polygon(tmp_path):
     labels = np.zeros((20, 20), dtype=np.uint8)
     labels[3:16, 2:4] = 1  # left arm, crosses the seam at row 10
@@ -276,6 +298,19 @@ def test_sieve_follows_the_rules_literally_on_random_rasters():
 
         expected = reference_sieve(labels, min_pixels, cut)
         assert np.array_equal(sieve(labels, min_pixels, cut_edges=cut), expected), case
+
+
+def test_sieve_follows_the_rules_literally_with_many_one_pixel_regions():
+    rng = np.random.default_rng(6)
+    for case in range(4):
+        labels = blobby(40, 50, classes=3 + case % 2, seed=case, sigma=2.0)
+        salt = rng.random(labels.shape) < 0.15  # single pixels, pairs and clumps of noise
+        labels[salt] = rng.integers(0, 4, salt.sum())
+        labels[rng.random(labels.shape) < 0.03] = NODATA
+        cut = tuple(bool(c) for c in rng.integers(0, 2, 4))
+
+        expected = reference_sieve(labels, 7, cut)
+        assert np.array_equal(sieve(labels, 7, cut_edges=cut), expected), case
 
 
 def test_sieve_takes_the_majority_neighbour_label():
@@ -509,3 +544,6 @@ def test_stats_are_consistent(raster, tmp_path):
 
     assert stats.blocks == math.ceil(700 / 300) * math.ceil(900 / 300)
     assert stats.seconds > 0
+    stages = {"read", "sieve", "polygonize", "features", "merge", "write"}
+    assert set(stats.timings) == stages
+    assert all(seconds >= 0 for seconds in stats.timings.values())
