@@ -64,7 +64,10 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--methods", nargs="+", default=["pixel-kmeans", "feature-kmeans"])
     ap.add_argument("--backbone", default="vit_small_patch8_224.dino")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="Dask worker counts to compare (scaling)")
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="tiling.block_size (small blocks give several workers work)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory")
     args = ap.parse_args()
 
@@ -77,27 +80,28 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         scene, _ = write_demo_scene(work / f"scene{size}.tif", size=size)
-        for method in args.methods:
-            cfg = RunConfig.model_validate({"dask": {"workers": args.workers}})
+        for method, workers in ((m, w) for m in args.methods for w in args.workers):
+            tiling = {"block_size": args.block_size} if args.block_size else {}
+            cfg = RunConfig.model_validate({"dask": {"workers": workers}, "tiling": tiling})
             mdir = work / f"model-{method}"
             if not (mdir / "model.json").exists():
                 fit_flow([str(scene)], str(mdir), method=method, clusters=5, weights="random",
                          backbone=args.backbone, config=cfg.model_dump(mode="json"))
-            out = work / f"out-{method}-{size}"
+            out = work / f"out-{method}-{size}-{workers}"
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 doc = segment(scene, mdir, out, cfg, fresh=True, progress=False)
                 wall = time.perf_counter() - t0
             t, c = doc["timings_s"], doc["counts"]
             mpx = size * size / 1e6
-            rows.append([method, f"{size}²", f"{wall:.1f}", f"{t['infer']:.1f}",
+            rows.append([method, str(workers), f"{size}²", f"{wall:.1f}", f"{t['infer']:.1f}",
                          f"{c['model_seconds']:.1f}", f"{t['cog']:.2f}", f"{t['vectorize']:.2f}",
                          f"{mpx / t['infer']:.2f}", f"{mpx / max(c['model_seconds'], 1e-9):.2f}",
                          f"{c['compute_amplification']:.2f}",
                          f"{rss.peak / 2**20:.0f}"])
-    head = ["method", "raster", "wall s", "infer s", "model s", "cog s", "vector s",
+    head = ["method", "workers", "raster", "wall s", "infer s", "model s", "cog s", "vector s",
             "infer Mpx/s", "model-only Mpx/s", "amplif.", "peak RSS MiB"]
-    print(f"\nmachine: {os.cpu_count()} CPU cores, workers={args.workers}, "
+    print(f"\nmachine: {os.cpu_count()} CPU cores, block_size={args.block_size or 'default'}, "
           f"backbone={args.backbone} (random weights)")
     print_table(head, rows)
 

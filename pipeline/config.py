@@ -92,7 +92,11 @@ class DaskConfig(_Section):
 
     workers: int = Field(default=1, description="LocalCluster worker processes")
     threads_per_worker: int = 1
-    processes: bool = True
+    processes: bool | Literal["auto"] = Field(
+        default="auto",
+        description="LocalCluster workers as processes; auto = only when workers > 1 (one "
+        "in-process worker starts in well under a second and re-imports nothing)",
+    )
     scheduler_address: str | None = Field(
         default=None, description="connect to an existing Dask scheduler instead"
     )

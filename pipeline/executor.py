@@ -74,7 +74,7 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
     cluster = LocalCluster(
         n_workers=cfg.workers,
         threads_per_worker=cfg.threads_per_worker,
-        processes=cfg.processes,
+        processes=cfg.workers > 1 if cfg.processes == "auto" else cfg.processes,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
         resources=resources or None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import rasterio
@@ -157,3 +159,15 @@ def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
     removed = clean_stale_temporaries(tmp_path)
     assert len(removed) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.zarr.partial", "labels.tif"]
+
+
+def test_one_worker_runs_in_process_and_several_in_their_own_processes():
+    """One in-process worker saves process start, re-imports and shutdown on small runs."""
+    from pipeline.config import DaskConfig
+    from pipeline.executor import dask_client
+
+    with dask_client(DaskConfig()) as client:
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
+    with dask_client(DaskConfig(workers=2)) as client:
+        pids = set(client.run(os.getpid).values())
+    assert len(pids) == 2 and os.getpid() not in pids
