@@ -84,7 +84,8 @@ def main() -> None:
     if not (mdir / "model.json").exists():
         fit_flow([str(scene)], str(mdir), method=args.method, clusters=5, weights="random",
                  backbone=args.backbone, config=cfg.model_dump(mode="json"))
-    segment(scene, mdir, work / "warm", cfg, fresh=True, progress=False)  # Prefect, imports
+    warm, _ = write_demo_scene(work / "warm.tif", size=256)
+    segment(warm, mdir, work / "warm", cfg, fresh=True, progress=False)  # Prefect, imports
     t0 = time.perf_counter()
     doc = segment(scene, mdir, work / "out", cfg, fresh=True, progress=False)
     wall = time.perf_counter() - t0

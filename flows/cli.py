@@ -397,6 +397,12 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _gdal_defaults() -> None:
+    # GDAL's block cache defaults to 5 % of RAM and fills up on big rasters; blocks are read
+    # and written band by band, so a small cache costs nothing and keeps memory flat
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
+
+
 def _quiet_logging() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -409,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         _prefect_defaults()
+        _gdal_defaults()
         if getattr(args, "quiet", False):
             _quiet_logging()
             warnings.simplefilter("ignore")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +336,15 @@ def test_finished_stages_are_cached_by_content_not_by_run(fitted, demo_scene, sm
     # back to the first settings: the cached polygons are no longer on disk, so they are redone
     assert run()["cached_stages"] == ["infer-blocks", "write-cog"]
     assert run("--fresh")["cached_stages"] == []
+
+
+def test_the_cli_keeps_gdals_block_cache_small_unless_the_user_sets_it(monkeypatch):
+    """GDAL's default cache is 5 % of RAM and would grow with the raster (issue 5 memory)."""
+    from flows.cli import _gdal_defaults
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    _gdal_defaults()
+    assert os.environ["GDAL_CACHEMAX"] == "256"
+    monkeypatch.setenv("GDAL_CACHEMAX", "1024")
+    _gdal_defaults()
+    assert os.environ["GDAL_CACHEMAX"] == "1024"
