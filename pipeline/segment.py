@@ -31,7 +31,7 @@ from pipeline.inference import (
 )
 from pipeline.models.store import load_model, model_hash, read_model_json
 from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
-from pipeline.tiling import Block, TileGrid, compute_amplification, plan_blocks
+from pipeline.tiling import Block, TileGrid, compute_amplification, grid_for_raster, plan_blocks
 from pipeline.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
@@ -201,7 +201,8 @@ def plan_segment(
         notes.append(msg)
     mhash = model_hash(Path(model_dir))
     tiling = config.tiling
-    grid = TileGrid(tiling.tile_size, tiling.overlap)
+    grid = grid_for_raster(tiling.tile_size, tiling.overlap, info.height, info.width,
+                           tiling.block_size)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)
     input_id = input_checksum(input_path)
     ident = {

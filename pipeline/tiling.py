@@ -34,10 +34,19 @@ class Block:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The global tile grid of a raster."""
+    """The global tile grid of a raster.
+
+    ``offset`` is the pixel offset of tile 0 (default ``-tile // 2``: raster pixel 0 at the
+    centre of tile 0, so block edges on multiples of the stride fall on tile centres).
+    With ``shape`` (the raster's height and width), tiles whose *core* (the tile minus half the
+    overlap on each side; the cores of consecutive tiles tile the axis exactly) misses the
+    raster are left out: they would only add a blending ramp to a few edge pixels.
+    """
 
     tile: int
     overlap: int
+    offset: int | None = None
+    shape: tuple[int, int] | None = None
 
     @property
     def stride(self) -> int:
@@ -46,14 +55,19 @@ class TileGrid:
 
     @property
     def origin(self) -> int:
-        """Offset of tile 0 (negative: the first tile is centred on pixel 0)."""
-        return -(self.tile // 2)
+        """Offset of tile 0 (by default negative: the first tile is centred on pixel 0)."""
+        return -(self.tile // 2) if self.offset is None else self.offset
 
-    def span(self, start: int, stop: int) -> tuple[int, int]:
-        """Indices ``[k0, k1)`` of tiles overlapping pixels ``[start, stop)`` along one axis."""
+    def span(self, start: int, stop: int, size: int | None = None) -> tuple[int, int]:
+        """Indices ``[k0, k1)`` of tiles overlapping pixels ``[start, stop)`` along one axis;
+        with ``size`` (the raster's extent on that axis), only tiles whose core meets it."""
         s, o, t = self.stride, self.origin, self.tile
         k0 = -((-(start - o - t + 1)) // s)  # ceil((start - o - t + 1) / s)
         k1 = (stop - 1 - o) // s + 1
+        if size is not None:
+            c = o + self.overlap // 2  # core start of tile 0; core k is [c + k s, c + k s + s)
+            k0 = max(k0, (-s - c) // s + 1)
+            k1 = min(k1, -((c - size) // s))  # ceil((size - c) / s)
         return k0, k1
 
     def tile_origin(self, k: int) -> int:
@@ -110,11 +124,22 @@ def blend_weights_2d(tile: int, overlap: int) -> np.ndarray:
 
 def tiles_for_block(grid: TileGrid, block: Block) -> tuple[list[int], list[int]]:
     """Row and column origins of the tiles touching a block's core."""
-    kr0, kr1 = grid.span(block.row_off, block.row_off + block.height)
-    kc0, kc1 = grid.span(block.col_off, block.col_off + block.width)
+    h, w = grid.shape if grid.shape is not None else (None, None)
+    kr0, kr1 = grid.span(block.row_off, block.row_off + block.height, h)
+    kc0, kc1 = grid.span(block.col_off, block.col_off + block.width, w)
     rows = [grid.tile_origin(k) for k in range(kr0, kr1)]
     cols = [grid.tile_origin(k) for k in range(kc0, kc1)]
     return rows, cols
+
+
+def grid_for_raster(tile: int, overlap: int, height: int, width: int,
+                    block_size: int) -> TileGrid:
+    """The tile grid of a run. A raster that is one block has no seams to align with tile
+    centres, so its grid starts half an overlap before pixel 0 and wastes no half tiles at the
+    edges (1.13 instead of 1.76 model pixels per pixel at 2048², tile 544, overlap 32)."""
+    one_block = height <= block_size and width <= block_size
+    offset = -(overlap // 2) if one_block else None
+    return TileGrid(tile, overlap, offset, (height, width))
 
 
 def compute_amplification(height: int, width: int, grid: TileGrid, block_size: int) -> float:

@@ -24,11 +24,12 @@ def _segment(model, info, grid, block_size, batch_size=3):
     return labels, conf
 
 
+@pytest.mark.parametrize("trimmed", [False, True], ids=["centred", "edge-aligned-trimmed"])
 @pytest.mark.parametrize("model_fixture", ["pixel_model", "feature_model"])
-def test_block_seams_leave_no_trace(request, demo_scene, model_fixture):
+def test_block_seams_leave_no_trace(request, demo_scene, model_fixture, trimmed):
     model = load_model(request.getfixturevalue(model_fixture))
     info = open_raster_info(demo_scene[0])
-    grid = TileGrid(64, 16)
+    grid = TileGrid(64, 16, -8, (info.height, info.width)) if trimmed else TileGrid(64, 16)
     one, conf_one = _segment(model, info, grid, 512)
     many, conf_many = _segment(model, info, grid, 48)  # 48 = multiple of stride: 8x8 blocks
     odd, _ = _segment(model, info, grid, 80)  # not aligned with the tile grid

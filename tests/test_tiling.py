@@ -57,3 +57,28 @@ def test_aligned_blocks_keep_compute_amplification_low():
     in_overlap = compute_amplification(20000, 20000, grid, 4352)  # seams where tiles overlap
     assert aligned < in_overlap
     assert aligned < 1.45
+
+
+@pytest.mark.parametrize("size", [1024, 2048, 4096, 8192, 20000, 50000])
+def test_default_tiling_keeps_amplification_within_1_3(size):
+    """Issue 5: model pixels per raster pixel <= 1.3 (no 4x overlap schemes)."""
+    from pipeline.config import TilingConfig
+    from pipeline.tiling import grid_for_raster
+
+    t = TilingConfig()
+    grid = grid_for_raster(t.tile_size, t.overlap, size, size, t.block_size)
+    assert compute_amplification(size, size, grid, t.block_size) <= 1.3
+
+
+@pytest.mark.parametrize("offset", [None, -8, -3])
+@pytest.mark.parametrize("size", [1, 5, 40, 47, 48, 49, 100, 203])
+def test_trimmed_grids_keep_every_pixel_inside_one_kept_tiles_core(offset, size):
+    """Leaving out tiles whose core misses the raster never leaves a pixel without a tile."""
+    grid = TileGrid(64, 16, offset, (size, size))
+    k0, k1 = grid.span(0, size, size)
+    c = grid.origin + grid.overlap // 2
+    owners = [[k for k in range(k0, k1) if c + k * grid.stride <= p < c + (k + 1) * grid.stride]
+              for p in range(size)]
+    assert all(len(o) == 1 for o in owners)
+    untrimmed = grid.span(0, size)
+    assert untrimmed[0] <= k0 and k1 <= untrimmed[1]
