@@ -75,7 +75,7 @@ def run_ours(scene: Path, mdir: Path, out: Path, workers: int, vectorize: bool,
     c = doc["counts"]
     return {"wall": wall, "model_s": c["model_seconds"], "model_px": c["model_pixels"],
             "path": Path(doc["outputs"]["cog"]), "timings": doc["timings_s"], "counts": c,
-            "stitch": f"cosine-blended overlap {tile - stride}, tiles centred on px 0"}
+            "stitch": f"cosine-blended overlap {tile - stride}, global tile grid"}
 
 
 def run_torchgeo(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int, batch: int,
