@@ -76,7 +76,7 @@ def main() -> None:
             compile_backbone(model)
         x = torch.rand(args.batch, 3, args.tile, args.tile, device=device)
 
-        def forward() -> None:
+        def forward(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
             with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype,
                                                         enabled=amp is not None):
                 model.forward_features(x)
