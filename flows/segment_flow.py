@@ -140,7 +140,7 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
                           vector_name=final.name, layer=vec.layer)
     return {"polygons": stats.polygons, "seam_groups_merged": stats.seam_groups_merged,
             "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0,
-            "styles": {k: str(v) for k, v in styles.items() if k != "raster_qml"},
+            "styles": {k: str(v) for k, v in styles.items() if k == "vector_qml"},
             "receipt": output_receipt(plan, "polygons")}
 
 
