@@ -412,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `stego` console script; returns the exit code."""
     parser = build_parser()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = None
     try:
         args = parser.parse_args(argv)
         _prefect_defaults()
@@ -426,6 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, ...: the file, else the output directory
+        if debug:
+            raise
+        path = exc.filename or getattr(args, "out", None)
+        where = f"{path}: " if path else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the CLI reports, --debug shows the traceback
         if debug:
             raise

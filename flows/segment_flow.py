@@ -274,7 +274,11 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
         publish_artifact(doc)
         return doc
     except BaseException as exc:
-        write_json_atomic(run_json, manifest(plan, "failed", {"error": f"{exc}"}))
+        try:
+            write_json_atomic(run_json, manifest(plan, "failed", {"error": f"{exc}"}))
+        except OSError as write_error:  # e.g. the disk that failed the run is still full
+            get_run_logger().warning("could not record the failure in %s (%s); it still says "
+                                     "'running'", run_json, write_error.strerror)
         raise
 
 

@@ -541,3 +541,42 @@ def _one_block_labels_cfg(scene: Path, model: Path, cfg) -> np.ndarray:
     plan = plan_segment(str(scene), str(model), "/tmp/unused-out", cfg)
     whole = Block(0, 0, 0, 0, 0, plan.info.height, plan.info.width)
     return segment_block(load_model(model), plan.info, plan.scaling, plan.grid, whole, 8).labels
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real, size-limited file system (tmpfs); skipped where mounting is not permitted."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+
+    def mount(size_kib: int, remount: bool = False) -> None:
+        opts = f"size={size_kib}k" + (",remount" if remount else "")
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
+
+    yield mnt, mount
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_disk_fails_cleanly_and_the_run_resumes_once_space_is_freed(
+        reference, demo_scene, pixel_model, small_yaml, small_fs, capsys):
+    """Not a fault injection: the outputs go to a tmpfs too small to hold them."""
+    mnt, mount = small_fs
+    need_kib = sum(p.stat().st_size for p in reference.rglob("*") if p.is_file()) // 1024
+    mount(max(64, need_kib // 3))
+    out = mnt / "out"
+    code = main(_args(demo_scene[0], pixel_model, out, small_yaml))
+    assert code == 1
+    err = _one_line_error(capsys)
+    assert "No space left on device" in err and str(out) in err  # names the file it hit
+    for name in ("labels.tif", "labels.zarr", "polygons.gpkg", "preview.png", "item.json"):
+        assert not (out / name).exists(), name  # nothing that could pass for a result
+    # "failed" when the disk still had room for it; else the "running" written at the start
+    assert _run_json(out)["status"] in ("failed", "running")
+
+    mount(need_kib * 8 + 4096, remount=True)  # space freed
+    assert main(_args(demo_scene[0], pixel_model, out, small_yaml)) == 0
+    assert _run_json(out)["status"] == "complete"
+    assert (out / "labels.tif").read_bytes() == (reference / "labels.tif").read_bytes()
