@@ -53,6 +53,8 @@ class BlockStats:
     tiles: int = 0
     read_seconds: float = 0.0
     model_seconds: float = 0.0
+    valid_pixels: int = 0
+    class_counts: np.ndarray | None = None  # pixels per class over the slabs yielded
 
 
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
@@ -118,6 +120,8 @@ def iter_block_slabs(
     next band is read on a thread while the model runs on the current one.
     """
     stats = stats if stats is not None else BlockStats()
+    if stats.class_counts is None:
+        stats.class_counts = np.zeros(model.n_classes, dtype=np.int64)
     rows, cols = tiles_for_block(grid, block)
     t, s = grid.tile, grid.stride
     c0 = cols[0]
@@ -171,7 +175,10 @@ def iter_block_slabs(
             if y1 > y0:
                 band = slice(y0 - base, y1 - base)
                 core_valid = valid[band, C0 - c0 : C1 - c0]
-                yield _finish(acc[:, band], wsum[band], core_valid, y0 - R0)
+                slab = _finish(acc[:, band], wsum[band], core_valid, y0 - R0)
+                stats.valid_pixels += int(slab.valid.sum())
+                stats.class_counts += np.bincount(slab.labels[slab.valid], minlength=k)[:k]
+                yield slab
             if not last:
                 acc[:, : t - s] = acc[:, s:]
                 acc[:, t - s :] = 0
@@ -192,15 +199,14 @@ def _finish(acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, row: int) -> S
     return Slab(row, labels, confidence, valid.copy())
 
 
-def block_stats(block: Block, grid: TileGrid, stats: BlockStats, counts: np.ndarray,
-                valid_pixels: int, seconds: float) -> dict:
+def block_stats(block: Block, grid: TileGrid, stats: BlockStats, seconds: float) -> dict:
     """The per-block statistics a run summarises (small and JSON-friendly)."""
     return {
         "key": block.key,
         "tiles": stats.tiles,
         "model_pixels": stats.tiles * grid.tile * grid.tile,
-        "valid_pixels": int(valid_pixels),
-        "class_counts": counts.tolist(),
+        "valid_pixels": stats.valid_pixels,
+        "class_counts": [] if stats.class_counts is None else stats.class_counts.tolist(),
         "seconds": seconds,
         "read_seconds": stats.read_seconds,
         "model_seconds": stats.model_seconds,
@@ -222,14 +228,9 @@ def segment_block(
     stats = BlockStats()
     labels = np.full((block.height, block.width), NODATA, dtype=np.uint8)
     confidence = np.zeros((block.height, block.width), dtype=np.uint8)
-    counts = np.zeros(model.n_classes, dtype=np.int64)
-    n_valid = 0
     for slab in iter_block_slabs(model, info, scaling, grid, block, batch_size, device,
                                  precision, stats):
         rows = slice(slab.row, slab.row + slab.labels.shape[0])
         labels[rows], confidence[rows] = slab.labels, slab.confidence
-        counts += np.bincount(slab.labels[slab.valid], minlength=model.n_classes)[
-            : model.n_classes]
-        n_valid += int(slab.valid.sum())
-    out_stats = block_stats(block, grid, stats, counts, n_valid, time.perf_counter() - t0)
+    out_stats = block_stats(block, grid, stats, time.perf_counter() - t0)
     return BlockOutput(block, labels, confidence, out_stats)

@@ -251,18 +251,13 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         start = block_rows_done(Path(job.store), block)
         rest = replace(block, row_off=block.row_off + start, height=block.height - start)
         writer = BlockWriter(Path(job.store), block, start, job.chunk, job.confidence)
-        stats = BlockStats()
-        counts = np.zeros(model.n_classes, dtype=np.int64)
-        n_valid = 0
+        stats = BlockStats(class_counts=np.zeros(model.n_classes, dtype=np.int64))
         if rest.height > 0:
             for slab in iter_block_slabs(model, job.info, job.scaling, job.grid, rest, batch,
                                          job.device, job.precision, stats):
-                counts += np.bincount(slab.labels[slab.valid], minlength=model.n_classes)[
-                    : model.n_classes]
-                n_valid += int(slab.valid.sum())
                 writer.add(slab.labels, slab.confidence)
         writer.finish()
-        out = block_stats(rest, job.grid, stats, counts, n_valid, time.perf_counter() - t0)
+        out = block_stats(rest, job.grid, stats, time.perf_counter() - t0)
         return {**out, "key": block.key, "resumed_rows": start}
 
     return retry_transient(attempt, job.io_retries, job.retry_delay)
