@@ -59,7 +59,7 @@ def main() -> None:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.inference import autocast_dtype, resolve_device
+    from pipeline.inference import autocast_dtype, precision_context, resolve_device
     from pipeline.models.backbone import build_backbone, compile_backbone, uses_fused_attention
 
     device = resolve_device(args.device)
@@ -77,8 +77,7 @@ def main() -> None:
         x = torch.rand(args.batch, 3, args.tile, args.tile, device=device)
 
         def forward(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
-            with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype,
-                                                        enabled=amp is not None):
+            with torch.inference_mode(), precision_context("auto", device):
                 model.forward_features(x)
 
         with FlopCounterMode(display=False) as counter:

@@ -33,18 +33,15 @@ def model_only_seconds(model_dir: Path, tiles: int, tile: int, batch: int, devic
     """Seconds of ``predict`` alone over ``tiles`` tiles (after one warm-up batch)."""
     import torch
 
-    from pipeline.inference import autocast_dtype
+    from pipeline.inference import precision_context
     from pipeline.models.store import load_model
 
     torch.set_num_threads(threads)
     model = load_model(model_dir).to(device)
-    amp = autocast_dtype(precision, device)
     x = torch.rand(batch, 3, tile, tile, device=device)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def step(n: int) -> None:
-        with torch.inference_mode(), torch.autocast(dev_type, dtype=amp or torch.float32,
-                                                    enabled=amp is not None):
+        with torch.inference_mode(), precision_context(precision, device):
             model.predict(x[:n]).float().cpu()
 
     step(batch)

@@ -67,6 +67,13 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def precision_context(precision: str, device: str) -> torch.autocast:
+    """``torch.autocast`` for ``model.precision`` on ``device`` (disabled for float32)."""
+    amp = autocast_dtype(precision, device)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    return torch.autocast(dev_type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
 def choose_batch_size(free_bytes: int, per_tile_bytes: int, fraction: float = 0.6,
                       cap: int = 64) -> int:
     """Tiles per batch that fit in ``fraction`` of the free device memory (1..cap)."""
@@ -84,9 +91,7 @@ def auto_batch_size(model: SegmentationModel, tile: int, device: str,
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    amp = autocast_dtype(precision, device)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32,
-                                                enabled=amp is not None):
+    with torch.inference_mode(), precision_context(precision, device):
         model.predict(torch.zeros(2, 3, tile, tile, device=device))
     per_tile = (torch.cuda.max_memory_allocated(device) - base) // 2
     free, _ = torch.cuda.mem_get_info(device)
@@ -133,8 +138,6 @@ def iter_block_slabs(
     weights = torch.from_numpy(weights_np)
     acc = np.zeros((k, t, block.width), dtype=np.float32)  # rows [base, base + t)
     wsum = np.zeros((t, block.width), dtype=np.float32)
-    amp = autocast_dtype(precision, device)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def read(y: int) -> tuple[np.ndarray, np.ndarray, float]:
         tr = time.perf_counter()
@@ -154,9 +157,7 @@ def iter_block_slabs(
                 batch = todo[j : j + batch_size]
                 x = np.stack([img[:, :, tc - c0 : tc - c0 + t] for tc in batch])
                 tm = time.perf_counter()
-                with torch.inference_mode(), torch.autocast(
-                    dev_type, dtype=amp or torch.float32, enabled=amp is not None
-                ):
+                with torch.inference_mode(), precision_context(precision, device):
                     probs = model.predict(_to_device(x, device))
                 probs = probs.float().cpu()
                 stats.model_seconds += time.perf_counter() - tm
