@@ -3,6 +3,7 @@
     python benchmarks/peers.py [--method pixel-kmeans|feature-kmeans] [--size 2048]
         [--backbone vit_small_patch8_224.dino] [--tile 544] [--stride 512] [--batch 4]
         [--threads N] [--loader-workers 0] [--skip-torchgeo] [--work DIR]
+        [--precision auto fp32] [--peer-precision fp32 bf16]
 
 Contenders, each writing a uint8 label GeoTIFF of the whole raster:
 
@@ -12,6 +13,11 @@ Contenders, each writing a uint8 label GeoTIFF of the whole raster:
   argmax pasted into a whole-raster array (last writer wins), one GeoTIFF written at the end;
 * rasterio: a ``Window`` loop, edge tiles reflect-padded, batched predict, each tile's centre
   region written window by window into a GeoTIFF opened in ``'w'`` mode.
+
+Precision: ours runs ``model.precision`` (``--precision``, default ``auto``: what a user gets,
+bf16 autocast for the backbone on CUDA and on CPUs with native bf16); the peers run as written,
+in float32, unless ``--peer-precision bf16`` adds rows with the loop wrapped in
+``torch.autocast(dtype=torch.bfloat16)``, which shows how much of a gap is precision alone.
 
 Every contender uses the same fitted model, tile, stride and batch size and the same number of
 torch threads (ours: Dask worker(s) with ``cpu_count // workers`` threads). "model s" is the time
@@ -59,12 +65,24 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return [i * stride for i in range(n)]
 
 
+def _autocast(precision: str) -> Any:
+    """What a user would wrap a loop in for bf16: ``torch.autocast`` on the CPU (or nothing)."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def run_ours(scene: Path, mdir: Path, out: Path, workers: int, vectorize: bool,
-             tile: int, stride: int, batch: int) -> dict[str, Any]:
+             tile: int, stride: int, batch: int, precision: str = "auto") -> dict[str, Any]:
     from flows.segment_flow import segment
     from pipeline.config import RunConfig
 
     cfg = RunConfig.model_validate({
+        "model": {"precision": precision},
         "dask": {"workers": workers},
         "tiling": {"tile_size": tile, "overlap": tile - stride, "batch_size": batch},
         "vectorize": {"enabled": vectorize},
@@ -75,11 +93,12 @@ def run_ours(scene: Path, mdir: Path, out: Path, workers: int, vectorize: bool,
     c = doc["counts"]
     return {"wall": wall, "model_s": c["model_seconds"], "model_px": c["model_pixels"],
             "path": Path(doc["outputs"]["cog"]), "timings": doc["timings_s"], "counts": c,
+            "precision": doc["precision"],
             "stitch": f"cosine-blended overlap {tile - stride}, global tile grid"}
 
 
 def run_torchgeo(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int, batch: int,
-                 loader_workers: int) -> dict[str, Any]:
+                 loader_workers: int, precision: str = "fp32") -> dict[str, Any]:
     import rasterio
     import torch
     from torch.utils.data import DataLoader
@@ -111,7 +130,7 @@ def run_torchgeo(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
                         num_workers=loader_workers)
     labels = np.zeros((height, width), dtype=np.uint8)
     t_model, tiles, clipped = 0.0, 0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(precision):
         for b in loader:
             x = b["image"] / 255.0  # RasterDataset casts to float32; uint8 input
             tm = time.perf_counter()
@@ -132,13 +151,13 @@ def run_torchgeo(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
         dst.write(labels, 1)
     wall = time.perf_counter() - t0
     return {"wall": wall, "model_s": t_model, "model_px": tiles * tile * tile, "path": out_path,
-            "stitch": "overwrite (last writer wins), no blending",
+            "stitch": "overwrite (last writer wins), no blending", "precision": precision,
             "note": f"{tiles} chips, {clipped} past the raster edge (zero-filled by "
                     f"rasterio.merge, grid anchored at the bottom-left corner)"}
 
 
 def run_rasterio(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int,
-                 batch: int) -> dict[str, Any]:
+                 batch: int, precision: str = "fp32") -> dict[str, Any]:
     import rasterio
     import torch
     from rasterio.windows import Window
@@ -159,7 +178,7 @@ def run_rasterio(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
             nonlocal t_model
             x = torch.from_numpy(np.stack([img for _, img in pending]))
             tm = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast(precision):
                 probs = model.predict(x)
             t_model += time.perf_counter() - tm
             best = probs.argmax(1).to(torch.uint8).numpy()
@@ -187,7 +206,7 @@ def run_rasterio(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
             flush(pending)
     wall = time.perf_counter() - t0
     return {"wall": wall, "model_s": t_model, "model_px": tiles * tile * tile, "path": out_path,
-            "stitch": "centre crop (half overlap per side), no blending",
+            "stitch": "centre crop (half overlap per side), no blending", "precision": precision,
             "note": f"{tiles} tiles, edge tiles reflect-padded"}
 
 
@@ -224,6 +243,10 @@ def main() -> None:
                     help="skip the ours run with polygons (labels-only run only)")
     ap.add_argument("--skip-torchgeo", action="store_true",
                     help="run without the TorchGeo peer (it is reported as skipped)")
+    ap.add_argument("--precision", nargs="+", choices=["auto", "fp32", "bf16"],
+                    default=["auto"], help="model.precision for ours, one row each")
+    ap.add_argument("--peer-precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                    help="peers' precision, one row each (fp32: the loop as a user writes it)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (reused)")
     args = ap.parse_args()
     if not 0 < args.stride <= args.tile or (args.tile - args.stride) % 2:
@@ -277,20 +300,22 @@ def main() -> None:
     results: list[tuple[str, dict[str, Any], float]] = []
     skipped: list[str] = []
     common = (args.tile, args.stride, args.batch)
-    runs: list[tuple[str, Any]] = [
-        ("ours (labels)", lambda: run_ours(scene, mdir, work / "out-ours-labels", args.workers,
-                                           False, *common)),
-    ]
-    if not args.skip_default:
-        runs.append(("ours (default)", lambda: run_ours(
-            scene, mdir, work / "out-ours-default", args.workers, True, *common)))
+    runs: list[tuple[str, Any]] = []
+    for prec in args.precision:
+        runs.append(("ours (labels)", lambda p=prec: run_ours(
+            scene, mdir, work / f"out-ours-labels-{p}", args.workers, False, *common, p)))
+        if not args.skip_default:
+            runs.append(("ours (default)", lambda p=prec: run_ours(
+                scene, mdir, work / f"out-ours-default-{p}", args.workers, True, *common, p)))
     if args.skip_torchgeo:
         skipped.append("TorchGeo: SKIPPED (--skip-torchgeo); install with " + TORCHGEO_INSTALL)
-    else:
-        runs.append(("TorchGeo", lambda: run_torchgeo(
-            scene, mdir, work / "torchgeo-labels.tif", *common, args.loader_workers)))
-    runs.append(("rasterio loop", lambda: run_rasterio(
-        scene, mdir, work / "rasterio-labels.tif", *common)))
+    for prec in args.peer_precision:
+        if not args.skip_torchgeo:
+            runs.append(("TorchGeo", lambda p=prec: run_torchgeo(
+                scene, mdir, work / f"torchgeo-labels-{p}.tif", *common, args.loader_workers,
+                p)))
+        runs.append(("rasterio loop", lambda p=prec: run_rasterio(
+            scene, mdir, work / f"rasterio-labels-{p}.tif", *common, p)))
 
     for name, fn in runs:
         best: dict[str, Any] | None = None
@@ -304,7 +329,7 @@ def main() -> None:
             if best is None or res["wall"] < best["wall"]:
                 best = res
         assert best is not None
-        results.append((name, best, peak))
+        results.append((f"{name}, {best['precision']}", best, peak))
 
     ref = results[0][1]["path"]
     raster_px = args.size * args.size
@@ -329,7 +354,8 @@ def main() -> None:
           f"{args.workers}; {args.method} (backbone {args.backbone}, random weights) on a "
           f"{args.size}² demo scene; tile {args.tile}, stride {args.stride}, batch "
           f"{args.batch}; best of {args.repeat}; agreement over {n_valid} labelled pixels vs "
-          f"ours (labels); peak RSS is the whole process tree, including this process's "
+          f"{results[0][0]} (the first row); peak RSS is the whole process tree, including "
+          f"this process's "
           f"{base_rss / 2**20:.0f} MiB before the first timed run (imports, warm-up)")
     print_table(head, rows)
     for line in notes + skipped:

@@ -2,10 +2,13 @@
 
     python benchmarks/quality.py [--sets potsdam loveda] [--weights random|hub|PATH] [--quick]
         [--methods pixel-kmeans feature-kmeans stego stego-crf] [--backbone-arg depth=2 ...]
+        [--precision auto fp32 bf16]
 
 For each set and method it runs `stego fit` on the set's images (clusters = number of classes),
 `stego segment` on each image (STEGO twice: --no-crf and --crf), then scores all of the set's
-images together with `pipeline.evaluation.evaluate` (one confusion matrix, Hungarian matching):
+images together with `pipeline.evaluation.evaluate` (one confusion matrix, Hungarian matching).
+With several ``--precision`` values each method is segmented once per precision (the precision
+that ran, from run.json, is a column) and "agree %" compares its labels with the first one's:
 
 - potsdam: the ISPRS Potsdam 512 px crop, Potsdam-3 (STEGO's merge), value 0 ignored.
 - loveda:  LoveDA tiles 0 and 1, the 7 LoveDA classes, value 0 (no-data) ignored.
@@ -84,6 +87,20 @@ def run(args: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def label_agreement(a: list[Path], b: list[Path]) -> float:
+    """% of the pixels labelled in ``a`` (not nodata) that carry the same label in ``b``."""
+    import rasterio
+
+    same = total = 0
+    for pa, pb in zip(a, b, strict=True):
+        with rasterio.open(pa) as da, rasterio.open(pb) as db:
+            la, lb = da.read(1), db.read(1)
+        valid = la != da.nodata
+        same += int((la[valid] == lb[valid]).sum())
+        total += int(valid.sum())
+    return 100.0 * same / max(total, 1)
+
+
 def weights_used(model_dir: Path) -> str:
     meta = json.loads((model_dir / "model.json").read_text())
     info = (meta.get("backbone") or {}).get("weights")
@@ -104,6 +121,8 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=64, help="fit.crops (default 64)")
     ap.add_argument("--steps", type=int, default=500, help="stego.steps (default 500)")
     ap.add_argument("--quick", action="store_true", help="16 crops and 100 STEGO steps")
+    ap.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"],
+                    help="model.precision for segment, one row each (default auto)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (kept)")
     args = ap.parse_args()
     if args.quick:
@@ -139,19 +158,33 @@ def main() -> None:
                 print(f"[{set_name}] fit {method} ...", file=sys.stderr)
                 fitted[method] = (model, run(cmd, log))
             model, fit_s = fitted[method]
-            pairs, seg_s = [], 0.0
-            for image, label in zip(spec["images"], spec["labels"], strict=True):
-                out = work / set_name / name / image.stem
-                print(f"[{set_name}] segment {name} {image.name} ...", file=sys.stderr)
-                seg_s += run([*stego, "segment", str(image), "--model", str(model),
-                              "--out", str(out), "--fresh", "-q", *seg_flags, *common], log)
-                pairs.append(EvalPair(str(out / "labels.tif"), str(label), str(image)))
-            m = evaluate(pairs, mapping=spec["mapping"], ignore=spec["ignore"])
-            (work / set_name / name / "metrics.json").write_text(json.dumps(m, indent=2))
-            rows.append([set_name, name, f"{m['accuracy']:.1f}", f"{m['mIoU']:.1f}",
-                         weights_used(model) if method != "pixel-kmeans" else "-",
-                         f"{fit_s:.0f}", f"{seg_s:.0f}"])
-    head = ["set", "method", "accuracy %", "mIoU %", "weights", "fit s", "segment s"]
+            first: list[Path] | None = None
+            ran: set[str] = set()
+            for prec in args.precision:
+                pairs, seg_s = [], 0.0
+                for image, label in zip(spec["images"], spec["labels"], strict=True):
+                    out = work / set_name / name / prec / image.stem
+                    print(f"[{set_name}] segment {name} {image.name} ({prec}) ...",
+                          file=sys.stderr)
+                    seg_s += run([*stego, "segment", str(image), "--model", str(model),
+                                  "--out", str(out), "--fresh", "-q", *seg_flags, *common,
+                                  "--set", f"model.precision={prec}"], log)
+                    pairs.append(EvalPair(str(out / "labels.tif"), str(label), str(image)))
+                used = json.loads((out / "run.json").read_text())["precision"]
+                if used in ran:  # e.g. auto = fp32 here, or no backbone (pixel-kmeans)
+                    continue
+                ran.add(used)
+                preds = [Path(p.pred) for p in pairs]
+                agree = 100.0 if first is None else label_agreement(first, preds)
+                first = first or preds
+                m = evaluate(pairs, mapping=spec["mapping"], ignore=spec["ignore"])
+                (out.parent / "metrics.json").write_text(json.dumps(m, indent=2))
+                rows.append([set_name, name, used, f"{m['accuracy']:.1f}", f"{m['mIoU']:.1f}",
+                             f"{agree:.2f}",
+                             weights_used(model) if method != "pixel-kmeans" else "-",
+                             f"{fit_s:.0f}", f"{seg_s:.0f}"])
+    head = ["set", "method", "precision", "accuracy %", "mIoU %", "agree %", "weights", "fit s",
+            "segment s"]
     print(f"\ncrops={args.crops}, stego steps={args.steps}, weights={args.weights}, "
           f"backbone args={args.backbone_arg or '-'}, {os.cpu_count()} CPU cores")
     print_table(head, rows)

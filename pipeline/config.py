@@ -171,7 +171,8 @@ class ModelRuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="autocast dtype; auto = bf16 on CUDA, float32 on CPU"
+        default="auto", description="backbone autocast dtype; auto = bf16 on CUDA and on CPUs "
+        "with native bf16 (AVX512-BF16/AMX), else float32"
     )
     compile: bool = Field(default=False, description="torch.compile the backbone (GPU runs)")
     probe: Literal["cluster", "linear"] = Field(

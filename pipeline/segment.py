@@ -28,6 +28,7 @@ from pipeline.inference import (
     block_stats,
     iter_block_slabs,
     resolve_device,
+    resolved_precision,
 )
 from pipeline.models.store import load_model, model_hash, read_model_json
 from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
@@ -77,6 +78,7 @@ class SegmentPlan:
     grid: TileGrid
     blocks: list[Block]
     device: str
+    precision: str = "fp32"  # as it runs: "bf16" or "fp32" (model.precision resolved)
     input_id: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -205,6 +207,11 @@ def plan_segment(
                            tiling.block_size)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)
     input_id = input_checksum(input_path)
+    device = resolve_device(config.model.device)
+    # only a backbone runs under autocast; "auto" resolves per machine, so the store records
+    # what ran and a resume elsewhere never mixes bf16 and float32 blocks
+    precision = (resolved_precision(config.model.precision, device)
+                 if meta.get("backbone") else "fp32")
     ident = {
         "version": __version__,
         "input": input_id,
@@ -213,13 +220,13 @@ def plan_segment(
         "model": mhash,
         "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
         | {"confidence": config.output.confidence, "crf": config.model.crf,
-           "probe": config.model.probe},
+           "probe": config.model.probe, "precision": precision},
     }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     plan = SegmentPlan(
         input_path=input_path, model_dir=str(model_dir), out_dir=str(out_dir), config=config,
         info=info, scaling=scaling, model_meta=meta, model_hash=mhash, fingerprint=fingerprint,
-        grid=grid, blocks=blocks, device=resolve_device(config.model.device), warnings=notes,
+        grid=grid, blocks=blocks, device=device, precision=precision, warnings=notes,
         input_id=input_id,
     )
     plan.timings["validate"] = time.perf_counter() - t0
@@ -389,7 +396,7 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
         io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
-        precision=plan.config.model.precision, compile=plan.config.model.compile,
+        precision=plan.precision, compile=plan.config.model.compile,
         chunk=plan.config.tiling.chunk_size,
     )
 
@@ -488,6 +495,7 @@ def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str,
             "weights": (meta.get("backbone") or {}).get("weights"),
         },
         "device": plan.device,
+        "precision": plan.precision,
         "config": plan.config.model_dump(mode="json"),
         "fingerprint": plan.fingerprint,
         "outputs": {k: str(plan.output(k)) for k in OUTPUT_NAMES},

@@ -3,23 +3,103 @@ resources, SDPA attention and torch.compile. Timings on a real GPU belong to ben
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from pipeline.executor import cached_model, map_unordered, task_resources
-from pipeline.inference import auto_batch_size, autocast_dtype, choose_batch_size, segment_block
+from pipeline.inference import (
+    auto_batch_size,
+    autocast_dtype,
+    choose_batch_size,
+    cpu_has_native_bf16,
+    precision_context,
+    resolved_precision,
+    segment_block,
+)
+from pipeline.models.backbone import patch_features
 from pipeline.models.store import load_model, model_hash
 from pipeline.raster_io import compute_scaling, open_raster_info
 from pipeline.tiling import Block, TileGrid
 from tests.conftest import TINY_VIT
 
 
-def test_bf16_autocast_is_the_default_on_cuda_and_float32_on_cpu():
+def test_bf16_autocast_is_the_default_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
+    import pipeline.inference as inference
+
     assert autocast_dtype("auto", "cuda") is torch.bfloat16
     assert autocast_dtype("auto", "cuda:1") is torch.bfloat16
-    assert autocast_dtype("auto", "cpu") is None
     assert autocast_dtype("fp32", "cuda") is None
     assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 / AMX
+    assert autocast_dtype("auto", "cpu") is torch.bfloat16
+    assert resolved_precision("auto", "cpu") == "bf16"
+    assert resolved_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)  # bf16 emulated: slow
+    assert autocast_dtype("auto", "cpu") is None
+    assert resolved_precision("auto", "cpu") == "fp32"
+    assert resolved_precision("auto", "cuda") == "bf16"
+
+
+def test_the_cpu_bf16_probe_reads_the_cpu_flags():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    assert cpu_has_native_bf16() == ("avx512_bf16" in flags)
+
+
+def _tiny_stego():
+    from pipeline.models.backbone import build_backbone
+    from pipeline.models.stego import StegoModel
+    from pipeline.stego.head import ClusterProbe, SegmentationHead
+
+    torch.manual_seed(0)
+    backbone, weights = build_backbone("vit_small_patch8_224.dino", "random", TINY_VIT)
+    return StegoModel(backbone, {"weights": weights}, SegmentationHead(64, 8), ClusterProbe(8, 3),
+                      ["a", "b", "c"], [(0, 0, 0)] * 3).eval()
+
+
+def test_only_the_backbone_runs_in_bf16_labels_are_decided_in_float32(feature_model):
+    x = torch.rand(2, 3, 64, 64)
+    fk = load_model(feature_model)
+    with torch.inference_mode(), precision_context("bf16", "cpu"):
+        feats = fk.features(x)
+        probs = fk.predict(x)
+    assert feats.dtype == probs.dtype == torch.float32
+    with torch.inference_mode():  # the same backbone features, scored without autocast
+        f = torch.nn.functional.normalize(feats, dim=1)
+        cos = torch.einsum("nchw,kc->nkhw", f, fk.centroids)
+        cos = torch.nn.functional.interpolate(cos, size=(64, 64), mode="bilinear")
+        expected = torch.softmax(fk.alpha * cos, dim=1)
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
+
+    st = _tiny_stego()
+    with torch.inference_mode(), precision_context("bf16", "cpu"):
+        feats = patch_features(st.backbone, (x - st.mean) / st.std)
+        codes = st.codes(x)
+    assert codes.dtype == torch.float32
+    with torch.inference_mode():
+        torch.testing.assert_close(codes, st.head(feats), rtol=0, atol=1e-6)
+
+
+def test_the_precision_that_ran_is_in_the_fingerprint_and_run_json(demo_scene, feature_model,
+                                                                    pixel_model, tmp_path):
+    from pipeline.config import RunConfig
+    from pipeline.segment import manifest, plan_segment
+
+    def plan(model, precision):
+        cfg = RunConfig.model_validate({"model": {"precision": precision}})
+        return plan_segment(str(demo_scene[0]), str(model), str(tmp_path / "o"), cfg)
+
+    fp32, bf16 = plan(feature_model, "fp32"), plan(feature_model, "bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert fp32.fingerprint != bf16.fingerprint  # a resume never mixes the two
+    assert manifest(bf16, "running", {})["precision"] == "bf16"
+    assert plan(feature_model, "auto").precision == resolved_precision("auto", "cpu")
+    # no backbone, nothing to autocast
+    assert plan(pixel_model, "bf16").precision == "fp32"
+    assert plan(pixel_model, "bf16").fingerprint == plan(pixel_model, "fp32").fingerprint
 
 
 def test_bf16_inference_runs_and_agrees_with_float32(demo_scene, feature_model):

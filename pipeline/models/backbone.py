@@ -171,12 +171,20 @@ def patch_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     """Last-block features after the final norm, prefix tokens dropped: (N, C, H/p, W/p).
 
     ``images`` are already normalised with the backbone's mean/std.
+    Under the caller's autocast (``model.precision``) the ViT runs in bf16; the features come
+    back as float32 so that what follows can leave autocast (:func:`full_precision`).
     """
     n, _, h, w = images.shape
     p = patch_size(model)
     tokens = model.forward_features(images)
-    tokens = tokens[:, model.num_prefix_tokens :]
+    tokens = tokens[:, model.num_prefix_tokens :].float()
     return tokens.reshape(n, h // p, w // p, -1).permute(0, 3, 1, 2)
+
+
+def full_precision(like: torch.Tensor) -> torch.autocast:
+    """Leave any autocast for the rest of a model after the backbone (heads, cluster scores,
+    CRF): they are cheap, and in float32 bf16 rounding cannot flip a near-tie label."""
+    return torch.autocast(like.device.type, enabled=False)
 
 
 def compile_backbone(model: torch.nn.Module) -> torch.nn.Module:

@@ -46,10 +46,13 @@ class FeatureKMeans(SegmentationModel):
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities at pixel resolution."""
-        f = F.normalize(self.features(images), dim=1)
-        cos = torch.einsum("nchw,kc->nkhw", f, self.centroids.to(f.dtype))
-        cos = F.interpolate(cos, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.softmax(self.alpha * cos.float(), dim=1)
+        feats = self.features(images)
+        with bb.full_precision(feats):
+            f = F.normalize(feats, dim=1)
+            cos = torch.einsum("nchw,kc->nkhw", f, self.centroids)
+            cos = F.interpolate(cos, size=images.shape[-2:], mode="bilinear",
+                                align_corners=False)
+            return torch.softmax(self.alpha * cos, dim=1)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"centroids": self.centroids.detach().cpu().contiguous()}

@@ -62,7 +62,9 @@ class StegoModel(SegmentationModel):
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """Head codes (N, dim, h, w) for images in [0, 1] at the model's resolution."""
         x = (images.float() - self.mean) / self.std
-        return self.head(bb.patch_features(self.backbone, x))
+        feats = bb.patch_features(self.backbone, x)
+        with bb.full_precision(feats):
+            return self.head(feats)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, K, H, W) for images (N, 3, H, W) in [0, 1]."""
@@ -72,6 +74,12 @@ class StegoModel(SegmentationModel):
             size = (round(h * self.input_scale), round(w * self.input_scale))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         codes = self.codes(x)
+        with bb.full_precision(codes):
+            return self._probs(images, x, codes, h, w)
+
+    def _probs(self, images: torch.Tensor, x: torch.Tensor, codes: torch.Tensor,
+               h: int, w: int) -> torch.Tensor:
+        """Probe (and CRF) on the head's codes, in float32."""
         codes = F.interpolate(codes, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.use_linear_probe:
             if self.linear_probe is None:
