@@ -16,7 +16,7 @@ from pipeline.fitting import (
     fit_stego,
     sample_crops,
 )
-from pipeline.inference import resolve_device
+from pipeline.inference import resolve_device, resolved_precision
 from pipeline.manifest import write_json_atomic
 from pipeline.models import METHODS
 from pipeline.models.backbone import DEFAULT_BACKBONE
@@ -51,9 +51,11 @@ def train_stego_model(rasters: list[tuple[RasterInfo, Scaling]], clusters: int, 
     logger = get_run_logger()
     cache = Path(cfg.fit.cache_dir) if cfg.fit.cache_dir else Path(out_dir) / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.model.device)
     return fit_stego(rasters, clusters, backbone, weights, overrides, cfg.fit, cfg.stego, cache,
-                     device=resolve_device(cfg.model.device), embed_backbone=embed,
-                     log=logger.info, label_paths=labels, label_ignore=tuple(label_ignore or ()))
+                     device=device, embed_backbone=embed, log=logger.info, label_paths=labels,
+                     label_ignore=tuple(label_ignore or ()),
+                     precision=resolved_precision(cfg.model.precision, device))
 
 
 @flow(name="fit")
@@ -98,10 +100,11 @@ def fit_flow(
             model, stats = fit_pixel_kmeans(crops, clusters, cfg.fit.sample_pixels,
                                             cfg.fit.iterations, cfg.fit.seed)
         else:
+            device = resolve_device(cfg.model.device)
             model, stats = fit_feature_kmeans(
                 crops, clusters, backbone, weights, backbone_overrides, cfg.fit.iterations,
-                cfg.fit.seed, device=resolve_device(cfg.model.device),
-                embed_backbone=embed_weights,
+                cfg.fit.seed, device=device, embed_backbone=embed_weights,
+                precision=resolved_precision(cfg.model.precision, device),
             )
         stats["crops_used"] = len(crops)
     extra = {

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import InputError
+from pipeline.inference import precision_context
 from pipeline.models.backbone import build_backbone
 from pipeline.models.backbone import normalisation as normalisation_of
 from pipeline.models.backbone import patch_size as patch_size_of
@@ -123,16 +124,19 @@ def fit_pixel_kmeans(
 
 @torch.no_grad()
 def extract_features(
-    model: FeatureKMeans, crops: list[Crop], batch_size: int = 8, device: str = "cpu"
+    model: FeatureKMeans, crops: list[Crop], batch_size: int = 8, device: str = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Patch features of valid patches (a patch is valid when most of its pixels are)."""
+    """Patch features of valid patches (a patch is valid when most of its pixels are); the
+    backbone runs in ``precision`` (``"bf16"`` or ``"fp32"``), as it will at inference."""
     p = model.patch_size
     feats = []
     for i in range(0, len(crops), batch_size):
         batch = crops[i : i + batch_size]
         imgs = torch.from_numpy(np.stack([c.image for c in batch])).to(device)
         valid = torch.from_numpy(np.stack([c.valid for c in batch])).float()[:, None]
-        f = model.features(imgs).cpu()  # N,C,h,w
+        with precision_context(precision, device):
+            f = model.features(imgs).cpu()  # N,C,h,w
         v = F.avg_pool2d(valid, p)[:, 0] >= 0.5
         feats.append(f.permute(0, 2, 3, 1)[v])
     return torch.cat(feats)
@@ -149,8 +153,9 @@ def fit_feature_kmeans(
     device: str = "cpu",
     alpha: float = 2.0,
     embed_backbone: bool = False,
+    precision: str = "fp32",
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Spherical k-means on frozen backbone patch features."""
+    """Spherical k-means on frozen backbone patch features (backbone in ``precision``)."""
     net, provenance = build_backbone(backbone_name, weights, overrides, seed=seed)
     info = {"name": backbone_name, "overrides": dict(overrides or {}), "weights": provenance}
     dim = net.num_features
@@ -160,10 +165,11 @@ def fit_feature_kmeans(
     size = crops[0].image.shape[-1]
     if size % model.patch_size:
         raise InputError("fit.crop_size", f"{size} is not a multiple of patch {model.patch_size}")
-    feats = extract_features(model, crops, device=device)
+    feats = extract_features(model, crops, device=device, precision=precision)
     centroids = spherical_kmeans(feats, k, iterations, seed)
     model.centroids.copy_(centroids.to(model.centroids.device))
-    return model.cpu(), {"patches_used": int(feats.shape[0]), "feature_dim": int(dim)}
+    return model.cpu(), {"patches_used": int(feats.shape[0]), "feature_dim": int(dim),
+                         "precision": precision}
 
 
 def fit_stego(
@@ -180,8 +186,12 @@ def fit_stego(
     log: Callable[[str], None] = print,
     label_paths: list[str] | None = None,
     label_ignore: tuple[int, ...] = (),
+    precision: str = "fp32",
 ) -> tuple[SegmentationModel, dict[str, Any]]:
     """STEGO: crops -> cached backbone features -> kNN pairs -> head + cluster probe.
+
+    The backbone extracts features in ``precision`` (``"bf16"`` or ``"fp32"``, part of the
+    feature cache's key); kNN and head training run in float32.
 
     ``label_paths`` (one label raster per input, same grid) adds a linear probe trained on
     the codes for evaluation; the head and cluster probe never see labels.
@@ -217,11 +227,12 @@ def fit_stego(
         if native != size:
             imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False,
                                  antialias=True)
-        return patch_features(net, (imgs - mean_t) / std_t)
+        with precision_context(precision, device):
+            return patch_features(net, (imgs - mean_t) / std_t)
 
     t1 = time.perf_counter()
     ids = [(rasters[w.raster][0].path, w.row_off, w.col_off) for w in windows]
-    key = cache_key(ids, size, stego_cfg.input_scale, tensor_hash(net.state_dict()))
+    key = cache_key(ids, size, stego_cfg.input_scale, tensor_hash(net.state_dict()), precision)
     shape = (net.num_features, size // p, size // p)
 
     def report(done: int, total: int) -> None:
@@ -267,7 +278,7 @@ def fit_stego(
         "crops_used": len(windows), "knn_neighbors": int(knn.shape[1]),
         "steps": stego_cfg.steps, "steps_per_second": result.steps_per_second,
         "cluster_shares": result.cluster_shares, "code_coherence": result.code_coherence,
-        "mean_feature_cosine": mean_cos,
+        "mean_feature_cosine": mean_cos, "precision": precision,
         "stage_seconds": times, "history": result.history,
     }
     return model, stats

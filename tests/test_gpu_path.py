@@ -180,3 +180,20 @@ def test_compile_of_a_model_without_a_backbone_is_a_clear_error(demo_scene, pixe
     with pytest.raises(InputError, match="no backbone to compile"):
         plan_segment(str(demo_scene[0]), str(pixel_model), str(tmp_path / "o"), cfg)
 
+
+
+def test_fit_extracts_features_in_the_run_precision_and_caches_them_apart(demo_scene,
+                                                                         feature_model):
+    from pipeline.fitting import extract_features, sample_crops
+    from pipeline.stego.feature_cache import cache_key
+
+    info = open_raster_info(demo_scene[0])
+    crops = sample_crops([(info, compute_scaling(info))], 2, 64, seed=0)
+    model = load_model(feature_model)
+    fp32 = extract_features(model, crops, precision="fp32")
+    bf16 = extract_features(model, crops, precision="bf16")
+    assert fp32.dtype == bf16.dtype == torch.float32 and fp32.shape == bf16.shape
+    assert not torch.equal(fp32, bf16)  # the backbone really ran in bf16
+    assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=1).min() > 0.99
+    ids = [("scene.tif", 0, 0)]
+    assert cache_key(ids, 64, 1.0, "w", "fp32") != cache_key(ids, 64, 1.0, "w", "bf16")

@@ -20,9 +20,10 @@ import zarr
 
 
 def cache_key(crop_ids: list[tuple[str, int, int]], size: int, scale: float,
-              backbone_sha: str) -> str:
-    """Identity of a feature cache."""
-    doc = {"crops": crop_ids, "size": size, "scale": scale, "backbone": backbone_sha}
+              backbone_sha: str, precision: str = "fp32") -> str:
+    """Identity of a feature cache (crops, size, scale, backbone weights, backbone precision)."""
+    doc = {"crops": crop_ids, "size": size, "scale": scale, "backbone": backbone_sha,
+           "precision": precision}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
