@@ -144,8 +144,8 @@ def iter_block_slabs(
 
     Tiles come from the global grid, so the result is exactly that of a whole-raster run.
     Memory is one band of tiles (classes x tile x block width), not the whole block: after tile
-    row ``i`` no later tile touches the rows above tile row ``i + 1``, so they are final. The
-    next band is read on a thread while the model runs on the current one.
+    row ``i`` no later tile touches the rows above tile row ``i + 1``, so they are final. On
+    CUDA the next band is read on a thread while the model runs on the current one.
     """
     stats = stats if stats is not None else BlockStats()
     if stats.class_counts is None:
@@ -167,12 +167,16 @@ def iter_block_slabs(
         img, valid = read_window(info, scaling, y, c0, t, read_w)
         return img, valid, time.perf_counter() - tr
 
+    # read-ahead only where the model does not run on the CPU: there torch already uses every
+    # core, and a reading thread slows the forward pass more than it hides the read
+    # (benchmarks/overhead.py: the model took 1.07-1.18x as long with it on 2 cores)
+    ahead = device.startswith("cuda")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stego-read") as pool:
-        pending = pool.submit(read, rows[0])
+        pending = pool.submit(read, rows[0]) if ahead else None
         for i, base in enumerate(rows):
-            img, valid, t_read = pending.result()
+            img, valid, t_read = pending.result() if pending else read(base)
             stats.read_seconds += t_read
-            if i + 1 < len(rows):
+            if ahead and i + 1 < len(rows):
                 pending = pool.submit(read, rows[i + 1])
             todo = [tc for tc in cols if valid[:, tc - c0 : tc - c0 + t].any()]
             stats.tiles += len(todo)

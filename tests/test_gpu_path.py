@@ -197,3 +197,25 @@ def test_fit_extracts_features_in_the_run_precision_and_caches_them_apart(demo_s
     assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=1).min() > 0.99
     ids = [("scene.tif", 0, 0)]
     assert cache_key(ids, 64, 1.0, "w", "fp32") != cache_key(ids, 64, 1.0, "w", "bf16")
+
+
+def test_on_the_cpu_bands_are_read_in_the_calling_thread_not_ahead(demo_scene, pixel_model,
+                                                                   monkeypatch):
+    # torch already uses every core there; a read-ahead thread would only slow the model
+    import threading
+
+    import pipeline.inference as inference
+
+    readers = []
+    real = inference.read_window
+
+    def spy(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "read_window", spy)
+    info = open_raster_info(demo_scene[0])
+    blk = Block(0, 0, 0, 0, 0, 256, 256)
+    segment_block(load_model(pixel_model), info, compute_scaling(info), TileGrid(64, 16), blk,
+                  4, "cpu")
+    assert len(readers) > 1 and set(readers) == {threading.current_thread().name}
