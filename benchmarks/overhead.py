@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--method", default="feature-kmeans")
     ap.add_argument("--backbone", default="vit_small_patch8_224.dino")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="model.precision (auto: bf16 on CUDA and on CPUs with native bf16)")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
 
@@ -76,7 +78,8 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-overhead-"))
     scene, _ = write_demo_scene(work / f"scene{args.size}.tif", size=args.size)
-    cfg = RunConfig.model_validate({"model": {"device": args.device}})
+    cfg = RunConfig.model_validate({"model": {"device": args.device,
+                                              "precision": args.precision}})
     mdir = work / f"model-{args.method}"
     if not (mdir / "model.json").exists():
         fit_flow([str(scene)], str(mdir), method=args.method, clusters=5, weights="random",
@@ -100,7 +103,7 @@ def main() -> None:
     ]
     print(f"\nmachine: {os.cpu_count()} CPU cores, device={device}, method={args.method}, "
           f"{args.size}² demo scene, {c['tiles']} tiles of {cfg.tiling.tile_size}², "
-          f"amplification {c['compute_amplification']:.2f}")
+          f"amplification {c['compute_amplification']:.2f}, precision {doc['precision']}")
     print("stages s: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     print_table(["what", "seconds", "x model only"], rows)
 

@@ -60,8 +60,8 @@ class BlockStats:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16, which AMX CPUs also have).
 
-    Measured on ViT-S/8 at 544² (``benchmarks/precision.py``): bf16 autocast is 3.5x faster than
-    float32 with AMX, 1.4x with AVX512-BF16 alone, and 0.7x (AVX-512) to 0.3x (AVX2) slower
+    Measured on ViT-S/8 at 544² (``benchmarks/precision.py``): bf16 autocast runs 3.0x as fast
+    as float32 with AMX, 1.4x with AVX512-BF16 alone, and 0.7x (AVX-512) to 0.3x (AVX2)
     without bf16 instructions, where oneDNN emulates it.
     """
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
