@@ -27,6 +27,7 @@ from _table import print_table  # noqa: E402
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the stego CLI sets it (flows/cli.py)
 
 
 class PeakRSS:

@@ -403,6 +403,13 @@ def _gdal_defaults() -> None:
     os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 
+def _openmp_defaults() -> None:
+    # the in-process Dask worker runs torch on its own thread while OpenMP threads of the main
+    # thread spin-wait for work; on few cores that spinning took 20-30 % of the model's time
+    # (benchmarks/overhead.py). OpenMP reads this once, when torch loads: set it before that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _quiet_logging() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -417,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         _prefect_defaults()
         _gdal_defaults()
+        _openmp_defaults()
         if getattr(args, "quiet", False):
             _quiet_logging()
             warnings.simplefilter("ignore")

@@ -338,6 +338,31 @@ def test_finished_stages_are_cached_by_content_not_by_run(fitted, demo_scene, sm
     assert run("--fresh")["cached_stages"] == []
 
 
+def test_the_cli_lets_idle_openmp_threads_sleep_unless_the_user_says_otherwise(tmp_path):
+    """Spinning OpenMP threads slowed the in-process worker's model by 20-30 % (issue 5).
+    OpenMP reads the policy once, when torch loads, so the CLI sets it before that."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom flows import cli\n"
+            "cli._openmp_defaults = lambda real=cli._openmp_defaults: (\n"
+            "    print('torch loaded before:', 'torch' in sys.modules), real())\n"
+            "cli.main(['segment', 'missing.tif', '--model', 'm', '--out', 'o'])\n"
+            "print(os.environ['OMP_WAIT_POLICY'])")
+
+    def run(env_value: str | None) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if env_value:
+            env["OMP_WAIT_POLICY"] = env_value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd=tmp_path,
+                             check=True)
+        return out.stdout.strip().splitlines()
+
+    assert run(None) == ["torch loaded before: False", "PASSIVE"]
+    assert run("ACTIVE")[-1] == "ACTIVE"
+
+
 def test_the_cli_keeps_gdals_block_cache_small_unless_the_user_sets_it(monkeypatch):
     """GDAL's default cache is 5 % of RAM and would grow with the raster (issue 5 memory)."""
     from flows.cli import _gdal_defaults
