@@ -4,7 +4,8 @@
         vit_base_patch8_224.dino] [--tile 544] [--batch 8] [--iters 10] [--compile]
 
 The peak is measured, not taken from a datasheet: a large square matmul in the run's
-precision (bf16 on CUDA, float32 on CPU). The backbone's FLOPs per batch are counted with
+precision (``model.precision: auto``: bf16 on CUDA and on CPUs with native bf16). The
+backbone's FLOPs per batch are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and SDPA), and its achieved rate is
 FLOPs / time under the same autocast the pipeline uses. Issue 5 target: >= 40 % on ViT-B/8.
 Random weights (speed does not depend on them); runs on CPU too, only slowly.

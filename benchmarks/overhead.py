@@ -94,7 +94,7 @@ def main() -> None:
     device = resolve_device(args.device)
     batch = cfg.tiling.batch_size if cfg.tiling.batch_size != "auto" else 4
     alone = model_only_seconds(mdir, c["tiles"], cfg.tiling.tile_size, batch, device,
-                               cfg.model.precision, torch_threads_per_worker(cfg.dask))
+                               doc["precision"], torch_threads_per_worker(cfg.dask))
     labels = t["infer"] + t["cog"]
     rows = [
         ["model only (same tiles)", f"{alone:.1f}", "1.00"],

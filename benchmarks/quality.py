@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import print_table  # noqa: E402
+from peers import agreement  # noqa: E402
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -89,16 +90,8 @@ def run(args: list[str], log: Path) -> float:
 
 def label_agreement(a: list[Path], b: list[Path]) -> float:
     """% of the pixels labelled in ``a`` (not nodata) that carry the same label in ``b``."""
-    import rasterio
-
-    same = total = 0
-    for pa, pb in zip(a, b, strict=True):
-        with rasterio.open(pa) as da, rasterio.open(pb) as db:
-            la, lb = da.read(1), db.read(1)
-        valid = la != da.nodata
-        same += int((la[valid] == lb[valid]).sum())
-        total += int(valid.sum())
-    return 100.0 * same / max(total, 1)
+    pairs = [agreement(pa, pb) for pa, pb in zip(a, b, strict=True)]
+    return sum(pct * n for pct, n in pairs) / max(sum(n for _, n in pairs), 1)
 
 
 def weights_used(model_dir: Path) -> str:
