@@ -22,6 +22,12 @@ EXAMPLES = {
   stego fit a.tif b.tif --method feature-kmeans --weights dino_deitsmall8_pretrain.pth \\
       --clusters 6 --out models/dino
   stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r""",
+    "pretrain": """examples:
+  stego pretrain scene.tif --out backbones/scene            # 15 minutes (the default budget)
+  stego pretrain a.tif b.tif --minutes 60 --out backbones/site
+  stego pretrain naip.tif --bands 1,2,3 --steps 400 --seed 1 --out backbones/naip
+  stego fit scene.tif --weights backbones/scene --out models/scene   # then use it
+  (a killed run resumes from its last checkpoint when started again with the same recipe)""",
     "segment": """examples:
   stego segment scene.tif --model models/px --out out/scene
   stego segment big.tif --model models/dino --out out/big --workers 2 --set tiling.batch_size=16
@@ -116,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label values to ignore, e.g. 0")
     _add_config_args(fit)
 
+    pre = add("pretrain", "Self-supervised DINO pretraining of a ViT backbone on your rasters.")
+    pre.add_argument("inputs", nargs="+", help="rasters GDAL can open")
+    pre.add_argument("--out", required=True, type=Path, help="backbone directory to write")
+    budget = pre.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="wall-clock budget (default 15)")
+    budget.add_argument("--steps", type=int, help="step budget (exact, reproducible)")
+    pre.add_argument("--seed", type=int, help="random seed (default 0)")
+    pre.add_argument("--backbone", dest="pretrain_backbone",
+                     help="timm ViT to pretrain (default vit_small_patch8_224, 4 blocks, 192)")
+    pre.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
+                     help="timm create_model overrides replacing the default ones, e.g. depth=6")
+    pre.add_argument("--fresh", action="store_true", help="ignore an earlier run's checkpoint")
+    _add_config_args(pre)
+
     seg = add("segment", "Segment a raster into labels.tif, labels.zarr and polygons.gpkg.")
     seg.add_argument("input", help="raster GDAL can open (GeoTIFF, VRT, PNG, /vsi... path)")
     seg.add_argument("--model", required=True, type=Path, help="model directory from `fit`")
@@ -209,6 +229,13 @@ def _config(args: argparse.Namespace) -> Any:
         **{("fit", k): getattr(args, k, None)
            for k in ("method", "clusters", "backbone", "weights")},
     }
+    if getattr(args, "command", None) == "pretrain":
+        flags.update({("pretrain", "minutes"): args.minutes, ("pretrain", "steps"): args.steps,
+                      ("pretrain", "seed"): args.seed,
+                      ("pretrain", "backbone"): args.pretrain_backbone,
+                      ("pretrain", "overrides"): dict(args.backbone_arg) or None})
+        if args.steps is not None:
+            data["pretrain"]["minutes"] = None
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
@@ -234,6 +261,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
         labels=[str(p) for p in args.labels] if args.labels else None,
         label_ignore=list(args.label_ignore),
     )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from flows.pretrain_flow import pretrain_flow
+    from pipeline.raster_io import compute_scaling, open_raster_info
+    from pipeline.segment import ensure_output_dir
+
+    cfg = _config(args)
+    for path in args.inputs:  # fail fast, before any flow starts
+        compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
+    ensure_output_dir(args.out)
+    result = pretrain_flow([str(p) for p in args.inputs], str(args.out),
+                           config=cfg.model_dump(mode="json"), fresh=args.fresh)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -386,7 +428,8 @@ def cmd_run_deployment(args: argparse.Namespace) -> int:
     return 0 if not args.watch or run["state"] == "Completed" else 1
 
 
-COMMANDS = {"fit": cmd_fit, "segment": cmd_segment, "demo-scene": cmd_demo_scene,
+COMMANDS = {"fit": cmd_fit, "pretrain": cmd_pretrain, "segment": cmd_segment,
+            "demo-scene": cmd_demo_scene,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,
             "deploy": cmd_deploy, "run-deployment": cmd_run_deployment}

@@ -19,7 +19,7 @@ from pipeline.fitting import (
 from pipeline.inference import resolve_device, resolved_precision
 from pipeline.manifest import write_json_atomic
 from pipeline.models import METHODS
-from pipeline.models.backbone import DEFAULT_BACKBONE
+from pipeline.models.backbone import DEFAULT_BACKBONE, resolve_backbone
 from pipeline.models.store import save_model
 from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.stego.train import plot_losses
@@ -81,6 +81,7 @@ def fit_flow(
     if clusters < 2 or clusters > 254:
         raise InputError("--clusters", "must be between 2 and 254")
     t0 = time.perf_counter()
+    backbone, backbone_overrides = resolve_backbone(backbone, weights, backbone_overrides)
     rasters = open_inputs(inputs, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,13 +99,15 @@ def fit_flow(
         logger.info("sampled %d crops from %d raster(s)", len(crops), len(inputs))
         if method == "pixel-kmeans":
             model, stats = fit_pixel_kmeans(crops, clusters, cfg.fit.sample_pixels,
-                                            cfg.fit.iterations, cfg.fit.seed)
+                                            cfg.fit.iterations, cfg.fit.seed,
+                                            n_init=cfg.fit.n_init)
         else:
             device = resolve_device(cfg.model.device)
             model, stats = fit_feature_kmeans(
                 crops, clusters, backbone, weights, backbone_overrides, cfg.fit.iterations,
                 cfg.fit.seed, device=device, embed_backbone=embed_weights,
                 precision=resolved_precision(cfg.model.precision, device),
+                n_init=cfg.fit.n_init,
             )
         stats["crops_used"] = len(crops)
     extra = {

@@ -19,9 +19,11 @@ from pipeline.models.backbone import normalisation as normalisation_of
 from pipeline.models.backbone import patch_size as patch_size_of
 from pipeline.models.base import SegmentationModel, default_class_names, default_colors
 from pipeline.models.feature_kmeans import FeatureKMeans
-from pipeline.models.kmeans import euclidean_kmeans, spherical_kmeans
+from pipeline.models.kmeans import euclidean_kmeans, spherical_kmeans, spherical_objective
 from pipeline.models.pixel_kmeans import PixelKMeans
 from pipeline.raster_io import RasterInfo, Scaling, read_window
+
+COLLAPSE_COHERENCE = 0.8  # codes this aligned (mean cosine to their mean) carry little meaning
 
 
 @dataclass
@@ -106,20 +108,23 @@ def sample_crops(
 
 
 def fit_pixel_kmeans(
-    crops: list[Crop], k: int, sample_pixels: int, iterations: int, seed: int
+    crops: list[Crop], k: int, sample_pixels: int, iterations: int, seed: int, n_init: int = 1
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """k-means on valid pixel colours; sigma^2 = mean within-cluster variance per channel."""
+    """k-means on valid pixel colours (best of ``n_init`` inits); sigma^2 = mean
+    within-cluster variance per channel."""
     pixels = np.concatenate([c.image[:, c.valid].T for c in crops], axis=0)
     rng = np.random.default_rng(seed)
     if len(pixels) > sample_pixels:
         pixels = pixels[rng.choice(len(pixels), sample_pixels, replace=False)]
-    centroids = euclidean_kmeans(pixels, k, iterations, seed)
+    centroids = euclidean_kmeans(pixels, k, iterations, seed, n_init=n_init)
     d2 = ((pixels[:, None, :] - centroids[None]) ** 2).sum(-1)
     sigma2 = float(max(d2.min(1).mean() / 3.0, 1e-6))
+    inertia = float(d2.min(1).astype(np.float64).sum())
     model = PixelKMeans(
         torch.from_numpy(centroids).float(), sigma2, default_class_names(k), default_colors(k)
     )
-    return model, {"pixels_used": int(len(pixels)), "sigma2": sigma2}
+    return model, {"pixels_used": int(len(pixels)), "sigma2": sigma2, "n_init": n_init,
+                   "kmeans_objective": inertia}
 
 
 @torch.no_grad()
@@ -154,8 +159,10 @@ def fit_feature_kmeans(
     alpha: float = 2.0,
     embed_backbone: bool = False,
     precision: str = "fp32",
+    n_init: int = 1,
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Spherical k-means on frozen backbone patch features (backbone in ``precision``)."""
+    """Spherical k-means (best of ``n_init`` inits) on frozen backbone patch features
+    (backbone in ``precision``)."""
     net, provenance = build_backbone(backbone_name, weights, overrides, seed=seed)
     info = {"name": backbone_name, "overrides": dict(overrides or {}), "weights": provenance}
     dim = net.num_features
@@ -166,10 +173,11 @@ def fit_feature_kmeans(
     if size % model.patch_size:
         raise InputError("fit.crop_size", f"{size} is not a multiple of patch {model.patch_size}")
     feats = extract_features(model, crops, device=device, precision=precision)
-    centroids = spherical_kmeans(feats, k, iterations, seed)
+    centroids = spherical_kmeans(feats, k, iterations, seed, n_init=n_init)
     model.centroids.copy_(centroids.to(model.centroids.device))
     return model.cpu(), {"patches_used": int(feats.shape[0]), "feature_dim": int(dim),
-                         "precision": precision}
+                         "precision": precision, "n_init": n_init,
+                         "kmeans_objective": spherical_objective(feats, centroids)}
 
 
 def fit_stego(
@@ -198,6 +206,7 @@ def fit_stego(
     """
     from pipeline.models.backbone import patch_features, tensor_hash
     from pipeline.models.stego import StegoModel
+    from pipeline.stego import shifts as sh
     from pipeline.stego.feature_cache import build_feature_cache, cache_key, load_cache
     from pipeline.stego.head import ClusterProbe
     from pipeline.stego.knn import knn_indices
@@ -245,6 +254,18 @@ def fit_stego(
     t2 = time.perf_counter()
     knn = knn_indices(cache["pooled"], stego_cfg.neighbors)
     times["knn"] = time.perf_counter() - t2
+    corr = sh.feature_correlations(cache["features"], knn, stego_cfg.feature_samples,
+                                   seed=fit_cfg.seed)
+    attract = {"self": stego_cfg.attract_self, "knn": stego_cfg.attract_knn,
+               "rand": stego_cfg.attract_rand}
+    paper = sh.Shifts(stego_cfg.self_shift, stego_cfg.knn_shift, stego_cfg.rand_shift, "paper")
+    calibrated = sh.calibrate(corr, attract)
+    shifts = sh.choose_shifts(stego_cfg.shifts, paper, attract, corr,
+                              sh.is_paper_backbone(backbone_name, provenance["source"]))
+    stego_cfg = stego_cfg.model_copy(update={"self_shift": shifts.self_,
+                                             "knn_shift": shifts.knn, "rand_shift": shifts.rand})
+    log(f"shifts ({shifts.source}): b_self {shifts.self_} b_knn {shifts.knn} b_rand "
+        f"{shifts.rand}; pairs attracting {sh.attracting_share(corr, shifts)}")
 
     def on_step(step: int, row: dict[str, float]) -> None:
         rate = step / max(row["seconds"], 1e-9)
@@ -258,16 +279,16 @@ def fit_stego(
         labels, n_label_classes = read_label_crops(label_paths, rasters, windows, shape[1:],
                                                    label_ignore)
     result = train_stego(cache["features"], knn, k, stego_cfg, seed=fit_cfg.seed, device=device,
-                         progress=on_step, labels=labels, n_label_classes=n_label_classes)
+                         progress=on_step, labels=labels, n_label_classes=n_label_classes,
+                         n_init=fit_cfg.n_init)
     times["train"] = result.seconds
     pooled = torch.nn.functional.normalize(cache["pooled"][:512].float(), dim=1)
     mean_cos = float((pooled @ pooled.T).mean())
-    if result.code_coherence > 0.98:
+    if result.code_coherence > COLLAPSE_COHERENCE:
         log(f"WARNING: the head's codes collapsed (mean cosine to their mean direction "
-            f"{result.code_coherence:.3f}), so the clusters carry little meaning. The "
-            f"backbone's features are very alike (mean cosine of crop features {mean_cos:.2f}): "
-            "random weights do this. STEGO's shifts assume DINO features; use pretrained "
-            "weights (--weights PATH) or retune stego.*_shift.")
+            f"{result.code_coherence:.3f}), so the clusters carry little meaning (mean cosine "
+            f"of crop features {mean_cos:.2f}). What to do: "
+            f"{sh.collapse_advice(shifts, calibrated)}.")
     n_out = k + stego_cfg.extra_clusters
     probe: ClusterProbe = result.probe
     model = StegoModel(net.cpu(), info, result.head, probe, default_class_names(n_out),
@@ -279,6 +300,9 @@ def fit_stego(
         "steps": stego_cfg.steps, "steps_per_second": result.steps_per_second,
         "cluster_shares": result.cluster_shares, "code_coherence": result.code_coherence,
         "mean_feature_cosine": mean_cos, "precision": precision,
+        "shifts": shifts.to_dict(), "attracting_share": sh.attracting_share(corr, shifts),
+        "feature_correlation": sh.summary(corr),
+        "n_init": fit_cfg.n_init, "kmeans_objective": result.kmeans_objective,
         "stage_seconds": times, "history": result.history,
     }
     return model, stats

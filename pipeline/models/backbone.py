@@ -1,7 +1,8 @@
 """Frozen self-supervised ViT backbones from timm, and where their weights come from.
 
 Weights sources: ``hub`` (timm / Hugging Face cache), a local ``PATH`` (timm state dict as
-.safetensors/.pth, or an original DINO checkpoint with a ``teacher`` key), ``random``, or
+.safetensors/.pth, or an original DINO checkpoint with a ``teacher`` key), a backbone directory
+from `stego pretrain` (architecture and normalisation from its ``backbone.json``), ``random``, or
 ``auto`` (hub when reachable, else random with a loud warning). What was used is recorded as a
 provenance dict that travels into ``model.json`` and ``run.json``.
 """
@@ -20,6 +21,7 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from pipeline.errors import InputError
+from pipeline.models.backbone_dir import is_backbone_dir, read_backbone_json, read_backbone_weights
 
 DEFAULT_BACKBONE = "vit_small_patch8_224.dino"
 _HUB_HOST = ("huggingface.co", 443)
@@ -56,7 +58,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _create(name: str, overrides: dict[str, Any], pretrained: bool) -> torch.nn.Module:
+def create_vit(name: str, overrides: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
+    """A timm ViT without classifier, any input size (``dynamic_img_size``), frozen, eval mode."""
     try:
         model = timm.create_model(
             name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **overrides
@@ -106,14 +109,54 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return cleaned
 
 
+def resolve_backbone(name: str, weights: str,
+                     overrides: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The timm name and overrides to build: those in ``backbone.json`` when ``weights`` is a
+    backbone directory (from `stego pretrain`), else the ones given."""
+    if weights not in ("auto", "hub", "random") and is_backbone_dir(weights):
+        meta = read_backbone_json(weights)
+        return meta["timm_name"], dict(meta["overrides"])
+    return name, dict(overrides or {})
+
+
+def _from_backbone_dir(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A backbone directory's ViT, with its own normalisation, and its provenance."""
+    meta = read_backbone_json(path)
+    model = create_vit(meta["timm_name"], dict(meta["overrides"]))
+    state = read_backbone_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(path, f"backbone weights do not fit {meta['timm_name']}: {first}") \
+            from None
+    norm = meta["normalisation"]
+    set_normalisation(model, norm)
+    return model, {
+        "source": "directory",
+        "path": str(Path(path).resolve()),
+        "file_sha256": file_sha256(Path(path) / "backbone.safetensors"),
+        "sha256": tensor_hash(model.state_dict()),
+        "method": meta.get("method"),
+        "steps": meta.get("steps"),
+        "normalisation": {"mean": list(norm["mean"]), "std": list(norm["std"])},
+    }
+
+
 def build_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str = "auto",
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Create a frozen timm ViT in eval mode and return it with its weights provenance."""
+    """Create a frozen timm ViT in eval mode and return it with its weights provenance.
+
+    ``weights``: ``auto``, ``hub``, ``random``, a weights file, or a backbone directory
+    (whose ``backbone.json`` then decides the architecture, see :func:`resolve_backbone`).
+    """
     overrides = dict(overrides or {})
+    if weights not in ("auto", "hub", "random") and Path(weights).is_dir():
+        return _from_backbone_dir(weights)
     if weights == "auto":
         if hub_reachable():
             weights = "hub"
@@ -121,13 +164,14 @@ def build_backbone(
             warnings.warn(
                 f"WEIGHTS: the model hub is unreachable, so {name} gets RANDOM weights. "
                 "Features will be far worse than pretrained DINO; pass --weights PATH with a "
-                "local checkpoint for real results.",
+                "local checkpoint, or pretrain one offline on your rasters with `stego "
+                "pretrain IN.tif --out BACKBONE_DIR` and pass --weights BACKBONE_DIR.",
                 stacklevel=2,
             )
             weights = "random"
     if weights == "hub":
         try:
-            model = _create(name, overrides, pretrained=True)
+            model = create_vit(name, overrides, pretrained=True)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - network/cache failures
@@ -139,9 +183,9 @@ def build_backbone(
         return model, {"source": "hub", "name": name, "sha256": tensor_hash(model.state_dict())}
     if weights == "random":
         torch.manual_seed(seed)
-        model = _create(name, overrides, pretrained=False)
+        model = create_vit(name, overrides, pretrained=False)
         return model, {"source": "random", "seed": seed, "sha256": tensor_hash(model.state_dict())}
-    model = _create(name, overrides, pretrained=False)
+    model = create_vit(name, overrides, pretrained=False)
     state = read_weights_file(weights)
     try:
         state = checkpoint_filter_fn(state, model)
@@ -204,6 +248,12 @@ def uses_fused_attention(model: torch.nn.Module) -> bool:
     return bool(flags) and all(flags)
 
 
+def set_normalisation(model: torch.nn.Module, norm: dict[str, Any]) -> None:
+    """Make ``norm`` ({"mean", "std"}) the mean/std :func:`normalisation` reports."""
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
+                            "mean": tuple(norm["mean"]), "std": tuple(norm["std"])}
+
+
 def normalisation(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the backbone was trained with."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -225,8 +275,10 @@ def load_backbone(info: dict[str, Any], tensors: dict[str, torch.Tensor], embedd
         net.load_state_dict(prefixed(tensors, "backbone."), strict=True)
     else:
         source = info["weights"]["source"]
-        where = info["weights"].get("path") if source == "file" else "hub"
+        where = info["weights"].get("path") if source in ("file", "directory") else "hub"
         net, _ = build_backbone(info["name"], where, info.get("overrides"))
+    if info["weights"].get("normalisation"):  # a pretrained directory's own mean/std
+        set_normalisation(net, info["weights"]["normalisation"])
     if tensor_hash(net.state_dict()) != info["weights"]["sha256"]:
         raise InputError(model_dir, "backbone weights differ from those the model was fit on")
     return net

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import StegoConfig
-from pipeline.models.kmeans import spherical_kmeans
+from pipeline.models.kmeans import spherical_kmeans, spherical_objective
 from pipeline.stego.head import ClusterProbe, SegmentationHead
 from pipeline.stego.loss import LossWeights, correspondence_loss
 
@@ -39,6 +39,7 @@ class TrainResult:
     linear_probe: torch.nn.Conv2d | None = None
     cluster_shares: list[float] = field(default_factory=list)
     code_coherence: float = 0.0  # mean cosine of codes to their mean direction; ~1 = collapsed
+    kmeans_objective: float = 0.0  # sum of the codes' best cosines to the cluster centroids
 
 
 def _batch(features: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -58,13 +59,15 @@ def train_stego(
     progress: Callable[[int, dict[str, float]], None] | None = None,
     labels: torch.Tensor | None = None,
     n_label_classes: int = 0,
+    n_init: int = 1,
 ) -> TrainResult:
     """Adam on the correspondence loss (head) and on spherical k-means (probe, detached codes).
 
     ``features``: (n, C, h, w) tensor (or a Zarr array read per batch); ``knn``: (n, k)
     neighbour indices. With ``labels`` ((n, h, w) class indices, -1 = ignore) a linear probe
     is trained too, by cross-entropy on detached codes (for evaluation; the head never sees
-    labels). Deterministic for a seed on the CPU.
+    labels). The probe is then refined by cosine k-means keeping the best of its own
+    centroids and ``n_init - 1`` k-means++ starts. Deterministic for a seed on the CPU.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -113,21 +116,25 @@ def train_stego(
             if progress:
                 progress(step, row)
     head.eval()
-    shares, coherence = refine_probe(head, probe, features, cfg.probe_refine_iterations, gen,
-                                     seed, device)
+    shares, coherence, objective = refine_probe(head, probe, features,
+                                                cfg.probe_refine_iterations, gen, seed, device,
+                                                n_init=n_init)
     seconds = time.perf_counter() - t0
     return TrainResult(head.cpu(), probe.cpu(), history, seconds, cfg.steps / max(seconds, 1e-9),
-                       linear.cpu() if linear is not None else None, shares, coherence)
+                       linear.cpu() if linear is not None else None, shares, coherence,
+                       objective)
 
 
 @torch.no_grad()
 def refine_probe(head: SegmentationHead, probe: ClusterProbe, features: Any, iterations: int,
                  gen: torch.Generator, seed: int, device: str,
-                 max_crops: int = 256) -> tuple[list[float], float]:
-    """Cosine k-means on head codes of up to ``max_crops`` crops, starting at the probe.
+                 max_crops: int = 256, n_init: int = 1) -> tuple[list[float], float, float]:
+    """Cosine k-means on head codes of up to ``max_crops`` crops, keeping the best of the
+    probe's centroids and ``n_init - 1`` k-means++ starts (none when ``iterations`` is 0).
 
-    Returns the share of those codes in each cluster and their coherence (mean cosine to
-    their mean direction), so that a collapse of the codes can be reported.
+    Returns the share of those codes in each cluster, their coherence (mean cosine to their
+    mean direction), so that a collapse of the codes can be reported, and the k-means
+    objective (sum of best cosines) of the final centroids.
     """
     n = features.shape[0]
     idx = torch.randperm(n, generator=gen)[: min(n, max_crops)].sort().values
@@ -137,14 +144,15 @@ def refine_probe(head: SegmentationHead, probe: ClusterProbe, features: Any, ite
     if iterations > 0:
         probe.clusters.data.copy_(
             spherical_kmeans(x, probe.clusters.shape[0], iterations, seed,
-                             init=probe.clusters.detach().cpu()).to(probe.clusters.device)
+                             init=probe.clusters.detach().cpu(), n_init=n_init
+                             ).to(probe.clusters.device)
         )
     c = F.normalize(probe.clusters.detach().cpu(), dim=1)
     assign = (F.normalize(x, dim=1) @ c.T).argmax(1)
     counts = torch.bincount(assign, minlength=c.shape[0]).float()
     xn = F.normalize(x, dim=1)
     coherence = float((xn @ F.normalize(xn.mean(0), dim=0)).mean())
-    return (counts / counts.sum()).tolist(), coherence
+    return (counts / counts.sum()).tolist(), coherence, spherical_objective(x, c)
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> Path:

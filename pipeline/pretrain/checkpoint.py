@@ -1,0 +1,84 @@
+"""Pretraining checkpoints: every tensor of the run (student, teacher, heads, AdamW moments,
+centre, random-generator state) in safetensors, the rest in JSON; written atomically, so a kill
+at any moment leaves the previous checkpoint intact. Never a pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from pipeline.pretrain.loop import Nets, Progress
+
+TENSORS = "checkpoint.safetensors"
+STATE = "checkpoint.json"
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for name, value in state.items():
+            out[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return out
+
+
+def save_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator,
+               progress: Progress) -> None:
+    """Write the checkpoint (tensors, then JSON naming them), each under a temporary name."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous()
+               for prefix, module in nets.modules().items()
+               for k, v in module.state_dict().items()}
+    tensors.update(_optimizer_tensors(nets.optimizer))
+    tensors["center"] = nets.center.detach().cpu().contiguous()
+    tensors["generator"] = gen.get_state()
+    doc = {"key": key, "step": progress.step, "total": progress.total,
+           "seconds": progress.seconds, "history": progress.history}
+    pid = os.getpid()
+    tmp_t, tmp_j = work_dir / f".{TENSORS}.tmp-{pid}", work_dir / f".{STATE}.tmp-{pid}"
+    try:
+        save_file(tensors, str(tmp_t))
+        tmp_j.write_text(json.dumps(doc))
+        # the JSON is renamed last: a checkpoint.json always describes the tensors beside it
+        os.replace(tmp_t, work_dir / TENSORS)
+        os.replace(tmp_j, work_dir / STATE)
+    finally:
+        for t in (tmp_t, tmp_j):
+            t.unlink(missing_ok=True)
+
+
+def load_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator) -> Progress | None:
+    """Restore a checkpoint with the same ``key`` into ``nets`` and ``gen``; None when there is
+    none, it is unreadable or it belongs to another recipe or inputs."""
+    from pipeline.pretrain.loop import Progress
+
+    try:
+        doc = json.loads((work_dir / STATE).read_text())
+        tensors = load_file(str(work_dir / TENSORS))
+    except (OSError, json.JSONDecodeError, SafetensorError):
+        return None
+    if doc.get("key") != key:
+        return None
+    device = nets.center.device
+    for prefix, module in nets.modules().items():
+        sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")
+               and not k.startswith(prefix + "_head.")}
+        module.load_state_dict(sub, strict=True)
+    opt_state = nets.optimizer.state_dict()
+    restored: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, idx, field = name.split(".", 2)
+            restored.setdefault(int(idx), {})[field] = value if field == "step" else \
+                value.to(device)
+    opt_state["state"] = restored
+    nets.optimizer.load_state_dict(opt_state)
+    nets.center = tensors["center"].to(device)
+    gen.set_state(tensors["generator"])
+    return Progress(doc["step"], doc["total"], doc["seconds"], doc["history"])

@@ -1,0 +1,261 @@
+"""The pretraining loop: a pool of crops from the user's rasters, DINO steps within a budget
+(steps or minutes), progress, and checkpoints a killed run resumes from exactly."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import PretrainConfig
+from pipeline.fitting import read_crop, sample_crop_windows
+from pipeline.models.backbone import create_vit, patch_size, tensor_hash
+from pipeline.pretrain import dino
+from pipeline.pretrain.augment import ViewSpec, make_views
+from pipeline.pretrain.checkpoint import load_state, save_state
+from pipeline.raster_io import RasterInfo, Scaling
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CropPool:
+    """Crops read once from the rasters (N, 3, S, S) in [0, 1], and their channel statistics."""
+
+    images: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) -> CropPool:
+    """Seeded crops across all rasters (by area), mostly-nodata crops skipped; nodata pixels
+    hold the valid mean so they carry no texture."""
+    windows = sample_crop_windows(rasters, cfg.pool_crops, cfg.source_size, cfg.seed,
+                                  cfg.max_nodata_fraction)
+    crops = [read_crop(rasters, w) for w in windows]
+    images = np.stack([c.image for c in crops])
+    valid = np.stack([c.valid for c in crops])
+    pixels = images.transpose(1, 0, 2, 3)[:, valid]  # (3, n_valid)
+    mean = pixels.mean(1)
+    std = np.maximum(pixels.std(1), 1e-3)
+    images = np.where(valid[:, None], images, mean[None, :, None, None]).astype(np.float32)
+    return CropPool(torch.from_numpy(images), tuple(round(float(v), 4) for v in mean),
+                    tuple(round(float(v), 4) for v in std))
+
+
+@dataclass
+class Nets:
+    """Student and EMA teacher (backbone + DINO head each), optimizer and centre."""
+
+    student: torch.nn.Module
+    student_head: torch.nn.Module
+    teacher: torch.nn.Module
+    teacher_head: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    center: torch.Tensor
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The four trained modules by checkpoint prefix."""
+        return {"student": self.student, "student_head": self.student_head,
+                "teacher": self.teacher, "teacher_head": self.teacher_head}
+
+
+def build_nets(cfg: PretrainConfig, seed: int, device: str) -> Nets:
+    """Fresh student (seeded), teacher = copy of the student, AdamW with no decay on biases
+    and norms (as DINO)."""
+    torch.manual_seed(seed)
+    student = create_vit(cfg.backbone, dict(cfg.overrides)).train().requires_grad_(True)
+    head = dino.DinoHead(student.num_features, cfg.out_dim)
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    teacher_head = copy.deepcopy(head).requires_grad_(False)
+    params = [p for m in (student, head) for p in m.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr)
+    nets = Nets(student.to(device), head.to(device), teacher.to(device),
+                teacher_head.to(device), opt, torch.zeros(1, cfg.out_dim, device=device))
+    return nets
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    step: int = 0
+    total: int | None = None
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def recipe_key(cfg: PretrainConfig, inputs: list[dict[str, Any]], device: str) -> str:
+    """Identity of a run: recipe, inputs (content and scaling) and device kind; a checkpoint
+    with another key is not resumed."""
+    recipe = cfg.model_dump(mode="json")
+    recipe.pop("minutes", None)  # the budget may be extended on resume
+    recipe.pop("steps", None)
+    doc = {"recipe": recipe, "inputs": inputs, "device": device.split(":")[0]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _views(pool: torch.Tensor, idx: torch.Tensor, cfg: PretrainConfig,
+           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """2 global views (second with less blur, as DINO) and ``local_views`` local views."""
+    src = pool[idx]
+    g1 = make_views(src, ViewSpec(cfg.global_size, cfg.global_scale, blur_p=1.0), gen)
+    g2 = make_views(src, ViewSpec(cfg.global_size, cfg.global_scale, blur_p=0.1), gen)
+    spec = ViewSpec(cfg.local_size, cfg.local_scale, blur_p=0.5)
+    loc = [make_views(src, spec, gen) for _ in range(cfg.local_views)]
+    return torch.cat([g1, g2]), torch.cat(loc) if loc else src.new_zeros(0, 3, 1, 1)
+
+
+def train_step(nets: Nets, pool: CropPool, cfg: PretrainConfig, step: int, total: int,
+               gen: torch.Generator, device: str) -> dict[str, float]:
+    """One DINO step: schedules, views, loss, clipped AdamW update, centre and EMA teacher."""
+    warmup = int(cfg.warmup_fraction * total)
+    lr = dino.cosine_schedule(cfg.lr, cfg.min_lr, step, total, warmup)
+    wd = dino.cosine_schedule(cfg.weight_decay[0], cfg.weight_decay[1], step, total)
+    momentum = dino.cosine_schedule(cfg.momentum, 1.0, step, total)
+    t_temp = dino.cosine_schedule(cfg.teacher_temp[1], cfg.teacher_temp[1], step, total,
+                                  warmup=max(warmup, 1), warmup_start=cfg.teacher_temp[0])
+    for i, group in enumerate(nets.optimizer.param_groups):
+        group["lr"] = lr
+        if i == 0:
+            group["weight_decay"] = wd
+    idx = torch.randint(pool.images.shape[0], (cfg.batch_size,), generator=gen)
+    glob, loc = _views(pool.images, idx, cfg, gen)
+    mean = torch.tensor(pool.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pool.std, device=device).view(1, 3, 1, 1)
+    glob = (glob.to(device) - mean) / std
+    amp = device.startswith("cuda")  # bf16 on GPUs; CPUs train in float32 (bf16 backward is slow)
+    with torch.autocast("cuda" if amp else "cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            t_out = nets.teacher_head(nets.teacher(glob)).float()
+        s_out = [nets.student_head(nets.student(glob))]
+        if loc.shape[0]:
+            s_out.append(nets.student_head(nets.student((loc.to(device) - mean) / std)))
+        s_all = torch.cat(s_out).float()
+    loss = dino.dino_loss(s_all, t_out, nets.center, 2, cfg.student_temp, t_temp)
+    nets.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for m in (nets.student, nets.student_head) for p in m.parameters()
+              if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    nets.optimizer.step()
+    entropy, batch_entropy = dino.teacher_entropy(t_out, nets.center, t_temp)
+    nets.center = dino.update_center(nets.center, t_out, cfg.center_momentum)
+    dino.ema_update(nets.teacher, nets.student, momentum)
+    dino.ema_update(nets.teacher_head, nets.student_head, momentum)
+    return {"loss": float(loss.detach()), "teacher_entropy": entropy,
+            "teacher_batch_entropy": batch_entropy, "lr": lr}
+
+
+def _plan_total(cfg: PretrainConfig, progress: Progress, step_seconds: float) -> int:
+    """Steps that fit the budget: exact with ``steps``, else from the measured step time."""
+    if cfg.steps is not None:
+        return cfg.steps
+    assert cfg.minutes is not None
+    left = cfg.minutes * 60 - progress.seconds
+    return max(progress.step + 1, progress.step + int(left / max(step_seconds, 1e-6)))
+
+
+def _replan(cfg: PretrainConfig, progress: Progress) -> bool:
+    """With a minutes budget the step count is planned after the first step, then re-planned
+    from the mean step time at every log point during the first half of the budget (the speed
+    of a shared machine varies); with a steps budget it never changes."""
+    if progress.total is None:
+        return True
+    if cfg.steps is not None or cfg.minutes is None:
+        return False
+    early = progress.seconds < 0.5 * cfg.minutes * 60
+    return early and progress.step >= 3 and progress.step % cfg.log_every == 0
+
+
+def _fmt_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+def pretrain(pool: CropPool, cfg: PretrainConfig, work_dir: Path, key: str, device: str = "cpu",
+             log: Log = print, fresh: bool = False,
+             on_step: Callable[[int], None] | None = None) -> tuple[Nets, Progress]:
+    """Train within the budget, checkpointing to ``work_dir`` every ``checkpoint_every`` steps
+    and at the end; resumes from a checkpoint with the same ``key`` (unless ``fresh``).
+
+    With ``steps`` the result is the same for a seed whether or not the run was interrupted;
+    with ``minutes`` the step count is planned from the measured speed of the first steps.
+    """
+    nets = build_nets(cfg, cfg.seed, device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    progress = Progress()
+    state_path = work_dir / "checkpoint.safetensors"
+    if not fresh and state_path.is_file():
+        resumed = load_state(work_dir, key, nets, gen)
+        if resumed is None:
+            log(f"pretrain: {work_dir} holds a checkpoint of another recipe or inputs; "
+                "starting over")
+        else:
+            progress = resumed
+            if cfg.steps is not None:
+                progress.total = cfg.steps
+            log(f"pretrain: resuming at step {progress.step}/{progress.total}")
+    last_save = progress.step
+    while progress.total is None or progress.step < progress.total:
+        t0 = time.perf_counter()
+        row = train_step(nets, pool, cfg, progress.step, progress.total or cfg.steps or 1000,
+                         gen, device)
+        dt = time.perf_counter() - t0
+        progress.seconds += dt
+        progress.step += 1
+        if _replan(cfg, progress):
+            progress.total = _plan_total(cfg, progress, progress.seconds / progress.step)
+        if cfg.minutes is not None and cfg.steps is None and \
+                progress.seconds > cfg.minutes * 60 * 1.25:
+            log(f"pretrain: over budget at step {progress.step}/{progress.total}; stopping")
+            progress.total = progress.step
+        if progress.step % cfg.log_every == 0 or progress.step == progress.total:
+            rate = progress.step / max(progress.seconds, 1e-9)
+            eta = (progress.total - progress.step) / max(rate, 1e-9)
+            progress.history.append({"step": progress.step, **row,
+                                     "seconds": round(progress.seconds, 2)})
+            log(f"step {progress.step}/{progress.total} loss {row['loss']:.4f} teacher entropy "
+                f"{row['teacher_entropy']:.2f} (batch {row['teacher_batch_entropy']:.2f}) "
+                f"{rate:.2f} steps/s ETA {_fmt_eta(eta)}")
+        if progress.step - last_save >= cfg.checkpoint_every or progress.step == progress.total:
+            save_state(work_dir, key, nets, gen, progress)
+            last_save = progress.step
+        if on_step is not None:
+            on_step(progress.step)
+    return nets, progress
+
+
+def backbone_description(nets: Nets, pool: CropPool, cfg: PretrainConfig, progress: Progress,
+                         inputs: list[dict[str, Any]], device: str) -> dict[str, Any]:
+    """What ``backbone.json`` records: how to build the ViT and how it was trained."""
+    teacher = nets.teacher
+    return {
+        "timm_name": cfg.backbone,
+        "overrides": dict(cfg.overrides),
+        "normalisation": {"mean": list(pool.mean), "std": list(pool.std),
+                          "source": "the pretraining crops' valid pixels"},
+        "patch_size": patch_size(teacher),
+        "feature_dim": int(teacher.num_features),
+        "num_prefix_tokens": int(teacher.num_prefix_tokens),
+        "weights_sha256": tensor_hash(teacher.state_dict()),
+        "method": "dino",
+        "inputs": inputs,
+        "recipe": cfg.model_dump(mode="json"),
+        "steps": progress.step,
+        "seconds": round(progress.seconds, 1),
+        "device": device,
+        "precision": "bf16" if device.startswith("cuda") else "fp32",
+        "losses": progress.history,
+    }

@@ -1,0 +1,226 @@
+"""`stego pretrain`: DINO self-supervised pretraining on the user's rasters, its checkpoints and
+resume, the backbone directory it writes, and using that directory as weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from pipeline.config import PretrainConfig
+from pipeline.errors import InputError
+from pipeline.pretrain.augment import ViewSpec, make_views
+from pipeline.pretrain.loop import CropPool, pretrain
+from tests.conftest import TINY_VIT
+
+TINY_ARGS = [a for k, v in TINY_VIT.items() for a in ("--backbone-arg", f"{k}={v}")]
+SMALL_RECIPE = ["--set", "pretrain.batch_size=4", "--set", "pretrain.pool_crops=8",
+                "--set", "pretrain.source_size=64", "--set", "pretrain.global_size=32",
+                "--set", "pretrain.local_size=16", "--set", "pretrain.out_dim=64",
+                "--set", "pretrain.log_every=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def textures(n: int = 16, size: int = 64) -> CropPool:
+    """Two planted textures (fine stripes, coarse checkers) in random colours."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    stripes = ((yy // 4) % 2).float()
+    checkers = (((yy // 8) + (xx // 8)) % 2).float()
+    imgs = [torch.rand(3, 1, 1, generator=g) * 0.5 + 0.5 * (stripes if i % 2 else checkers)
+            for i in range(n)]
+    return CropPool(torch.stack(imgs), (0.5,) * 3, (0.25,) * 3)
+
+
+def tiny_recipe(**kw) -> PretrainConfig:
+    base = {"overrides": TINY_VIT, "steps": 6, "batch_size": 4, "pool_crops": 16,
+            "source_size": 64, "global_size": 32, "local_size": 16, "local_views": 2,
+            "out_dim": 64, "checkpoint_every": 1, "log_every": 1}
+    return PretrainConfig(**{**base, **kw})
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_views_are_seeded_augmented_crops_in_the_unit_range():
+    imgs = textures(4).images
+    spec = ViewSpec(32, (0.2, 1.0), blur_p=0.5)
+    a = make_views(imgs, spec, torch.Generator().manual_seed(1))
+    b = make_views(imgs, spec, torch.Generator().manual_seed(1))
+    c = make_views(imgs, spec, torch.Generator().manual_seed(2))
+    assert a.shape == (4, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_student_learns_to_match_a_fixed_teacher():
+    # teacher frozen (momentum 1) and no centring: plain distillation, so the loss must fall
+    cfg = tiny_recipe(steps=40, batch_size=16, momentum=1.0, center_momentum=1.0,
+                      teacher_temp=(0.04, 0.04), checkpoint_every=100)
+    _, progress = _run(cfg, textures(32))
+    losses = [h["loss"] for h in progress.history]
+    assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.1
+
+
+def _run(cfg: PretrainConfig, pool: CropPool, work: Path | None = None, **kw):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return pretrain(pool, cfg, work or Path(tmp), "key", log=lambda s: None, **kw)
+
+
+def test_a_seed_gives_the_same_backbone_and_another_seed_another():
+    a, _ = _run(tiny_recipe(steps=3), textures())
+    b, _ = _run(tiny_recipe(steps=3), textures())
+    c, _ = _run(tiny_recipe(steps=3, seed=1), textures())
+    assert same_weights(a.teacher, b.teacher) and not same_weights(a.teacher, c.teacher)
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path):
+    cfg = tiny_recipe(steps=6)
+    straight, _ = _run(cfg, textures())
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step: int) -> None:
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(textures(), cfg, tmp_path, "key", log=lambda s: None, on_step=kill_at_4)
+    lines: list[str] = []
+    resumed, progress = pretrain(textures(), cfg, tmp_path, "key", log=lines.append)
+    assert "resuming at step 4/6" in lines[0] and progress.step == 6
+    assert same_weights(straight.teacher, resumed.teacher)
+    assert same_weights(straight.student, resumed.student)
+    assert torch.equal(straight.center, resumed.center)
+
+
+def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
+    pretrain(textures(), tiny_recipe(steps=2), tmp_path, "recipe-a", log=lambda s: None)
+    lines: list[str] = []
+    _, progress = pretrain(textures(), tiny_recipe(steps=2), tmp_path, "recipe-b",
+                           log=lines.append)
+    assert "starting over" in lines[0] and progress.step == 2
+
+
+def test_a_minutes_budget_plans_the_steps_from_the_measured_speed():
+    _, progress = _run(tiny_recipe(steps=None, minutes=0.02), textures())
+    assert progress.step == progress.total >= 1
+    assert progress.seconds <= 0.02 * 60 * 1.25 + 5
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(prefect_harness, demo_scene, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("backbone")
+    code = main(["pretrain", str(demo_scene[0]), "--out", str(out), "--steps", "3",
+                 *TINY_ARGS, *SMALL_RECIPE, "-q"])
+    assert code == 0
+    return out
+
+
+def test_pretrain_writes_safetensors_and_a_description(pretrained_dir, demo_scene):
+    meta = json.loads((pretrained_dir / "backbone.json").read_text())
+    assert (pretrained_dir / "backbone.safetensors").stat().st_size > 0
+    assert not list(pretrained_dir.glob("*.pth")) and not list(pretrained_dir.glob("*.pt"))
+    assert meta["timm_name"] == "vit_small_patch8_224" and meta["overrides"] == TINY_VIT
+    assert meta["patch_size"] == 8 and meta["feature_dim"] == 64 and meta["steps"] == 3
+    assert meta["inputs"][0]["identity"]["kind"] == "sha256"
+    assert meta["inputs"][0]["path"] == str(Path(demo_scene[0]).resolve())
+    assert len(meta["normalisation"]["mean"]) == 3 and min(meta["normalisation"]["std"]) > 0
+    assert [h["step"] for h in meta["losses"]] == [1, 2, 3]
+    assert {"loss", "teacher_entropy"} <= set(meta["losses"][0])
+    assert meta["recipe"]["batch_size"] == 4 and meta["precision"] == "fp32"
+
+
+def test_a_pretrained_directory_is_used_as_weights_by_fit_and_segment(
+        pretrained_dir, demo_scene, tmp_path):
+    from tests.test_end_to_end import SMALL
+
+    model = tmp_path / "m"
+    code = main(["fit", str(demo_scene[0]), "--method", "feature-kmeans", "--clusters", "3",
+                 "--weights", str(pretrained_dir), "--out", str(model),
+                 "--set", "fit.crops=4", "--set", "fit.crop_size=64", "-q"])
+    assert code == 0
+    meta = json.loads((model / "model.json").read_text())
+    backbone = meta["backbone"]
+    described = json.loads((pretrained_dir / "backbone.json").read_text())
+    assert backbone["name"] == "vit_small_patch8_224" and backbone["overrides"] == TINY_VIT
+    assert backbone["weights"]["source"] == "directory"
+    assert backbone["weights"]["sha256"] == described["weights_sha256"]
+    assert backbone["weights"]["normalisation"]["mean"] == described["normalisation"]["mean"]
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(SMALL)
+    assert main(["segment", str(demo_scene[0]), "--model", str(model), "--out",
+                 str(tmp_path / "o"), "--config", str(cfg), "-q"]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["model"]["weights"]["source"] == "directory"
+    assert run["model"]["weights"]["path"] == str(pretrained_dir.resolve())
+
+
+def test_the_backbone_keeps_the_directorys_own_normalisation(pretrained_dir):
+    from pipeline.models.backbone import build_backbone, normalisation
+
+    net, provenance = build_backbone("ignored-name", str(pretrained_dir))
+    described = json.loads((pretrained_dir / "backbone.json").read_text())
+    assert normalisation(net) == (tuple(described["normalisation"]["mean"]),
+                                  tuple(described["normalisation"]["std"]))
+    assert provenance["steps"] == 3 and provenance["method"] == "dino"
+
+
+def test_bad_backbone_directories_are_one_line_errors(pretrained_dir, tmp_path):
+    import shutil
+
+    from pipeline.models.backbone import build_backbone
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="not a backbone directory"):
+        build_backbone("x", str(empty))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(pretrained_dir, corrupt)
+    (corrupt / "backbone.json").write_text("{not json")
+    with pytest.raises(InputError, match="corrupt backbone.json"):
+        build_backbone("x", str(corrupt))
+    wrong = tmp_path / "wrong"
+    shutil.copytree(pretrained_dir, wrong)
+    meta = json.loads((wrong / "backbone.json").read_text())
+    meta["overrides"] = {**TINY_VIT, "depth": 3}
+    (wrong / "backbone.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="backbone weights do not fit"):
+        build_backbone("x", str(wrong))
+    cut = tmp_path / "cut"
+    shutil.copytree(pretrained_dir, cut)
+    (cut / "backbone.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(InputError, match="corrupt backbone weights"):
+        build_backbone("x", str(cut))
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["pretrain", "MISSING", "--out", "o", "--steps", "1"], "file not found"),
+    (["pretrain", "SCENE", "--out", "o", "--steps", "0"], "steps must be >= 1"),
+    (["pretrain", "SCENE", "--out", "o", "--minutes", "-1"], "minutes must be > 0"),
+    (["pretrain", "SCENE", "--out", "o", "--set", "pretrain.global_size=500"],
+     "local_size <= global_size <= source_size"),
+])
+def test_bad_pretrain_input_is_one_line_with_exit_code_2(demo_scene, tmp_path, capsys, argv,
+                                                         expected):
+    argv = [str(demo_scene[0]) if a == "SCENE" else str(tmp_path / a)
+            if a in ("MISSING", "o") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "o" / "backbone.json").exists()
