@@ -1,8 +1,13 @@
 """Segmentation quality on the labelled sets in ../shared/data; prints one table.
 
-    python benchmarks/quality.py [--sets potsdam loveda] [--weights random|hub|PATH] [--quick]
-        [--methods pixel-kmeans feature-kmeans stego stego-crf] [--backbone-arg depth=2 ...]
-        [--precision auto fp32 bf16]
+    python benchmarks/quality.py [--sets potsdam loveda demo] [--weights random|hub|PATH|DIR ...]
+        [--pretrain-minutes 15] [--quick] [--methods pixel-kmeans feature-kmeans stego stego-crf]
+        [--backbone-arg depth=2 ...] [--precision auto fp32 bf16]
+
+With ``--pretrain-minutes M`` it first runs `stego pretrain` for M minutes on the four real
+images (the Potsdam crop, LoveDA tiles 0 and 1, the NAIP tile; bands 1-3) and adds the
+resulting backbone directory to ``--weights``, so self-pretrained rows sit beside the random
+ones. Every backbone method is run once per weights value.
 
 For each set and method it runs `stego fit` on the set's images (clusters = number of classes),
 `stego segment` on each image (STEGO twice: --no-crf and --crf), then scores all of the set's
@@ -12,6 +17,7 @@ that ran, from run.json, is a column) and "agree %" compares its labels with the
 
 - potsdam: the ISPRS Potsdam 512 px crop, Potsdam-3 (STEGO's merge), value 0 ignored.
 - loveda:  LoveDA tiles 0 and 1, the 7 LoveDA classes, value 0 (no-data) ignored.
+- demo:    the generated demo scene (1024 px, seed 0; never pretrained on), its 5 classes.
 
 With random backbone weights (the default: the model hub is unreachable offline) the numbers
 say how the pipeline behaves, not what STEGO achieves; pass --weights with a DINO checkpoint for
@@ -51,6 +57,12 @@ METHODS = {  # name -> (fit method, segment flags)
 
 def sets(work: Path) -> dict[str, dict]:
     """The labelled sets: images, labels, mapping, ignored values, number of classes."""
+    from pipeline.demo_scene import write_demo_scene
+
+    demo_image = work / "demo" / "scene.tif"
+    if not demo_image.exists():
+        demo_image.parent.mkdir(parents=True, exist_ok=True)
+        write_demo_scene(demo_image, size=1024, seed=0)
     loveda_map = work / "loveda_mapping.csv"
     with open(DATA / "loveda" / "classes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -66,7 +78,14 @@ def sets(work: Path) -> dict[str, dict]:
         "loveda": {"images": [DATA / "loveda" / "images" / f"{i}.png" for i in (0, 1)],
                    "labels": [DATA / "loveda" / "labels" / f"{i}.png" for i in (0, 1)],
                    "mapping": str(loveda_map), "ignore": [0], "classes": n_loveda},
+        "demo": {"images": [demo_image], "labels": [work / "demo" / "scene_labels.tif"],
+                 "mapping": None, "ignore": [], "classes": 5},
     }
+
+
+PRETRAIN_IMAGES = [DATA / "isprs_potsdam" / "images" / "2_10_0_0_512_512.png",
+                   DATA / "loveda" / "images" / "0.png", DATA / "loveda" / "images" / "1.png",
+                   DATA / "naip_north_dakota" / "m_4709963_se_14_1_20200831.tif"]
 
 
 def stego_cmd() -> list[str]:
@@ -99,16 +118,21 @@ def weights_used(model_dir: Path) -> str:
     info = (meta.get("backbone") or {}).get("weights")
     if not info:
         return "-"
+    if info["source"] == "directory":
+        return f"self-pretrained ({info.get('steps')} steps)"
     return info["source"] if info["source"] != "file" else f"file {Path(info['path']).name}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", nargs="+", default=["potsdam", "loveda"],
-                    choices=["potsdam", "loveda"])
+    ap.add_argument("--sets", nargs="+", default=["potsdam", "loveda", "demo"],
+                    choices=["potsdam", "loveda", "demo"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--weights", default="random", help="backbone weights for fit: "
-                    "random (default), hub, auto or a checkpoint path")
+    ap.add_argument("--weights", nargs="+", default=["random"], help="backbone weights for "
+                    "fit, one set of rows each: random (default), hub, auto, a checkpoint path "
+                    "or a backbone directory")
+    ap.add_argument("--pretrain-minutes", type=float, default=None,
+                    help="first pretrain a backbone for this long on the four real images")
     ap.add_argument("--backbone-arg", action="append", default=[], metavar="K=V",
                     help="passed to `stego fit` (e.g. depth=2 for a quick smoke run)")
     ap.add_argument("--crops", type=int, default=64, help="fit.crops (default 64)")
@@ -132,31 +156,42 @@ def main() -> None:
     print(f"work directory: {work} (command output in {log.name})", file=sys.stderr)
     stego = stego_cmd()
     common = ["--set", "dask.processes=false", "--set", "dask.workers=1"]
+    weights_list = list(args.weights)
+    pretrain_s = None
+    if args.pretrain_minutes:
+        backbone = work / "backbone"
+        print(f"pretrain {args.pretrain_minutes:g} min ...", file=sys.stderr)
+        pretrain_s = run([*stego, "pretrain", *map(str, PRETRAIN_IMAGES), "--bands", "1,2,3",
+                          "--minutes", str(args.pretrain_minutes), "--out", str(backbone)], log)
+        weights_list.append(str(backbone))
     rows = []
+    jobs = [(name, w) for name in args.methods
+            for w in (["-"] if METHODS[name][0] == "pixel-kmeans" else weights_list)]
     for set_name in args.sets:
         spec = sets(work)[set_name]
-        fitted: dict[str, tuple[Path, float]] = {}
-        for name in args.methods:
+        fitted: dict[tuple[str, str], tuple[Path, float]] = {}
+        for name, weights in jobs:
             method, seg_flags = METHODS[name]
-            model = work / set_name / f"model-{method}"
-            if method not in fitted:
+            tag = "" if weights == "-" else f"-w{weights_list.index(weights)}"
+            model = work / set_name / f"model-{method}{tag}"
+            if (method, weights) not in fitted:
                 cmd = [*stego, "fit", *map(str, spec["images"]), "--method", method,
                        "--clusters", str(spec["classes"]), "--out", str(model),
                        "--set", f"fit.crops={args.crops}", "--set", f"stego.steps={args.steps}",
                        *common]
                 if method != "pixel-kmeans":
-                    cmd += ["--weights", args.weights]
+                    cmd += ["--weights", weights]
                     for kv in args.backbone_arg:
                         cmd += ["--backbone-arg", kv]
-                print(f"[{set_name}] fit {method} ...", file=sys.stderr)
-                fitted[method] = (model, run(cmd, log))
-            model, fit_s = fitted[method]
+                print(f"[{set_name}] fit {method} ({weights}) ...", file=sys.stderr)
+                fitted[(method, weights)] = (model, run(cmd, log))
+            model, fit_s = fitted[(method, weights)]
             first: list[Path] | None = None
             ran: set[str] = set()
             for prec in args.precision:
                 pairs, seg_s = [], 0.0
                 for image, label in zip(spec["images"], spec["labels"], strict=True):
-                    out = work / set_name / name / prec / image.stem
+                    out = work / set_name / f"{name}{tag}" / prec / image.stem
                     print(f"[{set_name}] segment {name} {image.name} ({prec}) ...",
                           file=sys.stderr)
                     seg_s += run([*stego, "segment", str(image), "--model", str(model),
@@ -178,8 +213,10 @@ def main() -> None:
                              f"{fit_s:.0f}", f"{seg_s:.0f}"])
     head = ["set", "method", "precision", "accuracy %", "mIoU %", "agree %", "weights", "fit s",
             "segment s"]
-    print(f"\ncrops={args.crops}, stego steps={args.steps}, weights={args.weights}, "
-          f"backbone args={args.backbone_arg or '-'}, {os.cpu_count()} CPU cores")
+    pretrained = (f", pretraining {args.pretrain_minutes:g} min ({pretrain_s:.0f} s with "
+                  "start-up)" if pretrain_s else "")
+    print(f"\ncrops={args.crops}, stego steps={args.steps}, weights={weights_list}, "
+          f"backbone args={args.backbone_arg or '-'}{pretrained}, {os.cpu_count()} CPU cores")
     print_table(head, rows)
 
 

@@ -54,8 +54,13 @@ EXAMPLES = {
   stego run-deployment nightly
   stego run-deployment nightly --param input_glob='new/*.tif' --watch""",
     "demo": """examples:
-  stego demo demo/     # scene -> fit -> segment, prints where the outputs are""",
+  stego demo demo/                       # scene -> pretrain -> fit x3 -> segment -> evaluate
+  stego demo demo/ --pretrain-minutes 10 # a longer pretraining
+  stego demo demo/ --weights dino_deitsmall8_pretrain.pth   # a pretrained DINO file instead""",
 }
+
+
+METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,16 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--watch", action="store_true", help="wait for the run to finish")
     rd.add_argument("--timeout", type=float, help="seconds to wait with --watch")
 
-    demo = add("demo", "Generate a demo scene, fit a model on it and segment it.")
+    demo = add("demo", "The whole mission offline: a demo scene, self-supervised pretraining "
+               "on it, pixel-kmeans / feature-kmeans / STEGO fitted, segmented and scored.")
     demo.add_argument("out", type=Path, help="demo directory")
-    demo.add_argument("--size", type=int, default=2560)
-    demo.add_argument("--method", default="auto",
-                      choices=["auto", "stego", "pixel-kmeans", "feature-kmeans"],
-                      help="auto: stego when pretrained weights are available, else "
-                      "pixel-kmeans")
-    demo.add_argument("--weights", default="auto", help="backbone weights (see fit)")
+    demo.add_argument("--size", type=int, default=2560, help="scene pixels per side")
+    demo.add_argument("--weights", help="a DINO weights file or a backbone directory to use "
+                      "instead of pretraining one on the scene")
+    budget = demo.add_mutually_exclusive_group()
+    budget.add_argument("--pretrain-minutes", type=float, default=4.0,
+                        help="pretraining budget (default 4 minutes)")
+    budget.add_argument("--pretrain-steps", type=int, help="pretraining budget in steps")
+    demo.add_argument("--method", default="auto", choices=["auto", *METHOD_CHOICES],
+                      help="whose full outputs go to DIR/output (auto: the best measured)")
     demo.add_argument("--clusters", type=int, default=5)
-    demo.add_argument("--steps", type=int, default=400, help="STEGO training steps")
+    demo.add_argument("--steps", type=int, default=1000, help="STEGO head training steps")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -318,39 +328,28 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_BACKBONE = "vit_small_patch16_224.dino"  # patch 16 keeps the CPU demo to minutes
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.fit_flow import fit_flow
-    from flows.segment_flow import segment
-    from pipeline.config import RunConfig
-    from pipeline.demo_scene import write_demo_scene
-    from pipeline.models.backbone import hub_reachable
+    from flows.demo import DemoOptions, run_demo, table
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    image, labels = write_demo_scene(out / "scene.tif", size=args.size)
-    print(f"demo scene: {image} (true labels: {labels})", flush=True)
-    method, weights = args.method, args.weights
-    if method == "auto":
-        pretrained = weights not in ("auto", "random") or hub_reachable()
-        method = "stego" if pretrained else "pixel-kmeans"
-        if not pretrained:
-            print("demo: no pretrained DINO weights (model hub unreachable, no --weights PATH); "
-                  "STEGO on a random backbone would be meaningless, so this demo fits "
-                  "pixel-kmeans. Run `stego demo DIR --weights dino.pth` for STEGO.",
-                  file=sys.stderr, flush=True)
-    cfg = RunConfig.model_validate({
-        "fit": {"method": method, "clusters": args.clusters, "backbone": DEMO_BACKBONE,
-                "weights": weights, "crops": 64, "crop_size": 224},
-        "stego": {"steps": args.steps, "log_every": 50},
-    })
-    fit_flow([str(image)], str(out / "model"), method=method, clusters=args.clusters,
-             weights=weights, backbone=DEMO_BACKBONE, config=cfg.model_dump(mode="json"))
-    print(f"model ({method}): {out / 'model'}", flush=True)
-    doc = segment(image, out / "model", out / "output", cfg)
-    _print_outputs(doc)
+    if args.size < 64:
+        raise InputError("--size", "must be at least 64")
+    if args.weights not in (None, "auto"):  # a given file or directory must exist
+        if not Path(args.weights).exists():
+            raise InputError(args.weights, "weights not found")
+    weights = None if args.weights in (None, "auto") else args.weights
+    minutes = None if args.pretrain_steps else args.pretrain_minutes
+    opts = DemoOptions(args.out, size=args.size, clusters=args.clusters, weights=weights,
+                       pretrain_minutes=minutes, pretrain_steps=args.pretrain_steps,
+                       stego_steps=args.steps, method=args.method,
+                       progress="off" if args.quiet else "auto")
+    result = run_demo(opts)
+    label = "self-pretrained" if weights is None else "given weights"
+    print(f"demo scene: {result['scene']} (true labels: {result['labels']})")
+    print(f"backbone:   {result['weights']}")
+    print(table(result["rows"], label))
+    print(f"outputs ({result['chosen']}):")
+    for kind, path in result["outputs"].items():
+        print(f"  {kind:9s} {path}")
     return 0
 
 

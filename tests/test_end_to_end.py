@@ -256,13 +256,26 @@ def test_stego_is_the_default_method_and_trains_from_the_cli(prefect_harness, de
 def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path, capsys,
                                                       monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["demo", str(tmp_path / "d"), "--size", "256"]) == 0
+    assert main(["demo", str(tmp_path / "d"), "--size", "256", "--pretrain-steps", "2",
+                 "--steps", "4", "-q"]) == 0
     captured = capsys.readouterr()
-    assert "no pretrained DINO weights" in captured.err  # says why it is not STEGO
+    assert "self-supervised pretraining" in captured.err  # no weights: it pretrains its own
+    rows = [line for line in captured.out.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| method | accuracy % | mIoU % |"
+    methods = [r.split("|")[1].strip() for r in rows[1:]]
+    assert methods == ["pixel-kmeans", "feature-kmeans (self-pretrained)",
+                       "STEGO (self-pretrained)"]
+    assert all(0 <= float(r.split("|")[2]) <= 100 for r in rows[1:])
     assert "labels.tif" in captured.out
-    names = sorted(p.name for p in (tmp_path / "d" / "output").iterdir())
+    d = tmp_path / "d"
+    assert json.loads((d / "backbone" / "backbone.json").read_text())["steps"] == 2
+    names = sorted(p.name for p in (d / "output").iterdir())
     assert {"labels.tif", "labels.zarr", "polygons.gpkg", "run.json"} <= set(names)
-    assert (tmp_path / "d" / "scene_labels.tif").exists()
+    for method in ("pixel-kmeans", "feature-kmeans", "stego"):
+        assert (d / "compare" / method / "evaluation" / "metrics.json").exists()
+    stego_model = json.loads((d / "models" / "stego" / "model.json").read_text())
+    assert stego_model["backbone"]["weights"]["source"] == "directory"
+    assert (d / "scene_labels.tif").exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
