@@ -197,13 +197,15 @@ class PretrainConfig(_Section):
     )
     batch_size: int = Field(default=32, description="source crops per step")
     pool_crops: int = Field(default=512, description="crops read once and augmented each step")
-    source_size: int = Field(default=160, description="pool crop edge in native pixels")
+    source_size: int = Field(default=256, description="pool crop edge in native pixels")
     global_size: int = Field(default=96, description="global view edge (2 per crop)")
     local_size: int = Field(default=48, description="local view edge")
     local_views: int = Field(default=4, description="local views per crop")
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    out_dim: int = Field(default=4096, description="DINO prototypes")
+    global_scale: tuple[float, float] = Field(
+        default=(0.25, 1.0), description="area share of the pool crop a global view covers")
+    local_scale: tuple[float, float] = Field(
+        default=(0.05, 0.4), description="area share of the pool crop a local view covers")
+    out_dim: int = Field(default=1024, description="DINO prototypes")
     lr: float = Field(default=1e-3, description="AdamW peak learning rate")
     min_lr: float = 1e-5
     warmup_fraction: float = Field(default=0.1, description="share of steps warming up lr")
@@ -211,7 +213,7 @@ class PretrainConfig(_Section):
     momentum: float = Field(default=0.99, description="teacher EMA momentum at the start")
     student_temp: float = 0.1
     teacher_temp: tuple[float, float] = Field(
-        default=(0.04, 0.07), description="teacher temperature: start and after warm-up"
+        default=(0.04, 0.04), description="teacher temperature: start and after warm-up"
     )
     center_momentum: float = 0.9
     clip_grad: float = 3.0

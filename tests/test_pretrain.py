@@ -224,3 +224,49 @@ def test_bad_pretrain_input_is_one_line_with_exit_code_2(demo_scene, tmp_path, c
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1 and err.startswith("error: ")
     assert not (tmp_path / "o" / "backbone.json").exists()
+
+
+def test_a_pretraining_killed_with_sigkill_resumes_to_the_uninterrupted_backbone(
+        prefect_harness, demo_scene, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    args = [str(demo_scene[0]), "--steps", "8", *TINY_ARGS, *SMALL_RECIPE,
+            "--set", "pretrain.checkpoint_every=1", "-q"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["pretrain", *args, "--out", str(straight)]) == 0
+    # one torch thread, as in this process (float sums depend on the thread count)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "pretrain", *args, "--out",
+                             str(killed)], cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = killed / ".pretrain" / "checkpoint.json"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(state.read_text())["step"] >= 3:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "backbone.safetensors").exists()  # nothing half-written at the end
+    assert main(["pretrain", *args, "--out", str(killed)]) == 0
+    a = json.loads((straight / "backbone.json").read_text())
+    b = json.loads((killed / "backbone.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"] and b["steps"] == 8
+    assert (straight / "backbone.safetensors").read_bytes() == \
+        (killed / "backbone.safetensors").read_bytes()
