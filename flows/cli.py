@@ -214,13 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--weights", help="a DINO weights file or a backbone directory to use "
                       "instead of pretraining one on the scene")
     budget = demo.add_mutually_exclusive_group()
-    budget.add_argument("--pretrain-minutes", type=float, default=4.0,
-                        help="pretraining budget (default 4 minutes)")
+    budget.add_argument("--pretrain-minutes", type=float, default=3.0,
+                        help="pretraining budget (default 3 minutes)")
     budget.add_argument("--pretrain-steps", type=int, help="pretraining budget in steps")
     demo.add_argument("--method", default="auto", choices=["auto", *METHOD_CHOICES],
                       help="whose full outputs go to DIR/output (auto: the best measured)")
     demo.add_argument("--clusters", type=int, default=5)
-    demo.add_argument("--steps", type=int, default=1000, help="STEGO head training steps")
+    demo.add_argument("--steps", type=int, default=500, help="STEGO head training steps")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 

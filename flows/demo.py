@@ -29,9 +29,9 @@ class DemoOptions:
     size: int = 2560
     clusters: int = 5
     weights: str | None = None  # a DINO file or backbone directory; None: pretrain one
-    pretrain_minutes: float | None = 4.0
+    pretrain_minutes: float | None = 3.0
     pretrain_steps: int | None = None
-    stego_steps: int = 1000
+    stego_steps: int = 500
     method: str = "auto"  # which method's outputs go to OUT/output; auto: the best measured
     progress: str = "auto"
 

@@ -161,7 +161,7 @@ class StegoConfig(_Section):
                                 description="calibrated: share of same-crop pairs that attract")
     attract_knn: float = Field(default=0.4, gt=0, lt=1,
                                description="calibrated: share of kNN pairs that attract")
-    attract_rand: float = Field(default=0.15, gt=0, lt=1,
+    attract_rand: float = Field(default=0.3, gt=0, lt=1,
                                 description="calibrated: share of random pairs that attract")
     pointwise: bool = True
     zero_clamp: bool = True

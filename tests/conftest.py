@@ -24,6 +24,17 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small torch ops run fastest and most reproducibly on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Prefect flows run against a temporary SQLite database."""

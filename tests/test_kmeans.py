@@ -29,12 +29,8 @@ SIZES = [300, 50, 50, 50]  # one cluster six times the size of the others
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small torch ops run fastest on one thread (and the CPUs may be shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest)."""
 
 
 def blobs() -> tuple[np.ndarray, np.ndarray]:

@@ -25,11 +25,8 @@ SMALL_RECIPE = ["--set", "pretrain.batch_size=4", "--set", "pretrain.pool_crops=
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest)."""
 
 
 def textures(n: int = 16, size: int = 64) -> CropPool:

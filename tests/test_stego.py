@@ -18,12 +18,8 @@ from tests.conftest import TINY_VIT
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small torch ops run fastest and most reproducibly on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest)."""
 
 
 def hungarian_accuracy(pred: np.ndarray, truth: np.ndarray, k: int) -> float:

@@ -17,11 +17,8 @@ ATTRACT = {"self": 0.5, "knn": 0.4, "rand": 0.15}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest)."""
 
 
 def offset_features():
