@@ -1,0 +1,221 @@
+"""The `stego` command line's arguments: subcommands, flags, help texts and examples."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+EXAMPLES = {
+    "fit": """examples:
+  stego fit tiles/*.tif --weights dino_deitsmall8_300ep_pretrain.pth --clusters 5 --out models/s
+  stego fit top_potsdam_*.tif --config configs/potsdam.yaml --weights dino.pth --out models/p
+  stego fit scene.tif --labels scene_labels.tif --label-ignore 0 --out models/eval
+  stego fit scene.tif --method pixel-kmeans --clusters 5 --out models/px
+  stego fit a.tif b.tif --method feature-kmeans --weights dino_deitsmall8_pretrain.pth \\
+      --clusters 6 --out models/dino
+  stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r""",
+    "pretrain": """examples:
+  stego pretrain scene.tif --out backbones/scene            # 15 minutes (the default budget)
+  stego pretrain a.tif b.tif --minutes 60 --out backbones/site
+  stego pretrain naip.tif --bands 1,2,3 --steps 400 --seed 1 --out backbones/naip
+  stego fit scene.tif --weights backbones/scene --out models/scene   # then use it
+  (a killed run resumes from its last checkpoint when started again with the same recipe)""",
+    "segment": """examples:
+  stego segment scene.tif --model models/px --out out/scene
+  stego segment big.tif --model models/dino --out out/big --workers 2 --set tiling.batch_size=16
+  stego segment big.tif --model models/dino --out out/big --scheduler-address tcp://host:8786""",
+    "demo-scene": """examples:
+  stego demo-scene demo/scene.tif            # also writes demo/scene_labels.tif
+  stego demo-scene small.tif --size 512 --seed 3""",
+    "import-checkpoint": """examples:
+  stego import-checkpoint potsdam_test.ckpt --out models/potsdam --input-scale 0.5 --crf
+  (the file is read with a restricted unpickler: only tensors and plain containers)""",
+    "evaluate": """examples:
+  stego evaluate out/labels.tif potsdam_label.tif --mapping potsdam3 --ignore 0 --out eval/
+  stego evaluate a/labels.tif a_gt.tif b/labels.zarr b_gt.tif --out eval/   # one matrix
+  stego evaluate out/labels.tif buildings.gpkg --out eval/   # vector ground truth""",
+    "name-clusters": """examples:
+  stego name-clusters models/potsdam --from eval/metrics.json
+  stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}""",
+    "deploy": """examples:
+  prefect server start &   export PREFECT_API_URL=http://127.0.0.1:4200/api
+  stego deploy --name nightly --cron "0 2 * * *" --input-glob 'scenes/*.tif' \\
+      --model models/potsdam --out-root out/
+  (serves until stopped; scenes already done with the same model and config are skipped)""",
+    "run-deployment": """examples:
+  stego run-deployment nightly
+  stego run-deployment nightly --param input_glob='new/*.tif' --watch""",
+    "demo": """examples:
+  stego demo demo/                       # scene -> pretrain -> fit x3 -> segment -> evaluate
+  stego demo demo/ --pretrain-minutes 10 # a longer pretraining
+  stego demo demo/ --weights dino_deitsmall8_pretrain.pth   # a pretrained DINO file instead""",
+}
+
+
+METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with single-line `error: usage: ...` messages and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(self.prog, message)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        msg = f"expected comma-separated integers, got '{text}'"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
+    import yaml
+
+    k, v = text.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML run config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=V",
+                   help="override one config value, e.g. --set tiling.block_size=1024")
+    p.add_argument("--bands", type=_int_list, help="1-based bands to use, e.g. 1,2,3 or 1,1,1")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `stego` argument parser."""
+    parser = _Parser(prog="stego", description="Unsupervised semantic maps from large "
+                     "GeoTIFFs (STEGO); each command triggers a Prefect flow.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    fit = add("fit", "Fit an unsupervised segmentation model on one or more rasters.")
+    fit.add_argument("inputs", nargs="+", help="rasters GDAL can open")
+    fit.add_argument("--method", choices=["stego", "pixel-kmeans", "feature-kmeans"],
+                     help="stego (default), or a baseline: pixel-kmeans, feature-kmeans")
+    fit.add_argument("--clusters", type=int, help="number of classes (default 5)")
+    fit.add_argument("--weights", help="backbone weights: auto (default), hub, random or a "
+                     "local file (stego, feature-kmeans)")
+    fit.add_argument("--backbone", help="timm model name (default vit_small_patch8_224.dino)")
+    fit.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
+                     help="timm create_model override, e.g. depth=2 (tests, experiments)")
+    fit.add_argument("--embed-weights", action="store_true",
+                     help="store backbone weights inside the model directory")
+    fit.add_argument("--out", required=True, type=Path, help="model directory to write")
+    fit.add_argument("--labels", nargs="+", metavar="LABELS.tif",
+                     help="STEGO only, for evaluation: label rasters (one per input, class "
+                     "indices) to train a linear probe on the codes; the head never sees them")
+    fit.add_argument("--label-ignore", type=_int_list, default=[],
+                     help="label values to ignore, e.g. 0")
+    _add_config_args(fit)
+
+    pre = add("pretrain", "Self-supervised DINO pretraining of a ViT backbone on your rasters.")
+    pre.add_argument("inputs", nargs="+", help="rasters GDAL can open")
+    pre.add_argument("--out", required=True, type=Path, help="backbone directory to write")
+    budget = pre.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="wall-clock budget (default 15)")
+    budget.add_argument("--steps", type=int, help="step budget (exact, reproducible)")
+    pre.add_argument("--seed", type=int, help="random seed (default 0)")
+    pre.add_argument("--backbone", dest="pretrain_backbone",
+                     help="timm ViT to pretrain (default vit_small_patch8_224, 4 blocks, 192)")
+    pre.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
+                     help="timm create_model overrides replacing the default ones, e.g. depth=6")
+    pre.add_argument("--fresh", action="store_true", help="ignore an earlier run's checkpoint")
+    _add_config_args(pre)
+
+    seg = add("segment", "Segment a raster into labels.tif, labels.zarr and polygons.gpkg.")
+    seg.add_argument("input", help="raster GDAL can open (GeoTIFF, VRT, PNG, /vsi... path)")
+    seg.add_argument("--model", required=True, type=Path, help="model directory from `fit`")
+    seg.add_argument("--out", required=True, type=Path, help="output directory")
+    seg.add_argument("--workers", type=int, help="Dask LocalCluster workers")
+    seg.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
+    seg.add_argument("--fresh", action="store_true", help="ignore blocks done by an earlier run")
+    seg.add_argument("--progress", choices=["auto", "bar", "lines", "json", "off"],
+                     default="auto", help="progress on stderr (auto: a bar on a terminal)")
+    seg.add_argument("--json", action="store_true",
+                     help="print run.json's content on stdout (for scripts and cron)")
+    seg.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                     help="dense CRF post-processing (STEGO models; default: the model's)")
+    _add_config_args(seg)
+
+    scene = add("demo-scene", "Write a synthetic aerial GeoTIFF and its true labels.")
+    scene.add_argument("out", type=Path, help="image path; labels go to <stem>_labels.tif")
+    scene.add_argument("--size", type=int, default=2560, help="pixels per side (default 2560)")
+    scene.add_argument("--seed", type=int, default=0)
+
+    imp = add("import-checkpoint", "Convert an official STEGO checkpoint into a model directory.")
+    imp.add_argument("checkpoint", type=Path, help="STEGO Lightning .ckpt")
+    imp.add_argument("--out", required=True, type=Path, help="model directory to write")
+    imp.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
+                     help="timm create_model override for non-standard backbone sizes")
+    imp.add_argument("--input-scale", type=float, default=1.0,
+                     help="resample input before the backbone (0.5: 5 cm imagery at 10 cm)")
+    imp.add_argument("--crf", action="store_true", help="dense CRF on each tile at inference")
+    imp.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    ev = add("evaluate", "Hungarian-matched accuracy and mIoU against ground truth.")
+    ev.add_argument("pairs", nargs="+", metavar="PRED GT",
+                    help="labels.tif/labels.zarr and its ground truth (raster or vector), "
+                    "repeated for several pairs")
+    ev.add_argument("--mapping", help="potsdam3, potsdam6, or a CSV/YAML value -> class file")
+    ev.add_argument("--ignore", type=int, nargs="+", default=[], metavar="V",
+                    help="ground-truth values to leave out (e.g. 0)")
+    ev.add_argument("--class-field", help="vector ground truth: the class attribute")
+    ev.add_argument("--image", help="the input image, shown in preview.png")
+    ev.add_argument("--out", required=True, type=Path, help="report directory")
+    ev.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    nc = add("name-clusters", "Give a model's clusters class names (and colours).")
+    nc.add_argument("model", type=Path, help="model directory")
+    nc.add_argument("--from", dest="source", required=True, type=Path,
+                    help="metrics.json from `stego evaluate`, or a YAML/CSV cluster -> name file")
+    nc.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    dep = add("deploy", "Serve a scheduled deployment that segments every new scene in a folder.")
+    dep.add_argument("--name", required=True, help="deployment name")
+    dep.add_argument("--cron", help='schedule, e.g. "0 2 * * *" (needs a Prefect server)')
+    dep.add_argument("--timezone", help="for the cron schedule, e.g. Europe/Berlin")
+    dep.add_argument("--input-glob", required=True, help="scenes to process, e.g. 'in/*.tif'")
+    dep.add_argument("--model", required=True, type=Path, help="model directory")
+    dep.add_argument("--out-root", required=True, type=Path, help="OUT_ROOT/<scene stem>/")
+    dep.add_argument("--config", type=Path, help="YAML run config")
+    dep.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="SEC.KEY=V", help="override one config value")
+
+    rd = add("run-deployment", "Trigger a run of a served or deployed segment-folder flow.")
+    rd.add_argument("name", help="deployment name (or FLOW/DEPLOYMENT)")
+    rd.add_argument("--param", action="append", default=[], metavar="K=V",
+                    help="flow parameter override (YAML-typed)")
+    rd.add_argument("--watch", action="store_true", help="wait for the run to finish")
+    rd.add_argument("--timeout", type=float, help="seconds to wait with --watch")
+
+    demo = add("demo", "The whole mission offline: a demo scene, self-supervised pretraining "
+               "on it, pixel-kmeans / feature-kmeans / STEGO fitted, segmented and scored.")
+    demo.add_argument("out", type=Path, help="demo directory")
+    demo.add_argument("--size", type=int, default=2560, help="scene pixels per side")
+    demo.add_argument("--weights", help="a DINO weights file or a backbone directory to use "
+                      "instead of pretraining one on the scene")
+    budget = demo.add_mutually_exclusive_group()
+    budget.add_argument("--pretrain-minutes", type=float, default=3.0,
+                        help="pretraining budget (default 3 minutes)")
+    budget.add_argument("--pretrain-steps", type=int, help="pretraining budget in steps")
+    demo.add_argument("--method", default="auto", choices=["auto", *METHOD_CHOICES],
+                      help="whose full outputs go to DIR/output (auto: the best measured)")
+    demo.add_argument("--clusters", type=int, default=5)
+    demo.add_argument("--steps", type=int, default=500, help="STEGO head training steps")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
