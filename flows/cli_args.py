@@ -18,7 +18,7 @@ EXAMPLES = {
       --clusters 6 --out models/dino
   stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r""",
     "pretrain": """examples:
-  stego pretrain scene.tif --out backbones/scene            # 15 minutes (the default budget)
+  stego pretrain scene.tif --out backbones/scene            # 5 minutes (the default budget)
   stego pretrain a.tif b.tif --minutes 60 --out backbones/site
   stego pretrain naip.tif --bands 1,2,3 --steps 400 --seed 1 --out backbones/naip
   stego fit scene.tif --weights backbones/scene --out models/scene   # then use it
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("inputs", nargs="+", help="rasters GDAL can open")
     pre.add_argument("--out", required=True, type=Path, help="backbone directory to write")
     budget = pre.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="wall-clock budget (default 15)")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget (default 5)")
     budget.add_argument("--steps", type=int, help="step budget (exact, reproducible)")
     pre.add_argument("--seed", type=int, help="random seed (default 0)")
     pre.add_argument("--backbone", dest="pretrain_backbone",

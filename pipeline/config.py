@@ -191,7 +191,7 @@ class PretrainConfig(_Section):
         default={"depth": 4, "embed_dim": 192, "num_heads": 3},
         description="timm create_model overrides (a 4-block, width-192 ViT trains on CPUs)",
     )
-    minutes: float | None = Field(default=15.0, description="budget in wall-clock minutes")
+    minutes: float | None = Field(default=5.0, description="budget in wall-clock minutes")
     steps: int | None = Field(
         default=None, description="budget in steps (exact and reproducible; wins over minutes)"
     )
