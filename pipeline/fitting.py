@@ -260,12 +260,13 @@ def fit_stego(
                "rand": stego_cfg.attract_rand}
     paper = sh.Shifts(stego_cfg.self_shift, stego_cfg.knn_shift, stego_cfg.rand_shift, "paper")
     calibrated = sh.calibrate(corr, attract)
-    shifts = sh.choose_shifts(stego_cfg.shifts, paper, attract, corr,
+    shifts = sh.choose_shifts(stego_cfg.shifts, paper, calibrated,
                               sh.is_paper_backbone(backbone_name, provenance["source"]))
     stego_cfg = stego_cfg.model_copy(update={"self_shift": shifts.self_,
                                              "knn_shift": shifts.knn, "rand_shift": shifts.rand})
+    attracting = sh.attracting_share(corr, shifts)
     log(f"shifts ({shifts.source}): b_self {shifts.self_} b_knn {shifts.knn} b_rand "
-        f"{shifts.rand}; pairs attracting {sh.attracting_share(corr, shifts)}")
+        f"{shifts.rand}; pairs attracting {attracting}")
 
     def on_step(step: int, row: dict[str, float]) -> None:
         rate = step / max(row["seconds"], 1e-9)
@@ -300,7 +301,7 @@ def fit_stego(
         "steps": stego_cfg.steps, "steps_per_second": result.steps_per_second,
         "cluster_shares": result.cluster_shares, "code_coherence": result.code_coherence,
         "mean_feature_cosine": mean_cos, "precision": precision,
-        "shifts": shifts.to_dict(), "attracting_share": sh.attracting_share(corr, shifts),
+        "shifts": shifts.to_dict(), "attracting_share": attracting,
         "feature_correlation": sh.summary(corr),
         "n_init": fit_cfg.n_init, "kmeans_objective": result.kmeans_objective,
         "stage_seconds": times, "history": result.history,

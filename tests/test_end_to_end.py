@@ -264,7 +264,7 @@ def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path,
     assert rows[0] == "| method | accuracy % | mIoU % |"
     methods = [r.split("|")[1].strip() for r in rows[1:]]
     assert methods == ["pixel-kmeans", "feature-kmeans (self-pretrained)",
-                       "STEGO (self-pretrained)"]
+                       "STEGO + CRF (self-pretrained)"]
     assert all(0 <= float(r.split("|")[2]) <= 100 for r in rows[1:])
     assert "labels.tif" in captured.out
     d = tmp_path / "d"
@@ -275,6 +275,7 @@ def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path,
         assert (d / "compare" / method / "evaluation" / "metrics.json").exists()
     stego_model = json.loads((d / "models" / "stego" / "model.json").read_text())
     assert stego_model["backbone"]["weights"]["source"] == "directory"
+    assert stego_model["params"]["crf"] is True
     assert (d / "scene_labels.tif").exists()
 
 

@@ -74,7 +74,8 @@ def test_paper_shifts_collapse_on_high_correlations_and_calibrated_ones_recover_
 def test_auto_keeps_the_paper_shifts_only_for_dino_vit_s8(name, source, mode, expected):
     corr = {t: torch.linspace(0, 1, 101) for t in ("self", "knn", "rand")}
     paper = sh.Shifts(0.08, 0.02, 0.46, "paper")
-    chosen = sh.choose_shifts(mode, paper, ATTRACT, corr, sh.is_paper_backbone(name, source))
+    calibrated = sh.calibrate(corr, ATTRACT)
+    chosen = sh.choose_shifts(mode, paper, calibrated, sh.is_paper_backbone(name, source))
     assert chosen.source == expected
     if expected == "paper":
         assert chosen == paper

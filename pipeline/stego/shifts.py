@@ -108,13 +108,12 @@ def is_paper_backbone(name: str, weights_source: str) -> bool:
     return name.startswith("vit_small_patch8_224") and weights_source in ("hub", "file")
 
 
-def choose_shifts(mode: str, paper: Shifts, attract: dict[str, float],
-                  correlations: dict[str, torch.Tensor], paper_backbone: bool) -> Shifts:
-    """``paper`` keeps the configured shifts, ``calibrated`` computes them from the
-    correlations, ``auto`` is paper on DINO ViT-S/8 and calibrated on any other backbone."""
+def choose_shifts(mode: str, paper: Shifts, calibrated: Shifts, paper_backbone: bool) -> Shifts:
+    """``paper`` keeps the configured shifts, ``calibrated`` the ones from the backbone's
+    correlations (:func:`calibrate`), ``auto`` is paper on DINO ViT-S/8, else calibrated."""
     if mode == "paper" or (mode == "auto" and paper_backbone):
         return paper
-    return calibrate(correlations, attract)
+    return calibrated
 
 
 def collapse_advice(shifts: Shifts, calibrated: Shifts) -> str:
