@@ -112,8 +112,8 @@ def sweep_recipes(steps: int, work: Path) -> None:
                            backbone_description(nets, pool, cfg, progress, [], "cpu"))
         last = progress.history[-1]
         acc, miou = feature_kmeans_score(out)
-        rows.append([label, str(steps), f"{last['teacher_entropy']:.2f}", f"{acc:.1f}", f"{miou:.1f}",
-                     f"{progress.seconds:.0f}"])
+        rows.append([label, str(steps), f"{last['teacher_entropy']:.2f}", f"{acc:.1f}",
+                     f"{miou:.1f}", f"{progress.seconds:.0f}"])
         print(f"{label}: {acc:.1f} / {miou:.1f}", file=sys.stderr, flush=True)
     print_table(["recipe", "steps", "teacher entropy", "accuracy %", "mIoU %", "train s"], rows)
 
