@@ -78,3 +78,10 @@ def load_cache(g: zarr.Group, max_bytes: int = 4 << 30) -> dict[str, Any]:
         "features": torch.from_numpy(feats[:]) if nbytes <= max_bytes else feats,
         "pooled": torch.from_numpy(g["pooled"][:]),
     }
+
+
+def feature_rows(features: Any, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of cached features (an in-memory tensor or the Zarr array) as float32."""
+    if isinstance(features, torch.Tensor):
+        return features[idx].float()
+    return torch.from_numpy(features.get_orthogonal_selection((idx.tolist(),))).float()

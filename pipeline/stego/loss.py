@@ -18,6 +18,7 @@ __all__ = [
     "correlation_term",
     "correspondence_loss",
     "draw_coords",
+    "feature_correlation",
     "sample",
     "super_perm",
 ]
@@ -61,6 +62,19 @@ def sample(t: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+@torch.no_grad()
+def feature_correlation(f1: torch.Tensor, f2: torch.Tensor, *,
+                        pointwise: bool = True) -> torch.Tensor:
+    """F of the loss: correlations (N, h, w, i, j) of the L2-normalised sampled features; with
+    ``pointwise`` centred over the partner's locations, then the global mean restored."""
+    fd = _correlation(_normalize(f1.detach()), _normalize(f2.detach()))
+    if pointwise:
+        old_mean = fd.mean()
+        fd = fd - fd.mean(dim=(3, 4), keepdim=True)
+        fd = fd - fd.mean() + old_mean
+    return fd
+
+
 def correlation_term(
     f1: torch.Tensor,
     f2: torch.Tensor,
@@ -79,12 +93,7 @@ def correlation_term(
     that of the codes, clamped below at 0 (``zero_clamp``) or -9999, and above at 0.8
     (``stabilize``).
     """
-    with torch.no_grad():
-        fd = _correlation(_normalize(f1.detach()), _normalize(f2.detach()))
-        if pointwise:
-            old_mean = fd.mean()
-            fd = fd - fd.mean(dim=(3, 4), keepdim=True)
-            fd = fd - fd.mean() + old_mean
+    fd = feature_correlation(f1, f2, pointwise=pointwise)
     cd = _correlation(_normalize(c1), _normalize(c2))
     lo = 0.0 if zero_clamp else -9999.0
     cd = cd.clamp(lo, 0.8) if stabilize else cd.clamp(min=lo)

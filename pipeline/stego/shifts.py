@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from pipeline.stego.loss import draw_coords, sample, super_perm
-
-PAPER = {"self": 0.08, "knn": 0.02, "rand": 0.46}  # official Potsdam, DINO ViT-S/8
+from pipeline.stego.feature_cache import feature_rows
+from pipeline.stego.loss import draw_coords, feature_correlation, sample, super_perm
 
 
 @dataclass(frozen=True)
@@ -35,17 +34,6 @@ class Shifts:
         return {"self": self.self_, "knn": self.knn, "rand": self.rand, "source": self.source}
 
 
-def _pointwise(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-    """F as the loss sees it: cosine correlations, centred over the partner's points, the
-    global mean restored (:func:`pipeline.stego.loss.correlation_term`)."""
-    a = torch.nn.functional.normalize(f1, dim=1, eps=1e-10)
-    b = torch.nn.functional.normalize(f2, dim=1, eps=1e-10)
-    fd = torch.einsum("nchw,ncij->nhwij", a, b)
-    old = fd.mean()
-    fd = fd - fd.mean(dim=(3, 4), keepdim=True)
-    return (fd - fd.mean() + old).flatten()
-
-
 @torch.no_grad()
 def feature_correlations(features: Any, knn: torch.Tensor, samples: int = 11,
                          batches: int = 8, batch_size: int = 16,
@@ -57,21 +45,19 @@ def feature_correlations(features: Any, knn: torch.Tensor, samples: int = 11,
     for _ in range(batches):
         idx = torch.randint(n, (min(batch_size, n),), generator=gen)
         pos = knn[idx, torch.randint(knn.shape[1], (len(idx),), generator=gen)]
-        f = _rows(features, idx)
-        fp = _rows(features, pos)
+        f = feature_rows(features, idx)
+        fp = feature_rows(features, pos)
         c1 = sample(f, draw_coords(len(idx), samples, gen))
         c2 = draw_coords(len(idx), samples, gen)
-        out["self"].append(_pointwise(c1, c1))
-        out["knn"].append(_pointwise(c1, sample(fp, c2)))
+        out["self"].append(_flat(c1, c1))
+        out["knn"].append(_flat(c1, sample(fp, c2)))
         perm = super_perm(len(idx), gen)
-        out["rand"].append(_pointwise(c1, sample(f[perm], c2)))
+        out["rand"].append(_flat(c1, sample(f[perm], c2)))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _rows(features: Any, idx: torch.Tensor) -> torch.Tensor:
-    if isinstance(features, torch.Tensor):
-        return features[idx].float()
-    return torch.from_numpy(features.get_orthogonal_selection((idx.tolist(),))).float()
+def _flat(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    return feature_correlation(f1, f2, pointwise=True).flatten()
 
 
 def calibrate(correlations: dict[str, torch.Tensor],

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from pipeline.config import StegoConfig
 from pipeline.models.kmeans import spherical_kmeans, spherical_objective
+from pipeline.stego.feature_cache import feature_rows
 from pipeline.stego.head import ClusterProbe, SegmentationHead
 from pipeline.stego.loss import LossWeights, correspondence_loss
 
@@ -40,13 +41,6 @@ class TrainResult:
     cluster_shares: list[float] = field(default_factory=list)
     code_coherence: float = 0.0  # mean cosine of codes to their mean direction; ~1 = collapsed
     kmeans_objective: float = 0.0  # sum of the codes' best cosines to the cluster centroids
-
-
-def _batch(features: Any, idx: torch.Tensor) -> torch.Tensor:
-    if isinstance(features, torch.Tensor):
-        return features[idx].float()
-    order = idx.tolist()
-    return torch.from_numpy(features.get_orthogonal_selection((order,))).float()
 
 
 def train_stego(
@@ -88,7 +82,7 @@ def train_stego(
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(n, (cfg.batch_size,), generator=gen)
         pos = knn[idx, torch.randint(knn.shape[1], (cfg.batch_size,), generator=gen)]
-        f, fp = _batch(features, idx).to(device), _batch(features, pos).to(device)
+        f, fp = feature_rows(features, idx).to(device), feature_rows(features, pos).to(device)
         codes, codes_pos = head(f), head(fp)
         if cfg.feature_dropout:
             f, fp = F.dropout2d(f, 0.1), F.dropout2d(fp, 0.1)
@@ -138,7 +132,7 @@ def refine_probe(head: SegmentationHead, probe: ClusterProbe, features: Any, ite
     """
     n = features.shape[0]
     idx = torch.randperm(n, generator=gen)[: min(n, max_crops)].sort().values
-    codes = torch.cat([head(_batch(features, idx[i : i + 16]).to(device)).cpu()
+    codes = torch.cat([head(feature_rows(features, idx[i : i + 16]).to(device)).cpu()
                        for i in range(0, len(idx), 16)])
     x = codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
     if iterations > 0:
