@@ -60,8 +60,8 @@ def main() -> None:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.inference import autocast_dtype, precision_context, resolve_device
     from pipeline.models.backbone import build_backbone, compile_backbone, uses_fused_attention
+    from pipeline.models.device import autocast_dtype, precision_context, resolve_device
 
     device = resolve_device(args.device)
     amp = autocast_dtype("auto", device)

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=7)
     args = ap.parse_args()
 
-    from pipeline.stego.knn import knn_indices
+    from pipeline.fit.knn import knn_indices
 
     rows = []
     for n in args.crops:

@@ -34,7 +34,7 @@ def model_only_seconds(model_dir: Path, tiles: int, tile: int, batch: int, devic
     """Seconds of ``predict`` alone over ``tiles`` tiles (after one warm-up batch)."""
     import torch
 
-    from pipeline.inference import precision_context
+    from pipeline.models.device import precision_context
     from pipeline.models.store import load_model
 
     torch.set_num_threads(threads)
@@ -74,8 +74,8 @@ def main() -> None:
     from flows.segment_flow import segment
     from pipeline.config import RunConfig
     from pipeline.demo_scene import write_demo_scene
-    from pipeline.executor import torch_threads_per_worker
-    from pipeline.inference import resolve_device
+    from pipeline.models.device import resolve_device
+    from pipeline.segment.executor import torch_threads_per_worker
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-overhead-"))
     scene, _ = write_demo_scene(work / f"scene{args.size}.tif", size=args.size)

@@ -4,7 +4,7 @@
         [--batch 4] [--iters 2] [--isa native AVX512_CORE_BF16 AVX512_CORE AVX2]
 
 ``model.precision: auto`` runs the backbone under bf16 autocast on CPUs with native bf16
-(``pipeline.inference.cpu_has_native_bf16``: AVX512-BF16, which AMX CPUs also have) and in
+(``pipeline.models.device.cpu_has_native_bf16``: AVX512-BF16, which AMX CPUs also have) and in
 float32 elsewhere. This measures why: each row runs the backbone's ``forward_features`` (random
 weights; speed does not depend on them) in a fresh process with ``ONEDNN_MAX_CPU_ISA`` capping
 the instructions oneDNN may use, so one machine with AMX also shows what CPUs without AMX, or
@@ -33,8 +33,8 @@ def measure(backbone: str, tile: int, batch: int, iters: int) -> dict[str, float
     """Seconds per tile in float32 and in bf16 autocast, and the features' agreement."""
     import torch
 
-    from pipeline.inference import precision_context
     from pipeline.models.backbone import build_backbone
+    from pipeline.models.device import precision_context
 
     model, _ = build_backbone(backbone, "random", {})
     x = torch.rand(batch, 3, tile, tile, generator=torch.Generator().manual_seed(0))
@@ -70,7 +70,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.inference import cpu_has_native_bf16, resolved_precision
+    from pipeline.models.device import cpu_has_native_bf16, resolved_precision
 
     rows = []
     for backbone in args.backbones:

@@ -53,7 +53,7 @@ SHIFTS = {
 
 
 def rasters(paths: list[Path]) -> list:
-    from pipeline.raster_io import compute_scaling, open_raster_info
+    from pipeline.io.raster import compute_scaling, open_raster_info
 
     return [(info, compute_scaling(info)) for info in
             (open_raster_info(str(p), [1, 2, 3]) for p in paths)]
@@ -66,7 +66,7 @@ def potsdam3(model) -> tuple[float, float]:
     import torch
     from scipy.optimize import linear_sum_assignment
 
-    from pipeline.raster_io import read_window
+    from pipeline.io.raster import read_window
 
     info, scaling = rasters([POTSDAM[0]])[0]
     image, _ = read_window(info, scaling, 0, 0, info.height, info.width)
@@ -87,7 +87,8 @@ def potsdam3(model) -> tuple[float, float]:
 
 
 def feature_kmeans_score(backbone_dir: Path) -> tuple[float, float]:
-    from pipeline.fitting import fit_feature_kmeans, sample_crops
+    from pipeline.fit.methods import fit_feature_kmeans
+    from pipeline.io.crops import sample_crops
     from pipeline.models.backbone import resolve_backbone
 
     name, overrides = resolve_backbone("", str(backbone_dir), None)
@@ -120,7 +121,7 @@ def sweep_recipes(steps: int, work: Path) -> None:
 
 def sweep_shifts(weights: Path, steps: int, work: Path) -> None:
     from pipeline.config import RunConfig
-    from pipeline.fitting import fit_stego
+    from pipeline.fit.methods import fit_stego
     from pipeline.models.backbone import resolve_backbone
 
     name, overrides = resolve_backbone("", str(weights), None)

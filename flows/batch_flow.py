@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from flows.segment_flow import segment_flow
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
-from pipeline.segment import OUTPUT_NAMES, plan_segment
+from pipeline.segment.plan import OUTPUT_NAMES, plan_segment
 
 # config sections that change what a segment run writes (dask/fit/stego do not)
 OUTPUT_SECTIONS = ("input", "tiling", "vectorize", "output", "model")

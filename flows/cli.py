@@ -44,7 +44,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from flows.fit_flow import fit_flow
-    from pipeline.raster_io import compute_scaling, open_raster_info
+    from pipeline.io.raster import compute_scaling, open_raster_info
 
     cfg = _config(args)
     if not 2 <= cfg.fit.clusters <= 254:
@@ -67,8 +67,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from flows.pretrain_flow import pretrain_flow
-    from pipeline.raster_io import compute_scaling, open_raster_info
-    from pipeline.segment import ensure_output_dir
+    from pipeline.io.files import ensure_output_dir
+    from pipeline.io.raster import compute_scaling, open_raster_info
 
     cfg = _config(args)
     for path in args.inputs:  # fail fast, before any flow starts
@@ -82,7 +82,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from flows.segment_flow import segment
-    from pipeline.segment import check_segment_inputs
+    from pipeline.segment.plan import check_segment_inputs
 
     cfg = _config(args)
     info, _, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
@@ -145,8 +145,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from pipeline.models.stego import stego_model_from_import
+    from pipeline.models.stego_checkpoint import import_stego_checkpoint
     from pipeline.models.store import save_model
-    from pipeline.stego.checkpoint import import_stego_checkpoint
 
     imported = import_stego_checkpoint(args.checkpoint)
     model = stego_model_from_import(imported, str(args.checkpoint), dict(args.backbone_arg),

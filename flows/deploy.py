@@ -17,8 +17,8 @@ import yaml
 from flows.batch_flow import segment_folder
 from pipeline.config import build_config
 from pipeline.errors import InputError
+from pipeline.io.files import ensure_output_dir
 from pipeline.models.store import read_model_json
-from pipeline.segment import ensure_output_dir
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment

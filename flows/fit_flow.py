@@ -10,19 +10,15 @@ from prefect import flow, get_run_logger, task
 
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
-from pipeline.fitting import (
-    fit_feature_kmeans,
-    fit_pixel_kmeans,
-    fit_stego,
-    sample_crops,
-)
-from pipeline.inference import resolve_device, resolved_precision
-from pipeline.manifest import write_json_atomic
+from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego
+from pipeline.fit.stego_train import plot_losses
+from pipeline.io.crops import sample_crops
+from pipeline.io.files import write_json_atomic
+from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.models import METHODS
 from pipeline.models.backbone import DEFAULT_BACKBONE, resolve_backbone
+from pipeline.models.device import resolve_device, resolved_precision
 from pipeline.models.store import save_model
-from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
-from pipeline.stego.train import plot_losses
 
 
 @task(name="open-inputs")

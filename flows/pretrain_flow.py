@@ -9,11 +9,11 @@ from prefect import flow, get_run_logger, task
 
 from flows.fit_flow import open_inputs
 from pipeline.config import RunConfig, build_config
-from pipeline.inference import resolve_device
+from pipeline.io.files import ensure_output_dir, input_checksum
+from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone_dir import write_backbone_dir
+from pipeline.models.device import resolve_device
 from pipeline.pretrain.loop import CropPool, backbone_description, pretrain, read_pool, recipe_key
-from pipeline.raster_io import RasterInfo, Scaling
-from pipeline.segment import ensure_output_dir, input_checksum
 
 
 @task(name="read-crop-pool")

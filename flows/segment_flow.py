@@ -8,21 +8,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from pipeline.cog import write_cog
 from pipeline.config import RunConfig, build_config
-from pipeline.executor import (
+from pipeline.io.cog import write_cog
+from pipeline.io.files import write_json_atomic
+from pipeline.io.geoparquet import write_geoparquet
+from pipeline.io.lock import output_lock
+from pipeline.io.zarr_store import finalize_store, open_labels
+from pipeline.publish.gis_styles import write_styles
+from pipeline.publish.preview import class_histogram, write_preview
+from pipeline.publish.stac import build_stac_item, stac_item_id, write_stac_item
+from pipeline.segment.executor import (
     dask_client,
     map_unordered,
     task_resources,
     torch_threads_per_worker,
 )
-from pipeline.geoparquet import write_geoparquet
-from pipeline.gis_styles import write_styles
-from pipeline.lock import output_lock
-from pipeline.manifest import write_json_atomic
-from pipeline.preview import class_histogram, write_preview
-from pipeline.progress import Progress
-from pipeline.segment import (
+from pipeline.segment.plan import (
     OUTPUT_NAMES,
     SegmentPlan,
     block_job,
@@ -40,9 +41,8 @@ from pipeline.segment import (
     stage_cache_key,
     summarize_blocks,
 )
-from pipeline.stac import build_stac_item, stac_item_id, write_stac_item
+from pipeline.segment.progress import Progress
 from pipeline.vectorize import vectorize_labels
-from pipeline.zarr_store import finalize_store, open_labels
 
 
 @task(name="validate")

@@ -56,9 +56,10 @@ def demo_scene(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def pixel_model(tmp_path_factory, demo_scene) -> Path:
     """A pixel-kmeans model fitted on the demo scene (no Prefect)."""
-    from pipeline.fitting import fit_pixel_kmeans, sample_crops
+    from pipeline.fit.methods import fit_pixel_kmeans
+    from pipeline.io.crops import sample_crops
+    from pipeline.io.raster import compute_scaling, open_raster_info
     from pipeline.models.store import save_model
-    from pipeline.raster_io import compute_scaling, open_raster_info
 
     info = open_raster_info(demo_scene[0])
     crops = sample_crops([(info, compute_scaling(info))], 16, 64, seed=0)
@@ -69,9 +70,10 @@ def pixel_model(tmp_path_factory, demo_scene) -> Path:
 @pytest.fixture(scope="session")
 def feature_model(tmp_path_factory, demo_scene) -> Path:
     """A feature-kmeans model on a tiny random ViT-S/8-shaped backbone."""
-    from pipeline.fitting import fit_feature_kmeans, sample_crops
+    from pipeline.fit.methods import fit_feature_kmeans
+    from pipeline.io.crops import sample_crops
+    from pipeline.io.raster import compute_scaling, open_raster_info
     from pipeline.models.store import save_model
-    from pipeline.raster_io import compute_scaling, open_raster_info
 
     info = open_raster_info(demo_scene[0])
     crops = sample_crops([(info, compute_scaling(info))], 8, 64, seed=0)

@@ -1,4 +1,4 @@
-"""Dense CRF (pipeline.stego.crf): exact reference, fast version, behaviour."""
+"""Dense CRF (pipeline.models.crf): exact reference, fast version, behaviour."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.stego.crf as crf
-from pipeline.stego.crf import (
+import pipeline.models.crf as crf
+from pipeline.models.crf import (
     CRFParams,
     PermutohedralLattice,
     dense_crf,

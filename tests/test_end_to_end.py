@@ -15,7 +15,7 @@ import rasterio
 from rasterio.features import rasterize
 
 from flows.cli import main
-from pipeline.zarr_store import open_labels
+from pipeline.io.zarr_store import open_labels
 
 SMALL = """
 tiling: {tile_size: 64, overlap: 16, block_size: 96, chunk_size: 32, batch_size: 4}
@@ -184,7 +184,7 @@ def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_
 
     before = (segmented / "labels.tif").read_bytes()
     # pretend the run was killed after some blocks: an unfinished store is left behind
-    from pipeline.zarr_store import partial_path
+    from pipeline.io.zarr_store import partial_path
 
     partial = partial_path(segmented / "labels.zarr")
     shutil.copytree(segmented / "labels.zarr", partial)

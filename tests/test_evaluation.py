@@ -247,7 +247,7 @@ def test_a_png_gt_on_the_grid_of_a_georeferenced_pred_works(tmp_path):
 
 
 def _zarr_pred(path: Path, labels: np.ndarray, transform: Affine) -> str:
-    from pipeline.zarr_store import finalize_store, prepare_store
+    from pipeline.io.zarr_store import finalize_store, prepare_store
 
     tmp, _ = prepare_store(path, height=labels.shape[0], width=labels.shape[1], chunk=16,
                            block_size=32, transform=transform,

@@ -10,8 +10,8 @@ import rasterio
 from dask.distributed import LocalCluster
 
 from flows.segment_flow import segment
-from pipeline.executor import cached_model
 from pipeline.models.store import model_hash
+from pipeline.segment.executor import cached_model
 from tests.conftest import small_config
 
 
@@ -76,7 +76,7 @@ def test_models_are_loaded_once_per_worker(pixel_model):
 def test_blocks_read_pixels_from_the_file_not_from_the_scheduler(demo_scene, pixel_model):
     import pickle
 
-    from pipeline.segment import block_job, plan_segment
+    from pipeline.segment.plan import block_job, plan_segment
 
     plan = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", small_config())
     job = block_job(plan, "/tmp/store", 1)
@@ -88,7 +88,7 @@ def test_transient_io_errors_are_retried_with_backoff_but_bad_input_is_not(monke
     import time
 
     from pipeline.errors import InputError
-    from pipeline.segment import retry_transient
+    from pipeline.segment.plan import retry_transient
 
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
@@ -116,7 +116,7 @@ def test_transient_io_errors_are_retried_with_backoff_but_bad_input_is_not(monke
 
 
 def test_simplification_tolerance_is_given_in_metres(demo_scene, pixel_model):
-    from pipeline.segment import plan_segment, simplify_tolerance_crs
+    from pipeline.segment.plan import plan_segment, simplify_tolerance_crs
 
     cfg = small_config()
     cfg.vectorize.simplify_tolerance = 0.5
@@ -135,7 +135,7 @@ def test_a_full_disk_is_not_retried(monkeypatch):
     import errno
     import time
 
-    from pipeline.segment import retry_transient
+    from pipeline.segment.plan import retry_transient
 
     calls = {"n": 0}
     monkeypatch.setattr(time, "sleep", lambda s: None)
@@ -150,7 +150,7 @@ def test_a_full_disk_is_not_retried(monkeypatch):
 
 
 def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
-    from pipeline.segment import clean_stale_temporaries
+    from pipeline.segment.plan import clean_stale_temporaries
 
     for name in (".polygons.gpkg.tmp-123.gpkg", ".labels.tif.build.tif", ".run.json.tmp-9"):
         (tmp_path / name).write_text("x")
@@ -164,7 +164,7 @@ def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
 def test_one_worker_runs_in_process_and_several_in_their_own_processes():
     """One in-process worker saves process start, re-imports and shutdown on small runs."""
     from pipeline.config import DaskConfig
-    from pipeline.executor import dask_client
+    from pipeline.segment.executor import dask_client
 
     with dask_client(DaskConfig()) as client:
         assert set(client.run(os.getpid).values()) == {os.getpid()}

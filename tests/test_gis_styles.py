@@ -13,7 +13,7 @@ import pyogrio.raw
 import pytest
 import shapely
 
-from pipeline.gis_styles import add_gpkg_layer_style, polygon_qml, raster_qml, write_styles
+from pipeline.publish.gis_styles import add_gpkg_layer_style, polygon_qml, raster_qml, write_styles
 
 NAMES = ["water", "forest & park", "urban <dense>"]
 COLORS = [(0, 90, 200), (34, 139, 34), (200, 30, 10)]

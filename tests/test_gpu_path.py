@@ -8,25 +8,23 @@ import os
 import pytest
 import torch
 
-from pipeline.executor import cached_model, map_unordered, task_resources
-from pipeline.inference import (
-    auto_batch_size,
+from pipeline.io.raster import compute_scaling, open_raster_info
+from pipeline.models.backbone import patch_features
+from pipeline.models.device import (
     autocast_dtype,
-    choose_batch_size,
     cpu_has_native_bf16,
     precision_context,
     resolved_precision,
-    segment_block,
 )
-from pipeline.models.backbone import patch_features
 from pipeline.models.store import load_model, model_hash
-from pipeline.raster_io import compute_scaling, open_raster_info
+from pipeline.segment.executor import cached_model, map_unordered, task_resources
+from pipeline.segment.inference import auto_batch_size, choose_batch_size, segment_block
 from pipeline.tiling import Block, TileGrid
 from tests.conftest import TINY_VIT
 
 
 def test_bf16_autocast_is_the_default_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
-    import pipeline.inference as inference
+    import pipeline.segment.inference as inference
 
     assert autocast_dtype("auto", "cuda") is torch.bfloat16
     assert autocast_dtype("auto", "cuda:1") is torch.bfloat16
@@ -52,7 +50,7 @@ def test_the_cpu_bf16_probe_reads_the_cpu_flags():
 def _tiny_stego():
     from pipeline.models.backbone import build_backbone
     from pipeline.models.stego import StegoModel
-    from pipeline.stego.head import ClusterProbe, SegmentationHead
+    from pipeline.models.stego_head import ClusterProbe, SegmentationHead
 
     torch.manual_seed(0)
     backbone, weights = build_backbone("vit_small_patch8_224.dino", "random", TINY_VIT)
@@ -86,7 +84,7 @@ def test_only_the_backbone_runs_in_bf16_labels_are_decided_in_float32(feature_mo
 def test_the_precision_that_ran_is_in_the_fingerprint_and_run_json(demo_scene, feature_model,
                                                                     pixel_model, tmp_path):
     from pipeline.config import RunConfig
-    from pipeline.segment import manifest, plan_segment
+    from pipeline.segment.plan import manifest, plan_segment
 
     def plan(model, precision):
         cfg = RunConfig.model_validate({"model": {"precision": precision}})
@@ -174,7 +172,7 @@ def test_compile_of_a_model_without_a_backbone_is_a_clear_error(demo_scene, pixe
                                                                  tmp_path):
     from pipeline.config import RunConfig
     from pipeline.errors import InputError
-    from pipeline.segment import plan_segment
+    from pipeline.segment.plan import plan_segment
 
     cfg = RunConfig.model_validate({"model": {"compile": True}})
     with pytest.raises(InputError, match="no backbone to compile"):
@@ -184,8 +182,9 @@ def test_compile_of_a_model_without_a_backbone_is_a_clear_error(demo_scene, pixe
 
 def test_fit_extracts_features_in_the_run_precision_and_caches_them_apart(demo_scene,
                                                                          feature_model):
-    from pipeline.fitting import extract_features, sample_crops
-    from pipeline.stego.feature_cache import cache_key
+    from pipeline.fit.feature_cache import cache_key
+    from pipeline.fit.methods import extract_features
+    from pipeline.io.crops import sample_crops
 
     info = open_raster_info(demo_scene[0])
     crops = sample_crops([(info, compute_scaling(info))], 2, 64, seed=0)
@@ -204,7 +203,7 @@ def test_on_the_cpu_bands_are_read_in_the_calling_thread_not_ahead(demo_scene, p
     # torch already uses every core there; a read-ahead thread would only slow the model
     import threading
 
-    import pipeline.inference as inference
+    import pipeline.segment.inference as inference
 
     readers = []
     real = inference.read_window

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.inference import NODATA, segment_block
+from pipeline.io.raster import compute_scaling, open_raster_info
+from pipeline.labels import NODATA
 from pipeline.models.store import load_model
-from pipeline.raster_io import compute_scaling, open_raster_info
+from pipeline.segment.inference import segment_block
 from pipeline.tiling import Block, TileGrid, plan_blocks
 from tests.conftest import write_raster
 
@@ -93,7 +94,7 @@ def test_a_block_holds_one_band_of_tiles_in_memory_not_the_whole_block(tmp_path,
     block's height (or the raster's), only with its width."""
     import tracemalloc
 
-    from pipeline.inference import iter_block_slabs
+    from pipeline.segment.inference import iter_block_slabs
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 255, size=(3, 2048, 96), dtype=np.uint8)
@@ -116,7 +117,7 @@ def test_a_block_holds_one_band_of_tiles_in_memory_not_the_whole_block(tmp_path,
 
 
 def test_slabs_stream_out_in_order_and_cover_the_block(demo_scene, pixel_model):
-    from pipeline.inference import iter_block_slabs
+    from pipeline.segment.inference import iter_block_slabs
 
     info = open_raster_info(demo_scene[0])
     model = load_model(pixel_model)

@@ -14,15 +14,16 @@ from scipy.cluster.vq import kmeans2
 
 from pipeline.config import FitConfig, StegoConfig, build_config, load_config
 from pipeline.errors import InputError
-from pipeline.fitting import Crop, fit_pixel_kmeans
+from pipeline.fit.knn import knn_indices
+from pipeline.fit.methods import fit_pixel_kmeans
+from pipeline.fit.stego_train import train_stego
+from pipeline.io.crops import Crop
 from pipeline.models.kmeans import (
     euclidean_inertia,
     euclidean_kmeans,
     spherical_kmeans,
     spherical_objective,
 )
-from pipeline.stego.knn import knn_indices
-from pipeline.stego.train import train_stego
 
 SEEDS = range(50)  # scanned for a seed whose single initialisation fails
 SIZES = [300, 50, 50, 50]  # one cluster six times the size of the others

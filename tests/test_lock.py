@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.lock import LOCK_NAME, output_lock
+from pipeline.io.lock import LOCK_NAME, output_lock
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):

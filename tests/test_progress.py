@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from pipeline.progress import Progress
+from pipeline.segment.progress import Progress
 
 
 def test_json_lines_carry_done_total_rate_and_eta():

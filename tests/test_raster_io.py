@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.raster_io import compute_scaling, open_raster_info, read_window
+from pipeline.io.raster import compute_scaling, open_raster_info, read_window
 from tests.conftest import write_raster
 
 
@@ -171,7 +171,7 @@ def test_input_identity_is_the_content_not_the_name_size_or_mtime(tmp_path):
 
     import rasterio
 
-    from pipeline.segment import input_checksum
+    from pipeline.io.files import input_checksum
 
     data = np.random.default_rng(0).integers(0, 255, size=(3, 32, 32), dtype=np.uint8)
     path = write_raster(tmp_path / "a.tif", data)

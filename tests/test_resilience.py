@@ -27,8 +27,8 @@ import pytest
 import rasterio
 
 from flows.cli import main
-from pipeline.lock import LOCK_NAME
-from pipeline.zarr_store import open_labels, partial_path
+from pipeline.io.lock import LOCK_NAME
+from pipeline.io.zarr_store import open_labels, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """
@@ -229,9 +229,10 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_labels(
 
 
 def _fit_other_model(scene: Path, out: Path) -> Path:
-    from pipeline.fitting import fit_pixel_kmeans, sample_crops
+    from pipeline.fit.methods import fit_pixel_kmeans
+    from pipeline.io.crops import sample_crops
+    from pipeline.io.raster import compute_scaling, open_raster_info
     from pipeline.models.store import save_model
-    from pipeline.raster_io import compute_scaling, open_raster_info
 
     info = open_raster_info(scene)
     crops = sample_crops([(info, compute_scaling(info))], 16, 64, seed=3)
@@ -290,7 +291,7 @@ def test_a_result_lost_with_its_worker_before_it_was_collected_is_waited_for(clu
     gathered, also while the caller's own Client is the current one."""
     from dask.distributed import Client
 
-    from pipeline.executor import map_unordered
+    from pipeline.segment.executor import map_unordered
 
     with Client(cluster) as client:  # the caller's client is the current (default) one
         client.wait_for_workers(2, timeout=60)
@@ -478,7 +479,7 @@ def test_disk_full_while_writing_blocks_fails_cleanly_and_resumes(
 def test_an_output_directory_that_is_not_writable_is_a_clear_error(
         demo_scene, pixel_model, tmp_path, monkeypatch, capsys):
     from pipeline.errors import InputError
-    from pipeline.segment import _check_out_dir
+    from pipeline.segment.plan import _check_out_dir
 
     out = tmp_path / "ro"
     real_access = os.access
@@ -500,9 +501,9 @@ def test_an_output_directory_that_is_not_writable_is_a_clear_error(
 def test_a_block_interrupted_midway_resumes_from_its_first_unwritten_chunk_row(
         demo_scene, pixel_model, tmp_path, monkeypatch):
     """Big blocks write chunk rows as they finish, so a crash loses at most one band."""
-    import pipeline.segment as seg
+    import pipeline.segment.plan as seg
     from pipeline.config import RunConfig
-    from pipeline.zarr_store import block_rows_done
+    from pipeline.io.zarr_store import block_rows_done
 
     cfg = RunConfig.model_validate({"tiling": {"tile_size": 64, "overlap": 16,
                                                "block_size": 192, "chunk_size": 32}})
@@ -533,9 +534,9 @@ def test_a_block_interrupted_midway_resumes_from_its_first_unwritten_chunk_row(
 
 
 def _one_block_labels_cfg(scene: Path, model: Path, cfg) -> np.ndarray:
-    from pipeline.inference import segment_block
     from pipeline.models.store import load_model
-    from pipeline.segment import plan_segment
+    from pipeline.segment.inference import segment_block
+    from pipeline.segment.plan import plan_segment
     from pipeline.tiling import Block
 
     plan = plan_segment(str(scene), str(model), "/tmp/unused-out", cfg)

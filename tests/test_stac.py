@@ -12,7 +12,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import shape
 
-from pipeline.stac import (
+from pipeline.publish.stac import (
     CLASSIFICATION_EXT,
     COG_TYPE,
     PROJECTION_EXT,

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.config import FitConfig, StegoConfig
+from pipeline.fit.feature_cache import build_feature_cache, load_cache
+from pipeline.fit.knn import knn_indices
+from pipeline.fit.stego_train import train_stego
 from pipeline.models.kmeans import spherical_kmeans
 from pipeline.models.store import load_model, save_model
-from pipeline.stego.feature_cache import build_feature_cache, load_cache
-from pipeline.stego.knn import knn_indices
-from pipeline.stego.train import train_stego
 from tests.conftest import TINY_VIT
 
 
@@ -121,8 +121,8 @@ def test_the_feature_cache_runs_the_backbone_once_and_resumes(tmp_path):
 
 @pytest.fixture(scope="module")
 def stego_model(demo_scene, tmp_path_factory):
-    from pipeline.fitting import fit_stego
-    from pipeline.raster_io import compute_scaling, open_raster_info
+    from pipeline.fit.methods import fit_stego
+    from pipeline.io.raster import compute_scaling, open_raster_info
 
     info = open_raster_info(demo_scene[0])
     rasters = [(info, compute_scaling(info))]
@@ -147,7 +147,7 @@ def test_fit_save_load_gives_identical_scores(stego_model, tmp_path):
 
 
 def test_stego_blocks_are_seamless(stego_model, demo_scene):
-    from pipeline.raster_io import open_raster_info
+    from pipeline.io.raster import open_raster_info
     from pipeline.tiling import TileGrid
     from tests.test_inference import _segment
 
@@ -198,8 +198,8 @@ def test_a_malicious_checkpoint_is_refused_from_the_cli(tmp_path, capsys):
 
 
 def test_labels_train_a_linear_probe_for_evaluation_only(demo_scene, tmp_path):
-    from pipeline.fitting import fit_stego
-    from pipeline.raster_io import compute_scaling, open_raster_info
+    from pipeline.fit.methods import fit_stego
+    from pipeline.io.raster import compute_scaling, open_raster_info
 
     info = open_raster_info(demo_scene[0])
     rasters = [(info, compute_scaling(info))]
@@ -218,7 +218,7 @@ def test_labels_train_a_linear_probe_for_evaluation_only(demo_scene, tmp_path):
 
 
 def test_crf_on_each_tile_keeps_blocks_seamless_and_changes_labels(stego_model, demo_scene):
-    from pipeline.raster_io import open_raster_info
+    from pipeline.io.raster import open_raster_info
     from pipeline.tiling import TileGrid
     from tests.test_inference import _segment
 

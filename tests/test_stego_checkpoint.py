@@ -1,4 +1,4 @@
-"""Importing official STEGO Lightning checkpoints safely (pipeline.stego.checkpoint)."""
+"""Importing official STEGO Lightning checkpoints safely (pipeline.models.stego_checkpoint)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import timm
 import torch
 
 from pipeline.errors import InputError
-from pipeline.stego.checkpoint import (
+from pipeline.models.stego_checkpoint import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     convert_stego_checkpoint,
     import_stego_checkpoint,
     safe_load_checkpoint,
 )
-from pipeline.stego.head import SegmentationHead
+from pipeline.models.stego_head import SegmentationHead
 
 WIDTH, DIM, N_CLASSES, EXTRA = 64, 16, 3, 2
 

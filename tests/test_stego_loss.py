@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pipeline.stego.loss import (
+from pipeline.fit.stego_loss import (
     LossWeights,
     correlation_term,
     correspondence_loss,

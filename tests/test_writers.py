@@ -7,10 +7,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from pipeline.cog import write_cog
-from pipeline.inference import BlockOutput
-from pipeline.tiling import plan_blocks
-from pipeline.zarr_store import (
+from pipeline.io.cog import write_cog
+from pipeline.io.zarr_store import (
     done_blocks,
     finalize_store,
     open_labels,
@@ -18,6 +16,8 @@ from pipeline.zarr_store import (
     prepare_store,
     write_block,
 )
+from pipeline.labels import BlockOutput
+from pipeline.tiling import plan_blocks
 
 T = Affine(0.05, 0, 368000, 0, -0.05, 5808000)
 NAMES = ["road", "roof", "tree"]

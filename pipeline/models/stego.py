@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pipeline.errors import InputError
 from pipeline.models import backbone as bb
 from pipeline.models.base import SegmentationModel
-from pipeline.stego.head import ClusterProbe, SegmentationHead
+from pipeline.models.stego_head import ClusterProbe, SegmentationHead
 
 
 class StegoModel(SegmentationModel):
@@ -91,7 +91,7 @@ class StegoModel(SegmentationModel):
         if self.input_scale != 1.0:
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
         if self.crf:
-            from pipeline.stego.crf import dense_crf
+            from pipeline.models.crf import dense_crf
 
             rgb = (images.clamp(0, 1) * 255).round().to(torch.uint8)
             # the lattice Gaussian reproduces pydensecrf (and so STEGO) within 1e-4
@@ -145,7 +145,7 @@ def stego_model_from_import(
     input_scale: float = 1.0,
     crf: bool = False,
 ) -> StegoModel:
-    """Our StegoModel from an official checkpoint (``pipeline.stego.checkpoint.ImportedStego``).
+    """Our StegoModel from an official checkpoint (``stego_checkpoint.ImportedStego``).
 
     The backbone weights come from the checkpoint, so they are always embedded.
     """

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig
-from pipeline.fitting import read_crop, sample_crop_windows
+from pipeline.io.crops import read_crop, sample_crop_windows
+from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import create_vit, patch_size, tensor_hash
 from pipeline.pretrain import dino
 from pipeline.pretrain.augment import ViewSpec, make_views
 from pipeline.pretrain.checkpoint import load_state, save_state
-from pipeline.raster_io import RasterInfo, Scaling
 
 Log = Callable[[str], None]
 

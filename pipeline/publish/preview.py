@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 from PIL import Image, ImageDraw
 
-from pipeline.inference import NODATA
+from pipeline.labels import NODATA
 
 
 def class_histogram(labels, rows: int = 1024) -> np.ndarray:

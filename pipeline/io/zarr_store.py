@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from affine import Affine
 
-from pipeline.inference import NODATA, BlockOutput
+from pipeline.labels import NODATA, BlockOutput
 from pipeline.tiling import Block, block_grid_shape
 
 

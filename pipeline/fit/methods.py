@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,98 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import InputError
-from pipeline.inference import precision_context
+from pipeline.io.crops import Crop, CropWindow, read_crop, sample_crop_windows
+from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import build_backbone
 from pipeline.models.backbone import normalisation as normalisation_of
 from pipeline.models.backbone import patch_size as patch_size_of
 from pipeline.models.base import SegmentationModel, default_class_names, default_colors
+from pipeline.models.device import precision_context
 from pipeline.models.feature_kmeans import FeatureKMeans
 from pipeline.models.kmeans import euclidean_kmeans, spherical_kmeans, spherical_objective
 from pipeline.models.pixel_kmeans import PixelKMeans
-from pipeline.raster_io import RasterInfo, Scaling, read_window
 
 COLLAPSE_COHERENCE = 0.8  # codes this aligned (mean cosine to their mean) carry little meaning
-
-
-@dataclass
-class Crop:
-    """A training crop: image in [0, 1] and its validity mask."""
-
-    source: str
-    row_off: int
-    col_off: int
-    image: np.ndarray  # float32 (3, s, s)
-    valid: np.ndarray  # bool (s, s)
-
-
-@dataclass(frozen=True)
-class CropWindow:
-    """Where a training crop comes from (raster index and native-resolution window)."""
-
-    raster: int
-    row_off: int
-    col_off: int
-    size: int
-
-
-def sample_crop_windows(
-    rasters: list[tuple[RasterInfo, Scaling]],
-    n: int,
-    size: int,
-    seed: int,
-    max_nodata_fraction: float = 0.5,
-) -> list[CropWindow]:
-    """Draw ``n`` crop windows across all rasters (by area), skipping mostly-nodata ones.
-
-    Only masks are read here, so this stays cheap for many crops; seeded.
-    """
-    rng = np.random.default_rng(seed)
-    areas = np.array([info.width * info.height for info, _ in rasters], dtype=np.float64)
-    weights = areas / areas.sum()
-    out: list[CropWindow] = []
-    attempts = 0
-    while len(out) < n and attempts < 20 * n + 20:
-        attempts += 1
-        i = int(rng.choice(len(rasters), p=weights))
-        info, _ = rasters[i]
-        r = int(rng.integers(0, max(1, info.height - size + 1)))
-        c = int(rng.integers(0, max(1, info.width - size + 1)))
-        if 1.0 - _valid_fraction(info, r, c, size) > max_nodata_fraction:
-            continue
-        out.append(CropWindow(i, r, c, size))
-    if not out:
-        paths = ", ".join(info.path for info, _ in rasters)
-        raise InputError(paths, "no crop with enough valid pixels to fit on (all nodata?)")
-    return out
-
-
-def _valid_fraction(info: RasterInfo, r: int, c: int, size: int) -> float:
-    import rasterio
-    from rasterio.windows import Window
-
-    h, w = min(size, info.height - r), min(size, info.width - c)
-    with rasterio.open(info.path) as ds:
-        masks = ds.read_masks(list(info.bands), window=Window(c, r, w, h))
-    return float(np.all(masks > 0, axis=0).mean())
-
-
-def read_crop(rasters: list[tuple[RasterInfo, Scaling]], win: CropWindow) -> Crop:
-    """Read one crop window (reflect-padded where it passes the raster edge)."""
-    info, scaling = rasters[win.raster]
-    img, valid = read_window(info, scaling, win.row_off, win.col_off, win.size, win.size)
-    return Crop(info.path, win.row_off, win.col_off, img, valid)
-
-
-def sample_crops(
-    rasters: list[tuple[RasterInfo, Scaling]],
-    n: int,
-    size: int,
-    seed: int,
-    max_nodata_fraction: float = 0.5,
-) -> list[Crop]:
-    """Draw and read ``n`` crops across all rasters, skipping mostly-nodata ones; seeded."""
-    windows = sample_crop_windows(rasters, n, size, seed, max_nodata_fraction)
-    return [read_crop(rasters, w) for w in windows]
 
 
 def fit_pixel_kmeans(
@@ -204,13 +123,13 @@ def fit_stego(
     ``label_paths`` (one label raster per input, same grid) adds a linear probe trained on
     the codes for evaluation; the head and cluster probe never see labels.
     """
+    from pipeline.fit import shifts as sh
+    from pipeline.fit.feature_cache import build_feature_cache, cache_key, load_cache
+    from pipeline.fit.knn import knn_indices
+    from pipeline.fit.stego_train import train_stego
     from pipeline.models.backbone import patch_features, tensor_hash
     from pipeline.models.stego import StegoModel
-    from pipeline.stego import shifts as sh
-    from pipeline.stego.feature_cache import build_feature_cache, cache_key, load_cache
-    from pipeline.stego.head import ClusterProbe
-    from pipeline.stego.knn import knn_indices
-    from pipeline.stego.train import train_stego
+    from pipeline.models.stego_head import ClusterProbe
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import StegoConfig
+from pipeline.fit.feature_cache import feature_rows
+from pipeline.fit.stego_loss import LossWeights, correspondence_loss
 from pipeline.models.kmeans import spherical_kmeans, spherical_objective
-from pipeline.stego.feature_cache import feature_rows
-from pipeline.stego.head import ClusterProbe, SegmentationHead
-from pipeline.stego.loss import LossWeights, correspondence_loss
+from pipeline.models.stego_head import ClusterProbe, SegmentationHead
 
 
 def loss_weights(cfg: StegoConfig) -> LossWeights:

@@ -255,7 +255,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class _RestrictedPickleModule:
     """The ``pickle_module`` handed to ``torch.load``: only the loading half of ``pickle``."""
 
-    __name__ = "pipeline.stego.checkpoint._RestrictedPickleModule"
+    __name__ = "pipeline.models.stego_checkpoint._RestrictedPickleModule"
     Unpickler = _RestrictedUnpickler
     UnpicklingError = pickle.UnpicklingError
 

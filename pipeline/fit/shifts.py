@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from pipeline.stego.feature_cache import feature_rows
-from pipeline.stego.loss import draw_coords, feature_correlation, sample, super_perm
+from pipeline.fit.feature_cache import feature_rows
+from pipeline.fit.stego_loss import draw_coords, feature_correlation, sample, super_perm
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,13 @@ from affine import Affine
 from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
-from pipeline.inference import (
-    BlockStats,
-    auto_batch_size,
-    block_stats,
-    iter_block_slabs,
-    resolve_device,
-    resolved_precision,
-)
+from pipeline.io.files import ensure_output_dir, input_checksum
+from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
+from pipeline.io.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
+from pipeline.models.device import resolve_device, resolved_precision
 from pipeline.models.store import load_model, model_hash, read_model_json
-from pipeline.raster_io import RasterInfo, Scaling, compute_scaling, open_raster_info
+from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.tiling import Block, TileGrid, compute_amplification, grid_for_raster, plan_blocks
-from pipeline.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
                 "preview": "preview.png", "manifest": "run.json"}
@@ -96,66 +91,6 @@ class SegmentPlan:
     @property
     def colors(self) -> list[tuple[int, int, int]]:
         return [tuple(c) for c in self.model_meta["colors"]]
-
-
-_CHECKSUMS: dict[tuple[str, int, int, int, int], str] = {}
-
-
-def _file_sha256(path: str) -> str:
-    """SHA-256 of a file, memoised per process while its inode, size, mtime and ctime hold
-    (ctime cannot be set back, so a rewrite with a restored mtime is still noticed)."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _CHECKSUMS:
-        with open(path, "rb") as f:
-            _CHECKSUMS[key] = hashlib.file_digest(f, "sha256").hexdigest()
-    return _CHECKSUMS[key]
-
-
-def _local_file_of(name: str) -> str | None:
-    """The local file behind a GDAL name: itself, or the archive of a /vsizip/ path."""
-    if os.path.isfile(name):
-        return name
-    if name.startswith(("/vsizip/", "/vsitar/", "/vsigzip/")):
-        parts = name.split("/")
-        for i in range(3, len(parts) + 1):
-            candidate = "/".join(parts[2:i])
-            if candidate.strip("/") and os.path.isfile(candidate):
-                return candidate
-    return None
-
-
-def input_checksum(path: str) -> dict[str, Any]:
-    """Content identity of a raster: SHA-256 of every file GDAL opens for it (sidecars, the
-    sources of a VRT, the archive of a /vsizip/ path). Moving or touching the file keeps it;
-    changing a pixel changes it. Network sources (/vsicurl/ ...) cannot be hashed here: their
-    identity is the path and GDAL's reported size, and ``kind`` says so."""
-    import rasterio
-
-    with rasterio.open(path) as ds:
-        names = list(ds.files) or [path]  # a VRT lists its sources too
-    digests = []
-    for name in dict.fromkeys(names):
-        local = _local_file_of(name)
-        if local is None:
-            return {"kind": "path", "path": path, "files": names}
-        digests.append(_file_sha256(local))
-    combined = hashlib.sha256(json.dumps(sorted(digests)).encode()).hexdigest()
-    return {"kind": "sha256", "sha256": combined}
-
-
-def ensure_output_dir(out_dir: Path | str) -> Path:
-    """Create ``out_dir`` if needed and check it is a writable directory (one-line errors)."""
-    out = Path(out_dir).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(out_dir, "output path exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(out_dir, f"cannot create output directory ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise InputError(out_dir, "output directory is not writable")
-    return out
 
 
 def _check_out_dir(out_dir: Path, input_path: str) -> None:
@@ -242,7 +177,7 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
     """
     import torch
 
-    from pipeline.executor import cached_model
+    from pipeline.segment.executor import cached_model
 
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)

@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from pipeline.inference import NODATA
+from pipeline.labels import NODATA
 
 
 def overview_factors(height: int, width: int, tile: int) -> list[int]:

@@ -1,1 +1,0 @@
-"""STEGO (Hamilton et al., ICLR 2022): head, correspondence loss, kNN pairs, training, CRF."""
