@@ -17,6 +17,7 @@ from pipeline.io.zarr_store import finalize_store, open_labels
 from pipeline.publish.gis_styles import write_styles
 from pipeline.publish.preview import class_histogram, write_preview
 from pipeline.publish.stac import build_stac_item, stac_item_id, write_stac_item
+from pipeline.segment.blocks import block_job, infer_and_write_block, prepare_labels_store
 from pipeline.segment.executor import (
     dask_client,
     map_unordered,
@@ -26,22 +27,19 @@ from pipeline.segment.executor import (
 from pipeline.segment.plan import (
     OUTPUT_NAMES,
     SegmentPlan,
-    block_job,
-    class_summary,
-    clean_stale_temporaries,
-    complete_store_matches,
-    infer_and_write_block,
-    manifest,
     min_region_pixels,
-    output_receipt,
     plan_segment,
-    prepare_labels_store,
-    receipt_holds,
     simplify_tolerance_crs,
-    stage_cache_key,
-    summarize_blocks,
 )
 from pipeline.segment.progress import Progress
+from pipeline.segment.resume import (
+    clean_stale_temporaries,
+    complete_store_matches,
+    output_receipt,
+    receipt_holds,
+    stage_cache_key,
+)
+from pipeline.segment.summary import class_summary, manifest, summarize_blocks
 from pipeline.vectorize import vectorize_labels
 
 

@@ -9,13 +9,8 @@ import pytest
 import torch
 
 import pipeline.models.crf as crf
-from pipeline.models.crf import (
-    CRFParams,
-    PermutohedralLattice,
-    dense_crf,
-    dense_crf_batch,
-    dense_crf_naive,
-)
+from pipeline.models.crf import CRFParams, dense_crf, dense_crf_batch, dense_crf_naive
+from pipeline.models.permutohedral import PermutohedralLattice
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -76,7 +76,8 @@ def test_models_are_loaded_once_per_worker(pixel_model):
 def test_blocks_read_pixels_from_the_file_not_from_the_scheduler(demo_scene, pixel_model):
     import pickle
 
-    from pipeline.segment.plan import block_job, plan_segment
+    from pipeline.segment.blocks import block_job
+    from pipeline.segment.plan import plan_segment
 
     plan = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", small_config())
     job = block_job(plan, "/tmp/store", 1)
@@ -88,7 +89,7 @@ def test_transient_io_errors_are_retried_with_backoff_but_bad_input_is_not(monke
     import time
 
     from pipeline.errors import InputError
-    from pipeline.segment.plan import retry_transient
+    from pipeline.segment.blocks import retry_transient
 
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
@@ -135,7 +136,7 @@ def test_a_full_disk_is_not_retried(monkeypatch):
     import errno
     import time
 
-    from pipeline.segment.plan import retry_transient
+    from pipeline.segment.blocks import retry_transient
 
     calls = {"n": 0}
     monkeypatch.setattr(time, "sleep", lambda s: None)
@@ -150,7 +151,7 @@ def test_a_full_disk_is_not_retried(monkeypatch):
 
 
 def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
-    from pipeline.segment.plan import clean_stale_temporaries
+    from pipeline.segment.resume import clean_stale_temporaries
 
     for name in (".polygons.gpkg.tmp-123.gpkg", ".labels.tif.build.tif", ".run.json.tmp-9"):
         (tmp_path / name).write_text("x")

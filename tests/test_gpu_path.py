@@ -84,7 +84,8 @@ def test_only_the_backbone_runs_in_bf16_labels_are_decided_in_float32(feature_mo
 def test_the_precision_that_ran_is_in_the_fingerprint_and_run_json(demo_scene, feature_model,
                                                                     pixel_model, tmp_path):
     from pipeline.config import RunConfig
-    from pipeline.segment.plan import manifest, plan_segment
+    from pipeline.segment.plan import plan_segment
+    from pipeline.segment.summary import manifest
 
     def plan(model, precision):
         cfg = RunConfig.model_validate({"model": {"precision": precision}})

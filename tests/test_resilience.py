@@ -223,7 +223,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_labels(
     assert not partial_path(k.out / "labels.zarr").exists()
     # Work files of the killed run: the COG's temporary name has no pid, so the re-run reuses
     # and removes it. Known gap: temporary files named after the dead pid stay, e.g.
-    # pipeline/vectorize.py's .polygons.gpkg.tmp-<pid>.gpkg after a kill while polygonizing.
+    # pipeline/vectorize/writer.py's .polygons.gpkg.tmp-<pid>.gpkg after a kill while polygonizing.
     leftovers = [p.name for p in k.out.iterdir() if p.name.startswith(".")]
     assert all(f"-{k.pid}" in name for name in leftovers), leftovers
 
@@ -501,17 +501,18 @@ def test_an_output_directory_that_is_not_writable_is_a_clear_error(
 def test_a_block_interrupted_midway_resumes_from_its_first_unwritten_chunk_row(
         demo_scene, pixel_model, tmp_path, monkeypatch):
     """Big blocks write chunk rows as they finish, so a crash loses at most one band."""
-    import pipeline.segment.plan as seg
+    import pipeline.segment.blocks as blocks
     from pipeline.config import RunConfig
     from pipeline.io.zarr_store import block_rows_done
+    from pipeline.segment.plan import plan_segment
 
     cfg = RunConfig.model_validate({"tiling": {"tile_size": 64, "overlap": 16,
                                                "block_size": 192, "chunk_size": 32}})
-    plan = seg.plan_segment(str(demo_scene[0]), str(pixel_model), str(tmp_path / "o"), cfg)
-    store, todo = seg.prepare_labels_store(plan)
-    job = seg.block_job(plan, store, 1)
+    plan = plan_segment(str(demo_scene[0]), str(pixel_model), str(tmp_path / "o"), cfg)
+    store, todo = blocks.prepare_labels_store(plan)
+    job = blocks.block_job(plan, store, 1)
     block = todo[0]
-    real = seg.iter_block_slabs
+    real = blocks.iter_block_slabs
 
     def crash_after_three_bands(*args, **kwargs):
         for n, slab in enumerate(real(*args, **kwargs)):
@@ -519,13 +520,13 @@ def test_a_block_interrupted_midway_resumes_from_its_first_unwritten_chunk_row(
                 raise RuntimeError("killed")
             yield slab
 
-    monkeypatch.setattr(seg, "iter_block_slabs", crash_after_three_bands)
+    monkeypatch.setattr(blocks, "iter_block_slabs", crash_after_three_bands)
     with pytest.raises(RuntimeError, match="killed"):
-        seg.infer_and_write_block(block, job)
+        blocks.infer_and_write_block(block, job)
     resume_at = block_rows_done(store, block)
     assert 0 < resume_at < block.height and resume_at % 32 == 0
-    monkeypatch.setattr(seg, "iter_block_slabs", real)
-    stats = seg.infer_and_write_block(block, job)
+    monkeypatch.setattr(blocks, "iter_block_slabs", real)
+    stats = blocks.infer_and_write_block(block, job)
     assert stats["resumed_rows"] == resume_at
     clean_tiles = len(range(*plan.grid.span(0, 192))) ** 2
     assert stats["tiles"] < clean_tiles

@@ -17,12 +17,11 @@ import timm
 import torch
 
 from pipeline.errors import InputError
+from pipeline.io.safe_checkpoint import UnsafeCheckpointError, safe_load_checkpoint
 from pipeline.models.stego_checkpoint import (
     CheckpointFormatError,
-    UnsafeCheckpointError,
     convert_stego_checkpoint,
     import_stego_checkpoint,
-    safe_load_checkpoint,
 )
 from pipeline.models.stego_head import SegmentationHead
 

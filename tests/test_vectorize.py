@@ -18,8 +18,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from pipeline import vectorize
 from pipeline.vectorize import VectorizeStats, sieve, vectorize_labels
+from pipeline.vectorize import writer as vectorize_writer
 
 NODATA = 255
 FOUR = ndimage.generate_binary_structure(2, 1)
@@ -486,7 +486,7 @@ def test_all_nodata_gives_a_valid_empty_layer(tmp_path):
     ],
 )
 def test_other_drivers_appending_chunk_by_chunk(raster, tmp_path, monkeypatch, name, driver, files):
-    monkeypatch.setattr(vectorize, "FLUSH_FEATURES", 1)  # one append per block
+    monkeypatch.setattr(vectorize_writer, "FLUSH_FEATURES", 1)  # one append per block
     labels = raster[:200, :200]
     out, stats = run(labels, tmp_path, name, driver=driver, layer="classes", block_size=64)
 
@@ -504,7 +504,7 @@ def _failing_map(fn, blocks):
 
 
 def test_a_failure_leaves_no_output_and_no_temporary_file(raster, tmp_path, monkeypatch):
-    monkeypatch.setattr(vectorize, "FLUSH_FEATURES", 1)  # the temporary file exists early
+    monkeypatch.setattr(vectorize_writer, "FLUSH_FEATURES", 1)  # the temporary file exists early
     seen: list[list[str]] = []
 
     def spying_map(fn, blocks):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -25,7 +26,7 @@ def overview_factors(height: int, width: int, tile: int) -> list[int]:
 
 
 def write_cog(
-    labels,
+    labels: Any,
     out_path: Path,
     *,
     transform: Affine,

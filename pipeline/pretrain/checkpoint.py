@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:
-    from pipeline.pretrain.loop import Nets, Progress
+from pipeline.pretrain.nets import Nets, Progress
 
 TENSORS = "checkpoint.safetensors"
 STATE = "checkpoint.json"
@@ -56,8 +54,6 @@ def save_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator,
 def load_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator) -> Progress | None:
     """Restore a checkpoint with the same ``key`` into ``nets`` and ``gen``; None when there is
     none, it is unreadable or it belongs to another recipe or inputs."""
-    from pipeline.pretrain.loop import Progress
-
     try:
         doc = json.loads((work_dir / STATE).read_text())
         tensors = load_file(str(work_dir / TENSORS))

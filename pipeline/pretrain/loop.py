@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ import torch
 from pipeline.config import PretrainConfig
 from pipeline.io.crops import read_crop, sample_crop_windows
 from pipeline.io.raster import RasterInfo, Scaling
-from pipeline.models.backbone import create_vit, patch_size, tensor_hash
+from pipeline.models.backbone import patch_size, tensor_hash
 from pipeline.pretrain import dino
 from pipeline.pretrain.augment import ViewSpec, make_views
 from pipeline.pretrain.checkpoint import load_state, save_state
+from pipeline.pretrain.nets import Nets, Progress, build_nets
 
 Log = Callable[[str], None]
 
@@ -49,51 +49,6 @@ def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) ->
     images = np.where(valid[:, None], images, mean[None, :, None, None]).astype(np.float32)
     return CropPool(torch.from_numpy(images), tuple(round(float(v), 4) for v in mean),
                     tuple(round(float(v), 4) for v in std))
-
-
-@dataclass
-class Nets:
-    """Student and EMA teacher (backbone + DINO head each), optimizer and centre."""
-
-    student: torch.nn.Module
-    student_head: torch.nn.Module
-    teacher: torch.nn.Module
-    teacher_head: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    center: torch.Tensor
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        """The four trained modules by checkpoint prefix."""
-        return {"student": self.student, "student_head": self.student_head,
-                "teacher": self.teacher, "teacher_head": self.teacher_head}
-
-
-def build_nets(cfg: PretrainConfig, seed: int, device: str) -> Nets:
-    """Fresh student (seeded), teacher = copy of the student, AdamW with no decay on biases
-    and norms (as DINO)."""
-    torch.manual_seed(seed)
-    student = create_vit(cfg.backbone, dict(cfg.overrides)).train().requires_grad_(True)
-    head = dino.DinoHead(student.num_features, cfg.out_dim)
-    teacher = copy.deepcopy(student).eval().requires_grad_(False)
-    teacher_head = copy.deepcopy(head).requires_grad_(False)
-    params = [p for m in (student, head) for p in m.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr)
-    nets = Nets(student.to(device), head.to(device), teacher.to(device),
-                teacher_head.to(device), opt, torch.zeros(1, cfg.out_dim, device=device))
-    return nets
-
-
-@dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint."""
-
-    step: int = 0
-    total: int | None = None
-    seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def recipe_key(cfg: PretrainConfig, inputs: list[dict[str, Any]], device: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -13,7 +14,7 @@ from PIL import Image, ImageDraw
 from pipeline.labels import NODATA
 
 
-def class_histogram(labels, rows: int = 1024) -> np.ndarray:
+def class_histogram(labels: Any, rows: int = 1024) -> np.ndarray:
     """Pixels per label value (256 bins, 255 = nodata), read ``rows`` rows at a time."""
     hist = np.zeros(256, dtype=np.int64)
     for r0 in range(0, labels.shape[0], rows):

@@ -5,18 +5,16 @@ validate/plan -> infer blocks (Dask) -> finalize Zarr -> COG -> polygons -> run.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from affine import Affine
 
 from pipeline import __version__
@@ -24,37 +22,12 @@ from pipeline.config import RunConfig
 from pipeline.errors import InputError
 from pipeline.io.files import ensure_output_dir, input_checksum
 from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
-from pipeline.io.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
 from pipeline.models.device import resolve_device, resolved_precision
 from pipeline.models.store import load_model, model_hash, read_model_json
-from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
-from pipeline.tiling import Block, TileGrid, compute_amplification, grid_for_raster, plan_blocks
+from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
                 "preview": "preview.png", "manifest": "run.json"}
-
-
-@dataclass(frozen=True)
-class BlockJob:
-    """Everything a worker needs to segment and write one block (small, picklable)."""
-
-    info: RasterInfo
-    scaling: Scaling
-    grid: TileGrid
-    model_dir: str
-    model_hash: str
-    device: str
-    batch_size: int
-    store: str
-    confidence: bool
-    torch_threads: int
-    crf: bool | None = None
-    linear_probe: bool = False
-    io_retries: int = 3
-    retry_delay: float = 1.0
-    precision: str = "fp32"
-    compile: bool = False
-    chunk: int = 512
 
 
 @dataclass
@@ -86,10 +59,12 @@ class SegmentPlan:
 
     @property
     def class_names(self) -> list[str]:
+        """The model's class names, one per label value."""
         return list(self.model_meta["class_names"])
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
+        """The model's class colours (RGB), one per label value."""
         return [tuple(c) for c in self.model_meta["colors"]]
 
 
@@ -168,174 +143,6 @@ def plan_segment(
     return plan
 
 
-def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
-    """Worker task: segment one block from the file itself and write it to the store.
-
-    Rows are written in whole chunk rows as they finish; an interrupted block (killed worker,
-    retried I/O error) restarts from its first unwritten chunk row. Because the tile grid is
-    global, the rest of a block segments exactly as the whole block would.
-    """
-    import torch
-
-    from pipeline.segment.executor import cached_model
-
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
-    model = cached_model(job.model_dir, job.model_hash, job.device, compile=job.compile)
-    if job.crf is not None and hasattr(model, "crf"):
-        model.crf = job.crf
-    if hasattr(model, "use_linear_probe"):
-        model.use_linear_probe = job.linear_probe
-    batch = job.batch_size or auto_batch_size(model, job.grid.tile, job.device, job.precision)
-
-    def attempt() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        start = block_rows_done(Path(job.store), block)
-        rest = replace(block, row_off=block.row_off + start, height=block.height - start)
-        writer = BlockWriter(Path(job.store), block, start, job.chunk, job.confidence)
-        stats = BlockStats(class_counts=np.zeros(model.n_classes, dtype=np.int64))
-        if rest.height > 0:
-            for slab in iter_block_slabs(model, job.info, job.scaling, job.grid, rest, batch,
-                                         job.device, job.precision, stats):
-                writer.add(slab.labels, slab.confidence)
-        writer.finish()
-        out = block_stats(rest, job.grid, stats, time.perf_counter() - t0)
-        return {**out, "key": block.key, "resumed_rows": start}
-
-    return retry_transient(attempt, job.io_retries, job.retry_delay)
-
-
-_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
-def retry_transient(fn: Any, retries: int, delay: float) -> Any:
-    """Call ``fn``; retry I/O errors (OSError) with exponential backoff.
-
-    Bad input and a full disk (ENOSPC, EDQUOT) are not transient: they are raised at once.
-    """
-    for n in range(retries + 1):
-        try:
-            result = fn()
-            if n:
-                result = {**result, "io_retries": n}
-            return result
-        except InputError:
-            raise
-        except OSError as exc:
-            if n == retries or exc.errno in _PERMANENT_ERRNOS:
-                raise
-            time.sleep(delay * 2**n)
-    raise AssertionError("unreachable")
-
-
-def complete_store_matches(plan: SegmentPlan) -> bool:
-    """Whether labels.zarr is already complete for exactly this run (killed after it)."""
-    return receipt_holds({"stores": {str(plan.output("zarr")): plan.fingerprint}})
-
-
-_STAGE_SECTIONS = {"write-cog": ("output",), "vectorize": ("vectorize",)}
-
-
-def stage_cache_key(stage: str, plan: SegmentPlan) -> str:
-    """Cache key of a stage: what its output depends on, never the run id.
-
-    Input content (checksum), model hash and the output-relevant config (the run fingerprint),
-    the block windows, the output directory and the stage's own settings.
-    """
-    cfg = plan.config.model_dump(mode="json")
-    ident = {
-        "stage": stage,
-        "fingerprint": plan.fingerprint,
-        "out_dir": str(Path(plan.out_dir).resolve()),
-        "blocks": [(b.row_off, b.col_off, b.height, b.width) for b in plan.blocks],
-        **{k: cfg[k] for k in _STAGE_SECTIONS.get(stage, ())},
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-
-
-def output_receipt(plan: SegmentPlan, *kinds: str) -> dict[str, Any]:
-    """What a stage left on disk: size and mtime of its files, the fingerprint of the store.
-
-    A cached stage result is trusted only while its receipt still holds (the files were not
-    deleted or replaced by another run since).
-    """
-    files: dict[str, list[int]] = {}
-    stores: dict[str, str] = {}
-    for kind in kinds:
-        path = plan.output(kind)
-        if kind == "zarr":
-            stores[str(path)] = plan.fingerprint
-        else:
-            st = path.stat()
-            files[str(path)] = [st.st_size, st.st_mtime_ns]
-    return {"files": files, "stores": stores}
-
-
-def receipt_holds(receipt: dict[str, Any] | None) -> bool:
-    """Whether every file and store named in a receipt is still exactly as recorded."""
-    import zarr
-
-    if not receipt:
-        return False
-    for path, (size, mtime) in receipt.get("files", {}).items():
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        if (st.st_size, st.st_mtime_ns) != (size, mtime):
-            return False
-    for path, fingerprint in receipt.get("stores", {}).items():
-        try:
-            attrs = zarr.open_group(path, mode="r").attrs
-        except Exception:  # noqa: BLE001 - missing or unreadable: the receipt fails
-            return False
-        if attrs.get("status") != "complete" or attrs.get("fingerprint") != fingerprint:
-            return False
-    return True
-
-
-def clean_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Remove temporary files left by a killed run (call while holding the output lock).
-
-    The partial Zarr store is kept: it is what a resumed run continues from.
-    """
-    removed = []
-    for p in Path(out_dir).glob(".*"):
-        name = p.name
-        if p.is_file() and (".tmp-" in name or name.endswith((".build.tif", ".cog.tif"))):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
-def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, list[Block]]:
-    """Create or reopen the partial store; return it and the blocks still to do."""
-    store, resumed = prepare_store(
-        plan.output("zarr"), height=plan.info.height, width=plan.info.width,
-        chunk=plan.config.tiling.chunk_size, block_size=plan.config.tiling.block_size,
-        transform=plan.info.affine, crs_wkt=plan.info.crs_wkt, class_names=plan.class_names,
-        colors=plan.colors, fingerprint=plan.fingerprint, fresh=fresh,
-    )
-    done = done_blocks(store) if resumed else set()
-    todo = [b for b in plan.blocks if (b.row, b.col) not in done]
-    return store, todo
-
-
-def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
-    """The per-block job description shipped to workers (no pixels, no model)."""
-    return BlockJob(
-        info=plan.info, scaling=plan.scaling, grid=plan.grid,
-        model_dir=str(Path(plan.model_dir).resolve()), model_hash=plan.model_hash,
-        device=plan.device, store=str(store),
-        batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
-        confidence=plan.config.output.confidence, torch_threads=torch_threads,
-        crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
-        io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
-        precision=plan.precision, compile=plan.config.model.compile,
-        chunk=plan.config.tiling.chunk_size,
-    )
-
-
 def metres_per_unit(info: RasterInfo) -> float | None:
     """Metres per CRS unit (per degree at the raster's centre latitude); None without CRS."""
     if info.crs_wkt is None:
@@ -376,66 +183,3 @@ def min_region_pixels(plan: SegmentPlan) -> int:
     return max(0, math.ceil(vec.min_area_m2 / px_area))
 
 
-def class_summary(plan: SegmentPlan, hist: Any) -> dict[str, Any]:
-    """Pixels, share of valid pixels and area per class, from the final labels' histogram."""
-    valid = int(hist[: len(plan.class_names)].sum())
-    px_area = pixel_area_m2(plan.info)
-    classes = {}
-    for i, name in enumerate(plan.class_names):
-        n = int(hist[i])
-        classes[name] = {"class_id": i, "pixels": n,
-                         "share": n / valid if valid else 0.0,
-                         "area_m2": n * px_area if px_area is not None else None}
-    return {"valid_pixels": valid, "nodata_pixels": int(hist[255]), "classes": classes}
-
-
-def summarize_blocks(plan: SegmentPlan, stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts over the blocks computed in this run."""
-    k = len(plan.class_names)
-    counts = [0] * k
-    for s in stats:
-        counts = [a + b for a, b in zip(counts, s["class_counts"], strict=True)]
-    return {
-        "blocks_total": len(plan.blocks),
-        "blocks_computed": len(stats),
-        "blocks_resumed": len(plan.blocks) - len(stats),
-        "tiles": sum(s["tiles"] for s in stats),
-        "model_pixels": sum(s["model_pixels"] for s in stats),
-        "valid_pixels_computed": sum(s["valid_pixels"] for s in stats),
-        "class_pixels_computed": dict(zip(plan.class_names, counts, strict=True)),
-        "model_seconds": sum(s["model_seconds"] for s in stats),
-        "read_seconds": sum(s["read_seconds"] for s in stats),
-        "compute_amplification": compute_amplification(
-            plan.info.height, plan.info.width, plan.grid, plan.config.tiling.block_size
-        ),
-    }
-
-
-def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """The run.json document."""
-    meta = plan.model_meta
-    return {
-        "status": status,
-        "pipeline_version": __version__,
-        "input": {
-            "path": plan.input_path, "width": plan.info.width, "height": plan.info.height,
-            "bands": list(plan.info.bands), "dtype": plan.info.dtype, "crs": plan.info.crs_wkt,
-            "transform": list(plan.info.transform), "identity": plan.input_id,
-        },
-        "scaling": plan.scaling.to_dict(),
-        "model": {
-            "dir": str(Path(plan.model_dir).resolve()), "hash": plan.model_hash,
-            "method": meta["method"], "class_names": meta["class_names"],
-            "colors": meta["colors"], "backbone": meta.get("backbone"),
-            "weights": (meta.get("backbone") or {}).get("weights"),
-        },
-        "device": plan.device,
-        "precision": plan.precision,
-        "config": plan.config.model_dump(mode="json"),
-        "fingerprint": plan.fingerprint,
-        "outputs": {k: str(plan.output(k)) for k in OUTPUT_NAMES},
-        "timings_s": plan.timings,
-        "warnings": plan.warnings,
-        "blocks": [asdict(b) for b in plan.blocks] if len(plan.blocks) <= 64 else len(plan.blocks),
-        **extra,
-    }
