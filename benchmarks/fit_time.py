@@ -41,7 +41,7 @@ def main() -> None:
 
     from flows.fit_flow import fit_flow
     from pipeline.config import RunConfig
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-fit-"))
     scene, _ = write_demo_scene(work / "scene.tif", size=args.size)

@@ -73,7 +73,7 @@ def main() -> None:
     from flows.fit_flow import fit_flow
     from flows.segment_flow import segment
     from pipeline.config import RunConfig
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
     from pipeline.models.device import resolve_device
     from pipeline.segment.executor import torch_threads_per_worker
 

@@ -264,7 +264,7 @@ def main() -> None:
 
     from flows.fit_flow import fit_flow
     from pipeline.config import RunConfig
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-peers-"))

@@ -57,7 +57,7 @@ METHODS = {  # name -> (fit method, segment flags)
 
 def sets(work: Path) -> dict[str, dict]:
     """The labelled sets: images, labels, mapping, ignored values, number of classes."""
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     demo_image = work / "demo" / "scene.tif"
     if not demo_image.exists():

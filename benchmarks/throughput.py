@@ -75,7 +75,7 @@ def main() -> None:
     from flows.fit_flow import fit_flow
     from flows.segment_flow import segment
     from pipeline.config import RunConfig
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-bench-"))
     rows = []

@@ -4,7 +4,7 @@
         [--min-pixels 16] [--cases demo-truth demo-kmeans blocky noisy-5 noisy-10] [--repeat 1]
 
 Cases:
-- ``demo-truth``: the demo scene's true labels (``pipeline.demo_scene``), with its nodata collar.
+- ``demo-truth``: the demo scene's true labels (``pipeline.demo``), with its nodata collar.
 - ``demo-kmeans``: the demo image quantized to the nearest of the 5 class colours, per pixel,
   a cheap stand-in for pixel-kmeans output with its per-pixel fragmentation.
 - ``blocky``: 5 classes drawn per 64² cell; ``noisy-N``: the same with N % of the pixels
@@ -43,7 +43,7 @@ def demo_arrays(size: int, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     """(rgb (3, n, n), true labels, valid mask) of the demo scene, written once to cache."""
     import rasterio
 
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     image = cache / f"scene-{size}.tif"
     labels = cache / f"scene-{size}_labels.tif"
@@ -59,7 +59,7 @@ def demo_arrays(size: int, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def kmeans_like(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Nearest of the 5 demo class colours per pixel (255 where invalid)."""
-    from pipeline.demo_scene import DEMO_COLORS
+    from pipeline.demo import DEMO_COLORS
 
     centres = np.asarray(DEMO_COLORS, dtype=np.float32)
     best = np.zeros(rgb.shape[1:], dtype=np.uint8)
@@ -122,7 +122,7 @@ def main() -> None:
 
     from rasterio.transform import Affine
 
-    from pipeline.demo_scene import DEMO_CRS, DEMO_ORIGIN, DEMO_PIXEL_SIZE
+    from pipeline.demo import DEMO_CRS, DEMO_ORIGIN, DEMO_PIXEL_SIZE
     from pipeline.vectorize import vectorize_labels
 
     transform = Affine(DEMO_PIXEL_SIZE, 0, DEMO_ORIGIN[0], 0, -DEMO_PIXEL_SIZE, DEMO_ORIGIN[1])

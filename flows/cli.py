@@ -43,6 +43,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    """`stego fit`: fit a model on crops of the inputs (no labels)."""
     from flows.fit_flow import fit_flow
     from pipeline.io.raster import compute_scaling, open_raster_info
 
@@ -66,6 +67,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """`stego pretrain`: self-supervised pretraining of a backbone on the inputs."""
     from flows.pretrain_flow import pretrain_flow
     from pipeline.io.files import ensure_output_dir
     from pipeline.io.raster import compute_scaling, open_raster_info
@@ -81,6 +83,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    """`stego segment`: segment one raster with a fitted model."""
     from flows.segment_flow import segment
     from pipeline.segment.plan import check_segment_inputs
 
@@ -108,7 +111,8 @@ def _print_outputs(doc: dict[str, Any]) -> None:
 
 
 def cmd_demo_scene(args: argparse.Namespace) -> int:
-    from pipeline.demo_scene import write_demo_scene
+    """`stego demo-scene`: write the synthetic scene and its true labels."""
+    from pipeline.demo import write_demo_scene
 
     if args.size < 64:
         raise InputError("--size", "must be at least 64")
@@ -119,6 +123,7 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`stego demo`: the whole mission offline on a generated scene, with a table."""
     from flows.demo import DemoOptions, run_demo, table
 
     if args.size < 64:
@@ -144,6 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """`stego import-checkpoint`: an official STEGO checkpoint as a model directory."""
     from pipeline.models.stego import stego_model_from_import
     from pipeline.models.stego_checkpoint import import_stego_checkpoint
     from pipeline.models.store import save_model
@@ -159,6 +165,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`stego evaluate`: score label rasters against ground truth."""
     from flows.evaluate_flow import evaluate_flow
 
     if len(args.pairs) % 2:
@@ -178,6 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_name_clusters(args: argparse.Namespace) -> int:
+    """`stego name-clusters`: give a model's clusters names and colours."""
     from pipeline.evaluation import (
         cluster_names_from_file,
         cluster_names_from_metrics,
@@ -198,6 +206,7 @@ def cmd_name_clusters(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    """`stego deploy`: serve a scheduled deployment that segments a folder."""
     from flows.deploy import serve_folder
     from pipeline.config import load_config
 
@@ -209,6 +218,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_run_deployment(args: argparse.Namespace) -> int:
+    """`stego run-deployment`: trigger a deployment's run (optionally wait)."""
     from flows.deploy import parse_params, trigger
 
     timeout = args.timeout if args.watch else 0

@@ -16,7 +16,7 @@ from flows.fit_flow import fit_flow
 from flows.pretrain_flow import pretrain_flow
 from flows.segment_flow import segment
 from pipeline.config import RunConfig
-from pipeline.demo_scene import write_demo_scene
+from pipeline.demo import write_demo_scene
 
 METHODS = ("pixel-kmeans", "feature-kmeans", "stego")
 

@@ -47,7 +47,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def demo_scene(tmp_path_factory) -> tuple[Path, Path]:
     """A 384 px generated aerial scene (image, labels) with a nodata collar."""
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     d = tmp_path_factory.mktemp("scene")
     return write_demo_scene(d / "scene.tif", size=384, seed=1)

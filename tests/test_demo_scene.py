@@ -1,4 +1,4 @@
-"""Specification of the procedural demo scene (``pipeline.demo_scene``)."""
+"""Specification of the procedural demo scene (``pipeline.demo``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import rasterio
 from PIL import Image
 from rasterio.enums import ColorInterp, Compression, MaskFlags
 
-from pipeline import demo_scene
-from pipeline.demo_scene import (
+from pipeline.demo import (
     DEMO_CLASSES,
     DEMO_COLORS,
     DEMO_CRS,
@@ -20,6 +19,7 @@ from pipeline.demo_scene import (
     labels_path_for,
     write_demo_scene,
 )
+from pipeline.demo import write as demo_write
 
 ROAD, BUILDING, TREE, GRASS, CAR = range(5)
 
@@ -259,7 +259,7 @@ def test_failed_write_keeps_old_files_and_cleans_up(
         path.write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(demo_scene, "_write_labels", broken)
+    monkeypatch.setattr(demo_write, "_write_labels", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_demo_scene(final, size=128, seed=0)
     assert [p.name for p in tmp_path.iterdir()] == ["scene.tif"]

@@ -35,7 +35,7 @@ def _complete(out_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     """A folder with two small generated scenes a.tif and b.tif (label rasters removed)."""
-    from pipeline.demo_scene import write_demo_scene
+    from pipeline.demo import write_demo_scene
 
     folder = tmp_path_factory.mktemp("scenes")
     for i, name in enumerate("ab"):
