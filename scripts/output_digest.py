@@ -78,7 +78,8 @@ def main(argv: list[str]) -> int:
     if cmd == "run":
         out = Path(argv[1]).resolve()
         subprocess.run([sys.executable, "-m", "flows.cli", "demo", str(out), "--size", "768",
-                        "--pretrain-steps", "4", "--steps", "30", "-q"], check=True)
+                        "--pretrain-steps", "4", "--steps", "30", "-q"],
+                       check=True, stdout=sys.stderr)
         cmd, argv = "digest", ["digest", str(out)]
     if cmd == "digest":
         print(json.dumps(digest(Path(argv[1]).resolve()), indent=1, sort_keys=True))

@@ -281,7 +281,7 @@ def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path,
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
-                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, pixel_model):

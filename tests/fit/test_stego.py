@@ -149,7 +149,7 @@ def test_fit_save_load_gives_identical_scores(stego_model, tmp_path):
 def test_stego_blocks_are_seamless(stego_model, demo_scene):
     from pipeline.io.raster import open_raster_info
     from pipeline.tiling import TileGrid
-    from tests.test_inference import _segment
+    from tests.segment.test_inference import _segment
 
     model = load_model(stego_model)
     info = open_raster_info(demo_scene[0])
@@ -160,7 +160,7 @@ def test_stego_blocks_are_seamless(stego_model, demo_scene):
 
 def test_an_official_checkpoint_imports_from_the_cli(tmp_path, capsys):
     from flows.cli import main
-    from tests.test_stego_checkpoint import _hparams, _lightning_ckpt, _official_state
+    from tests.models.test_stego_checkpoint import _hparams, _lightning_ckpt, _official_state
 
     state = _official_state()
     ckpt = tmp_path / "potsdam.ckpt"
@@ -220,7 +220,7 @@ def test_labels_train_a_linear_probe_for_evaluation_only(demo_scene, tmp_path):
 def test_crf_on_each_tile_keeps_blocks_seamless_and_changes_labels(stego_model, demo_scene):
     from pipeline.io.raster import open_raster_info
     from pipeline.tiling import TileGrid
-    from tests.test_inference import _segment
+    from tests.segment.test_inference import _segment
 
     model = load_model(stego_model)
     info = open_raster_info(demo_scene[0])

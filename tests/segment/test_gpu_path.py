@@ -24,17 +24,17 @@ from tests.conftest import TINY_VIT
 
 
 def test_bf16_autocast_is_the_default_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
-    import pipeline.segment.inference as inference
+    import pipeline.models.device as device
 
     assert autocast_dtype("auto", "cuda") is torch.bfloat16
     assert autocast_dtype("auto", "cuda:1") is torch.bfloat16
     assert autocast_dtype("fp32", "cuda") is None
     assert autocast_dtype("bf16", "cpu") is torch.bfloat16
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 / AMX
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 / AMX
     assert autocast_dtype("auto", "cpu") is torch.bfloat16
     assert resolved_precision("auto", "cpu") == "bf16"
     assert resolved_precision("fp32", "cpu") == "fp32"
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)  # bf16 emulated: slow
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)  # bf16 emulated: slow
     assert autocast_dtype("auto", "cpu") is None
     assert resolved_precision("auto", "cpu") == "fp32"
     assert resolved_precision("auto", "cuda") == "bf16"

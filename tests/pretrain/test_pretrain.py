@@ -145,7 +145,7 @@ def test_pretrain_writes_safetensors_and_a_description(pretrained_dir, demo_scen
 
 def test_a_pretrained_directory_is_used_as_weights_by_fit_and_segment(
         pretrained_dir, demo_scene, tmp_path):
-    from tests.test_end_to_end import SMALL
+    from tests.flows.test_end_to_end import SMALL
 
     model = tmp_path / "m"
     code = main(["fit", str(demo_scene[0]), "--method", "feature-kmeans", "--clusters", "3",
@@ -242,7 +242,7 @@ def test_a_pretraining_killed_with_sigkill_resumes_to_the_uninterrupted_backbone
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "pretrain", *args, "--out",
-                             str(killed)], cwd=Path(__file__).resolve().parents[1], env=env,
+                             str(killed)], cwd=Path(__file__).resolve().parents[2], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     state = killed / ".pretrain" / "checkpoint.json"

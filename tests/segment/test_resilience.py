@@ -30,7 +30,7 @@ from flows.cli import main
 from pipeline.io.lock import LOCK_NAME
 from pipeline.io.zarr_store import open_labels, partial_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = """
 tiling: {tile_size: 64, overlap: 16, block_size: 96, chunk_size: 32, batch_size: 2}
 dask: {workers: 1, processes: false}

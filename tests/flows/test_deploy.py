@@ -18,7 +18,7 @@ from flows.deploy import build_deployment, check_cron, parse_params, serve_folde
 from pipeline.config import build_config
 from pipeline.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = {"tiling": {"tile_size": 64, "overlap": 16, "block_size": 96, "chunk_size": 32},
        "dask": {"processes": False}}
 OUTPUTS = ("labels.tif", "labels.zarr", "polygons.gpkg", "run.json")

@@ -1,6 +1,6 @@
 """The bad-input catalogue: each case gets one line on stderr, exit code 2, and no outputs.
 
-`python -m tests.test_bad_inputs` prints the catalogue as the Markdown table in the README,
+`python -m tests.flows.test_bad_inputs` prints the catalogue as the Markdown table in the README,
 so the table is generated from the same cases the tests run.
 """
 
@@ -221,7 +221,7 @@ def test_bad_input_catalogue(case, tmp_path, feature_model, prefect_harness, cap
 
 
 def test_the_readme_shows_this_catalogue():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table() in readme
 
 

@@ -11,7 +11,7 @@ from pipeline.config import StegoConfig
 from pipeline.fit import shifts as sh
 from pipeline.fit.knn import knn_indices
 from pipeline.fit.stego_train import train_stego
-from tests.test_stego import hungarian_accuracy, planted_features
+from tests.fit.test_stego import hungarian_accuracy, planted_features
 
 ATTRACT = {"self": 0.5, "knn": 0.4, "rand": 0.15}
 

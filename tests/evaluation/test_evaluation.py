@@ -26,7 +26,7 @@ from pipeline.evaluation import (
     write_evaluation,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 T = Affine(1.0, 0, 500000, 0, -1.0, 5800000)  # an invented 1 m grid, EPSG:32633
 
 
