@@ -13,6 +13,7 @@ from affine import Affine
 from pipeline.errors import InputError
 from pipeline.evaluation.mapping import BACKGROUND, _parse_key, _sort_key
 from pipeline.evaluation.readers import Overlap, PredReader, _open_rasterio, _same_crs, align
+from pipeline.io.raster import band_validity
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite",
                    ".parquet", ".geoparquet"}
@@ -48,7 +49,7 @@ class RasterGT:
 
         o = self.overlap
         win = Window(o.other_col + c0, o.other_row + r0, c1 - c0, r1 - r0)
-        return self._codes(self._ds.read(1, window=win))
+        return self._codes(self._ds.read(1, window=win), self._ds.read_masks(1, window=win))
 
     def read_decimated(self, out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole overlap, nearest-neighbour decimated to ``out_shape``, and its invalid mask."""
@@ -58,23 +59,20 @@ class RasterGT:
         o = self.overlap
         win = Window(o.other_col, o.other_row, o.width, o.height)
         data = self._ds.read(1, window=win, out_shape=out_shape, resampling=Resampling.nearest)
-        return self._codes(data)
+        mask = self._ds.read_masks(1, window=win, out_shape=out_shape,
+                                   resampling=Resampling.nearest)
+        return self._codes(data, mask)
 
-    def _codes(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        invalid = None
+    def _codes(self, data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        # the input rule (io.raster.band_validity): GDAL's mask (nodata value, internal mask,
+        # alpha) and, for floats, NaN/inf are nodata
+        invalid = ~band_validity(data, mask)
         if np.issubdtype(data.dtype, np.floating):
-            invalid = ~np.isfinite(data)
-            if self.nodata is not None and not math.isnan(self.nodata):
-                invalid |= data == self.nodata
             values = np.where(invalid, 0, data)
             if not np.all(np.equal(np.mod(values, 1), 0)):
                 raise InputError(self.path, "ground truth must hold integer class values")
             return values.astype(np.int64), invalid
-        if self.nodata is not None and float(self.nodata).is_integer():
-            invalid = data == int(self.nodata)
-            if not invalid.any():
-                invalid = None
-        return data, invalid
+        return data, (invalid if invalid.any() else None)
 
     def key(self, code: int) -> Any:
         """The GT value of a code (the raster value itself)."""

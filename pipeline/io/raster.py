@@ -127,49 +127,56 @@ def _check_readable(path: str, width: int, height: int) -> None:
         raise InputError(path, f"cannot read pixels (truncated or corrupt file? {first})") from None
 
 
-def has_valid_pixels(info: RasterInfo, max_side: int = 1024, rows: int = 1024) -> bool:
-    """Whether any pixel is valid: a decimated mask first, a full scan only if that finds none."""
-    factor = max(1, int(np.ceil(max(info.width, info.height) / max_side)))
-    shape = (max(1, info.height // factor), max(1, info.width // factor))
-    with rasterio.open(info.path) as ds:
-        if np.all(ds.read_masks(list(info.bands), out_shape=(3, *shape)) > 0, axis=0).any():
-            return True
-        for r0 in range(0, info.height, rows):
-            win = Window(0, r0, info.width, min(rows, info.height - r0))
-            data = ds.read(list(info.bands), window=win)
-            if _valid_from(ds, data, ds.read_masks(list(info.bands), window=win)).any():
-                return True
-    return False
+def band_validity(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per band (bands, h, w): GDAL's mask says valid and the value is finite (no NaN/inf).
+
+    The one validity rule of the pipeline (fit, segment, evaluate): a pixel is valid only where
+    every chosen band is valid; a chosen band with no valid pixel at all is an input error.
+    """
+    valid = masks > 0
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data)
+    return valid
 
 
 def _valid_from(ds: rasterio.io.DatasetReader, data: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    valid = np.all(masks > 0, axis=0)
-    if data.dtype.kind == "f":
-        valid &= np.all(np.isfinite(data), axis=0)
-    return valid
+    return np.all(band_validity(data, masks), axis=0)
+
+
+def _no_valid_band_error(info: RasterInfo, band_any: np.ndarray) -> InputError:
+    empty = [b for b, ok in zip(info.bands, band_any, strict=True) if not ok]
+    if len(empty) == len(set(info.bands)) or not empty:
+        return InputError(info.path, "every pixel is nodata; nothing to segment")
+    kinds = "nodata, NaN or inf"
+    return InputError(info.path, f"band {empty[0]} has no valid pixel (every value is {kinds}); "
+                      "leave it out with --bands")
 
 
 def compute_scaling(
     info: RasterInfo, percentiles: tuple[float, float] = (2.0, 98.0), max_side: int = 1024
 ) -> Scaling:
-    """uint8 is used as is; other types get per-band robust percentiles from a decimated read."""
-    if np.dtype(info.dtype) == np.uint8:
-        if not has_valid_pixels(info):
-            raise InputError(info.path, "every pixel is nodata; nothing to segment")
-        return Scaling("uint8", (0.0,) * 3, (255.0,) * 3)
+    """uint8 is used as is; other types get per-band robust percentiles from a decimated read.
+
+    A chosen band without any valid pixel raises an InputError naming it; a constant band
+    scales to 0 (its range is widened to 1).
+    """
     factor = max(1, int(np.ceil(max(info.width, info.height) / max_side)))
     shape = (max(1, info.height // factor), max(1, info.width // factor))
     with rasterio.open(info.path) as ds:
-        data = ds.read(list(info.bands), out_shape=(3, *shape)).astype(np.float64)
-        masks = ds.read_masks(list(info.bands), out_shape=(3, *shape))
-        valid = _valid_from(ds, data, masks)
-    if not valid.any() and not has_valid_pixels(info):
-        raise InputError(info.path, "every pixel is nodata; nothing to segment")
-    if not valid.any():  # valid pixels too sparse for the decimated sample: read them all
-        data, valid = _full_valid_sample(info)
+        data = ds.read(list(info.bands), out_shape=(3, *shape))
+        valid = _valid_from(ds, data, ds.read_masks(list(info.bands), out_shape=(3, *shape)))
+    if not valid.any():  # none in the decimated sample: scan everything (sparse or none)
+        values, band_any = _full_valid_sample(info)
+        if values.shape[-1] == 0:
+            raise _no_valid_band_error(info, band_any)
+        data, valid = values, np.ones(values.shape[1:], dtype=bool)
+    if np.dtype(info.dtype) == np.uint8:
+        return Scaling("uint8", (0.0,) * 3, (255.0,) * 3)
     lows, highs = [], []
-    for band in data:
+    for band in data.astype(np.float64):
         lo, hi = np.percentile(band[valid], percentiles)
+        if not hi - lo < np.inf:  # finite values whose range overflows float64
+            raise InputError(info.path, f"band values span {lo:g}..{hi:g}, too wide to scale")
         if hi <= lo:
             hi = lo + 1.0
         lows.append(float(lo))
@@ -178,16 +185,19 @@ def compute_scaling(
 
 
 def _full_valid_sample(info: RasterInfo, rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Every valid pixel (sparse by construction here), read block by block: (3, 1, n)."""
+    """Every valid pixel (sparse by construction here), read block by block: (3, 1, n), and
+    per chosen band whether it has any valid pixel at all."""
     parts = []
+    band_any = np.zeros(3, dtype=bool)
     with rasterio.open(info.path) as ds:
         for r0 in range(0, info.height, rows):
             win = Window(0, r0, info.width, min(rows, info.height - r0))
-            data = ds.read(list(info.bands), window=win).astype(np.float64)
-            valid = _valid_from(ds, data, ds.read_masks(list(info.bands), window=win))
-            parts.append(data[:, valid])
+            data = ds.read(list(info.bands), window=win)
+            per_band = band_validity(data, ds.read_masks(list(info.bands), window=win))
+            band_any |= per_band.reshape(3, -1).any(axis=1)
+            parts.append(data[:, per_band.all(axis=0)].astype(np.float64))
     values = np.concatenate(parts, axis=1)[:, None, :]
-    return values, np.ones(values.shape[1:], dtype=bool)
+    return values, band_any
 
 
 def reflect_index(start: int, stop: int, size: int) -> np.ndarray:
@@ -226,9 +236,11 @@ def read_window(
             valid = _valid_from(ds, raw, masks)
     except RasterioIOError as exc:
         raise InputError(info.path, f"read failed ({str(exc).splitlines()[0]})") from None
-    low = np.asarray(scaling.low, dtype=np.float32)[:, None, None]
-    high = np.asarray(scaling.high, dtype=np.float32)[:, None, None]
-    img = (raw.astype(np.float32) - low) / (high - low)
+    work = np.float64 if raw.dtype.itemsize > 4 else np.float32  # float64 beyond float32
+    low = np.asarray(scaling.low, dtype=work)[:, None, None]
+    high = np.asarray(scaling.high, dtype=work)[:, None, None]
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels are masked below
+        img = ((raw.astype(work) - low) / (high - low)).astype(np.float32)
     np.clip(img, 0.0, 1.0, out=img)
     img[:, ~valid] = 0.5
     inside_r = np.arange(row_off, row_off + height)

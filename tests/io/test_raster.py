@@ -119,6 +119,44 @@ def test_an_all_nodata_raster_is_refused_clearly(tmp_path):
     assert "every pixel is nodata" in _error(lambda: compute_scaling(open_raster_info(path)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int16])
+def test_a_band_without_any_valid_pixel_is_named(tmp_path, dtype):
+    """One rule for every dtype: a chosen band with no valid pixel is an error naming it."""
+    data = _rgb(dtype=dtype)
+    nodata = None
+    if np.dtype(dtype).kind == "f":
+        data[1] = np.nan
+        data[1, 3, 3] = np.inf  # inf is no more valid than NaN
+    else:
+        nodata = 0
+        data[1] = 0
+    path = write_raster(tmp_path / "a.tif", data, nodata=nodata)
+    message = _error(lambda: compute_scaling(open_raster_info(path)))
+    assert "band 2 has no valid pixel" in message and "--bands" in message
+    # leaving the band out works, and so does a NaN-free band in its place
+    assert compute_scaling(open_raster_info(path, bands=[1, 3, 3])).low is not None
+
+
+def test_a_constant_band_and_sparse_valid_pixels_scale(tmp_path):
+    data = np.full((3, 300, 300), np.nan, dtype=np.float32)
+    data[:, 7, 11] = (5.0, 7.0, -3.0)  # one valid pixel: missed by the decimated sample
+    data[:, 200, 150] = (5.0, 9.0, -1.0)
+    data[0, 200, 150] = 5.0  # band 1 constant
+    path = write_raster(tmp_path / "a.tif", data)
+    info = open_raster_info(path)
+    scaling = compute_scaling(info)
+    assert scaling.low[0] == 5.0 and scaling.high[0] == 6.0  # constant: range widened to 1
+    img, valid = read_window(info, scaling, 0, 0, 300, 300)
+    assert valid.sum() == 2 and np.isfinite(img).all() and img[0][valid].max() == 0.0
+
+
+def test_float64_beyond_float32_range_scales_finitely(tmp_path):
+    data = np.random.default_rng(0).random((3, 16, 16)) * 1e300
+    info = open_raster_info(write_raster(tmp_path / "a.tif", data))
+    img, valid = read_window(info, compute_scaling(info), 0, 0, 16, 16)
+    assert valid.all() and np.isfinite(img).all() and 0 < img.mean() < 1
+
+
 def test_a_raster_without_crs_opens(tmp_path):
     info = open_raster_info(write_raster(tmp_path / "a.tif", _rgb(), crs=None))
     assert info.crs_wkt is None
