@@ -132,6 +132,17 @@ def tiles_for_block(grid: TileGrid, block: Block) -> tuple[list[int], list[int]]
     return rows, cols
 
 
+def snap_to_patch(tile: int, overlap: int, patch: int) -> tuple[int, int]:
+    """Tile and overlap as multiples of the model's patch (14 or 16 for DINOv2/v3): the tile
+    rounded down, the overlap to the nearest multiple, at most half the tile. Tile origins then
+    sit on one patch lattice, so overlapping tiles see the same patch grid."""
+    if patch <= 1:
+        return tile, overlap
+    snapped = max(patch, tile // patch * patch)
+    lap = min(round(overlap / patch) * patch, snapped // 2 // patch * patch)
+    return snapped, lap
+
+
 def grid_for_raster(tile: int, overlap: int, height: int, width: int,
                     block_size: int) -> TileGrid:
     """The tile grid of a run. A raster that is one block has no seams to align with tile

@@ -18,10 +18,11 @@ from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import checkpoint_filter_fn
 
 from pipeline.errors import InputError
 from pipeline.models.backbone_dir import is_backbone_dir, read_backbone_json, read_backbone_weights
+from pipeline.models.presets import timm_name_of
+from pipeline.models.weights_file import fit_state_to_model, read_weights_file
 
 DEFAULT_BACKBONE = "vit_small_patch8_224.dino"
 _HUB_HOST = ("huggingface.co", 443)
@@ -59,11 +60,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def create_vit(name: str, overrides: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
-    """A timm ViT without classifier, any input size (``dynamic_img_size``), frozen, eval mode."""
+    """A timm ViT without classifier, any input size (``dynamic_img_size``), frozen, eval mode.
+
+    ``name`` is a timm name or a preset name (``stego backbones``)."""
     try:
-        model = timm.create_model(
-            name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **overrides
-        )
+        model = timm.create_model(timm_name_of(name), pretrained=pretrained, num_classes=0,
+                                  dynamic_img_size=True, **overrides)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise InputError(name, "unknown timm backbone name") from None
@@ -74,41 +76,6 @@ def create_vit(name: str, overrides: dict[str, Any], pretrained: bool = False) -
     return model
 
 
-def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict without executing code: safetensors, or torch's weights-only loader.
-
-    Accepts timm state dicts and original DINO checkpoints (``teacher``/``student``/``model``
-    keys, ``module.``/``backbone.`` prefixes); the DINO projection head is dropped.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "weights file not found")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(p))
-        else:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is bad input
-        raise InputError(p, f"not a readable weights file ({type(exc).__name__})") from None
-    for key in ("teacher", "student", "model", "state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(p, "does not hold a state dict of tensors")
-    cleaned: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        if k.startswith("head."):
-            continue
-        cleaned[k] = v
-    return cleaned
-
-
 def resolve_backbone(name: str, weights: str,
                      overrides: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """The timm name and overrides to build: those in ``backbone.json`` when ``weights`` is a
@@ -116,7 +83,7 @@ def resolve_backbone(name: str, weights: str,
     if weights not in ("auto", "hub", "random") and is_backbone_dir(weights):
         meta = read_backbone_json(weights)
         return meta["timm_name"], dict(meta["overrides"])
-    return name, dict(overrides or {})
+    return timm_name_of(name), dict(overrides or {})
 
 
 def _from_backbone_dir(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -186,17 +153,8 @@ def build_backbone(
         model = create_vit(name, overrides, pretrained=False)
         return model, {"source": "random", "seed": seed, "sha256": tensor_hash(model.state_dict())}
     model = create_vit(name, overrides, pretrained=False)
-    state = read_weights_file(weights)
-    try:
-        state = checkpoint_filter_fn(state, model)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[-1].strip() if str(exc) else type(exc).__name__
-        raise InputError(weights, f"weights do not fit backbone {name}: {first}") from None
-    if missing or unexpected:
-        keys = list(missing)[:3] if missing else list(unexpected)[:3]
-        problem = f"{'missing' if missing else 'unexpected'} keys {keys}"
-        raise InputError(weights, f"weights do not fit backbone {name}: {problem}")
+    state = fit_state_to_model(read_weights_file(weights), model, weights, name)
+    model.load_state_dict(state, strict=True)
     return model, {
         "source": "file",
         "path": str(Path(weights).resolve()),

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.errors import InputError
-from pipeline.models.backbone import build_backbone, patch_features, read_weights_file
+from pipeline.models.backbone import build_backbone, patch_features
 from pipeline.models.kmeans import spherical_kmeans
 from pipeline.models.store import load_model, save_model
+from pipeline.models.weights_file import read_weights_file
 from tests.conftest import TINY_VIT
 
 NAME = "vit_small_patch8_224.dino"
