@@ -24,6 +24,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("input", "bands"): getattr(args, "bands", None),
         ("model", "device"): getattr(args, "device", None),
         ("model", "crf"): getattr(args, "crf", None),
+        ("model", "refine"): getattr(args, "refine", None),
         ("dask", "workers"): getattr(args, "workers", None),
         ("dask", "scheduler_address"): getattr(args, "scheduler_address", None),
         **{("fit", k): getattr(args, k, None)

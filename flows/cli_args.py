@@ -14,6 +14,10 @@ EXAMPLES = {
   stego fit top_potsdam_*.tif --config configs/potsdam.yaml --weights dino.pth --out models/p
   stego fit scene.tif --labels scene_labels.tif --label-ignore 0 --out models/eval
   stego fit scene.tif --method pixel-kmeans --clusters 5 --out models/px
+  stego fit scene.tif --method threshold --clusters 3 --out models/otsu     # brightness
+  stego fit naip.tif --bands 4,1,2 --method threshold --set threshold.index=ndvi \\
+      --set threshold.nir_band=4 --clusters 3 --out models/ndvi
+  stego fit scene.tif --method region --clusters 5 --out models/srg   # or --method edge
   stego fit a.tif b.tif --method feature-kmeans --weights dino_deitsmall8_pretrain.pth \\
       --clusters 6 --out models/dino
   stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r""",
@@ -25,6 +29,7 @@ EXAMPLES = {
   (a killed run resumes from its last checkpoint when started again with the same recipe)""",
     "segment": """examples:
   stego segment scene.tif --model models/px --out out/scene
+  stego segment scene.tif --model models/px --out out/clean --refine regions
   stego segment big.tif --model models/dino --out out/big --workers 2 --set tiling.batch_size=16
   stego segment big.tif --model models/dino --out out/big --scheduler-address tcp://host:8786""",
     "demo-scene": """examples:
@@ -55,7 +60,8 @@ EXAMPLES = {
 }
 
 
-METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans")
+METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge")
+DEMO_METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans")  # what `stego demo` fits
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = add("fit", "Fit an unsupervised segmentation model on one or more rasters.")
     fit.add_argument("inputs", nargs="+", help="rasters GDAL can open")
-    fit.add_argument("--method", choices=["stego", "pixel-kmeans", "feature-kmeans"],
-                     help="stego (default), or a baseline: pixel-kmeans, feature-kmeans")
+    fit.add_argument("--method", choices=METHOD_CHOICES,
+                     help="stego (default), or a baseline: pixel-kmeans, feature-kmeans, "
+                     "threshold (multi-level Otsu on an index), region (seeded region "
+                     "growing), edge (Canny edges closed into regions)")
     fit.add_argument("--clusters", type=int, help="number of classes (default 5)")
     fit.add_argument("--weights", help="backbone weights: auto (default), hub, random or a "
                      "local file (stego, feature-kmeans)")
@@ -150,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print run.json's content on stdout (for scripts and cron)")
     seg.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
                      help="dense CRF post-processing (STEGO models; default: the model's)")
+    seg.add_argument("--refine", choices=["none", "regions"],
+                     help="regions: average class probabilities within superpixels before "
+                     "blending (any method; default: model.refine, none)")
     _add_config_args(seg)
 
     scene = add("demo-scene", "Write a synthetic aerial GeoTIFF and its true labels.")
@@ -213,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--pretrain-minutes", type=float, default=3.0,
                         help="pretraining budget (default 3 minutes)")
     budget.add_argument("--pretrain-steps", type=int, help="pretraining budget in steps")
-    demo.add_argument("--method", default="auto", choices=["auto", *METHOD_CHOICES],
+    demo.add_argument("--method", default="auto", choices=["auto", *DEMO_METHOD_CHOICES],
                       help="whose full outputs go to DIR/output (auto: the best measured)")
     demo.add_argument("--clusters", type=int, default=5)
     demo.add_argument("--steps", type=int, default=500, help="STEGO head training steps")

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
+from pipeline.fit.classic import fit_regions, fit_threshold, index_channels
 from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego
 from pipeline.fit.stego_train import plot_losses
 from pipeline.io.crops import sample_crops
@@ -18,6 +19,7 @@ from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster
 from pipeline.models import METHODS
 from pipeline.models.backbone import DEFAULT_BACKBONE, resolve_backbone
 from pipeline.models.device import resolve_device, resolved_precision
+from pipeline.models.region_segmenters import RegionParams
 from pipeline.models.store import save_model
 
 
@@ -52,6 +54,22 @@ def train_stego_model(rasters: list[tuple[RasterInfo, Scaling]], clusters: int, 
                      device=device, embed_backbone=embed, log=logger.info, label_paths=labels,
                      label_ignore=tuple(label_ignore or ()),
                      precision=resolved_precision(cfg.model.precision, device))
+
+
+def fit_classic(method: str, crops: list, clusters: int,
+                rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig
+                ) -> tuple[Any, dict[str, Any]]:
+    """threshold (multi-level Otsu on an index), or region / edge (regions classified)."""
+    f = cfg.fit
+    if method == "threshold":
+        t = cfg.threshold
+        infos = [info for info, _ in rasters]
+        channels = index_channels(t.index, infos, t.nir_band, t.red_band)
+        bands = list(infos[0].bands) if t.index != "brightness" else []
+        return fit_threshold(crops, clusters, t.index, channels, bands, f.sample_pixels,
+                             f.seed)
+    params = RegionParams(**cfg.regions.model_dump())
+    return fit_regions(crops, clusters, method, params, f.iterations, f.seed, n_init=f.n_init)
 
 
 @flow(name="fit")
@@ -97,6 +115,8 @@ def fit_flow(
             model, stats = fit_pixel_kmeans(crops, clusters, cfg.fit.sample_pixels,
                                             cfg.fit.iterations, cfg.fit.seed,
                                             n_init=cfg.fit.n_init)
+        elif method in ("threshold", "region", "edge"):
+            model, stats = fit_classic(method, crops, clusters, rasters, cfg)
         else:
             device = resolve_device(cfg.model.device)
             model, stats = fit_feature_kmeans(
@@ -112,6 +132,10 @@ def fit_flow(
             "bands": list(rasters[0][0].bands),
             "config": cfg.fit.model_dump(mode="json"),
             "stego": cfg.stego.model_dump(mode="json") if method == "stego" else None,
+            "threshold": cfg.threshold.model_dump(mode="json") if method == "threshold"
+            else None,
+            "regions": cfg.regions.model_dump(mode="json") if method in ("region", "edge")
+            else None,
             "seconds": time.perf_counter() - t0,
             **stats,
         }

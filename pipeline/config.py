@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.classic_config import RegionsConfig, ThresholdConfig
 from pipeline.errors import InputError
 
 
@@ -113,7 +114,8 @@ class DaskConfig(_Section):
 class FitConfig(_Section):
     """Sampling and clustering for `stego fit` (CLI flags override these)."""
 
-    method: Literal["stego", "pixel-kmeans", "feature-kmeans"] = "stego"
+    method: Literal["stego", "pixel-kmeans", "feature-kmeans", "threshold", "region",
+                    "edge"] = "stego"
     clusters: int = Field(default=5, description="classes (clusters) to discover")
     backbone: str = Field(default="vit_small_patch8_224.dino", description="timm model name")
     weights: str = Field(default="auto", description="auto, hub, random or a local file")
@@ -247,6 +249,11 @@ class ModelRuntimeConfig(_Section):
         "with native bf16 (AVX512-BF16/AMX), else float32"
     )
     compile: bool = Field(default=False, description="torch.compile the backbone (GPU runs)")
+    refine: Literal["none", "regions"] = Field(
+        default="none", description="regions: average class probabilities within SLIC "
+        "superpixels of each tile before blending (object-based clean-up, any method)")
+    refine_pixels: int = Field(default=64, ge=4, description="refine: mean superpixel area "
+                               "in pixels")
     probe: Literal["cluster", "linear"] = Field(
         default="cluster", description="STEGO: unsupervised clusters, or the linear probe "
         "trained from --labels (evaluation only)"
@@ -262,6 +269,8 @@ class RunConfig(_Section):
     output: OutputConfig = OutputConfig()
     dask: DaskConfig = DaskConfig()
     fit: FitConfig = FitConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    regions: RegionsConfig = RegionsConfig()
     stego: StegoConfig = StegoConfig()
     pretrain: PretrainConfig = PretrainConfig()
     model: ModelRuntimeConfig = ModelRuntimeConfig()

@@ -20,9 +20,12 @@ FORMAT_VERSION = 1
 def _registry() -> dict[str, type[SegmentationModel]]:
     from pipeline.models.feature_kmeans import FeatureKMeans
     from pipeline.models.pixel_kmeans import PixelKMeans
+    from pipeline.models.regions import EdgeRegionModel, RegionGrowingModel
     from pipeline.models.stego import StegoModel
+    from pipeline.models.threshold import ThresholdModel
 
-    return {cls.method: cls for cls in (PixelKMeans, FeatureKMeans, StegoModel)}
+    return {cls.method: cls for cls in (PixelKMeans, FeatureKMeans, StegoModel, ThresholdModel,
+                                         RegionGrowingModel, EdgeRegionModel)}
 
 
 def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any]) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.io.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
+from pipeline.models.refine import with_refinement
 from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.segment.plan import SegmentPlan
 from pipeline.tiling import Block, TileGrid
@@ -35,6 +36,8 @@ class BlockJob:
     confidence: bool
     torch_threads: int
     crf: bool | None = None
+    refine: str = "none"
+    refine_pixels: int = 64
     linear_probe: bool = False
     io_retries: int = 3
     retry_delay: float = 1.0
@@ -61,6 +64,7 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         model.crf = job.crf
     if hasattr(model, "use_linear_probe"):
         model.use_linear_probe = job.linear_probe
+    model = with_refinement(model, job.refine, job.refine_pixels)
     batch = job.batch_size or auto_batch_size(model, job.grid.tile, job.device, job.precision)
 
     def attempt() -> dict[str, Any]:
@@ -125,6 +129,7 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
         batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
+        refine=plan.config.model.refine, refine_pixels=plan.config.model.refine_pixels,
         io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
         precision=plan.precision, compile=plan.config.model.compile,
         chunk=plan.config.tiling.chunk_size,

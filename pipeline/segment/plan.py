@@ -94,8 +94,14 @@ def check_segment_inputs(
     if tile % patch:
         raise InputError("tiling.tile_size", f"{tile} is not a multiple of the model's patch "
                          f"size {patch}")
-    if config.model.compile and meta.get("method") == "pixel-kmeans":
-        raise InputError("model.compile", "a pixel-kmeans model has no backbone to compile")
+    if config.model.compile and not meta.get("backbone"):
+        raise InputError("model.compile", f"a {meta.get('method')} model has no backbone to "
+                         "compile")
+    fitted_bands = (meta.get("params") or {}).get("input_bands")
+    if fitted_bands and tuple(fitted_bands) != tuple(info.bands):
+        raise InputError(input_path, f"the model's index was fitted on bands "
+                         f"{','.join(map(str, fitted_bands))}; segment with --bands "
+                         f"{','.join(map(str, fitted_bands))}")
     _check_out_dir(Path(out_dir), input_path)
     return info, meta, scaling
 
@@ -130,6 +136,7 @@ def plan_segment(
         "model": mhash,
         "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
         | {"confidence": config.output.confidence, "crf": config.model.crf,
+           "refine": config.model.refine, "refine_pixels": config.model.refine_pixels,
            "probe": config.model.probe, "precision": precision},
     }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
