@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from flows.cli_args import build_parser
+from flows.cli_errors import install_signal_handlers, report, report_exception
 from pipeline.errors import InputError
 
 
@@ -40,7 +42,19 @@ def _config(args: argparse.Namespace) -> Any:
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
-    return build_config(data, "command line")
+    try:
+        return build_config(data, "command line")
+    except InputError as exc:  # a bad flag value is reported under the flag's name
+        for (section, key), value in flags.items():
+            prefix = f"config key '{section}.{key}': "
+            if value is not None and exc.problem.startswith(prefix):
+                flag = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+                raise InputError(flag, f"{exc.problem[len(prefix):]} (got {value!r})") from None
+        raise
+
+
+FLAG_NAMES = {"minutes": "--minutes", "steps": "--steps", "backbone": "--backbone",
+              "overrides": "--backbone-arg"}
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -259,10 +273,16 @@ def _quiet_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `stego` console script; returns the exit code."""
+    """Entry point of the `stego` console script; returns the exit code.
+
+    Called with ``argv=None`` (the console script) it also stops Prefect's temporary server
+    before printing an error, so that the ``error:`` line is the last line on stderr.
+    """
     parser = build_parser()
+    release = argv is None
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     args = None
+    previous = install_signal_handlers()
     try:
         args = parser.parse_args(argv)
         _prefect_defaults()
@@ -273,24 +293,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")
         return COMMANDS[args.command](args)
     except InputError as exc:
-        print(f"error: {exc.path}: {exc.problem}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except OSError as exc:  # disk full, permissions, ...: the file, else the output directory
-        if debug:
-            raise
-        path = exc.filename or getattr(args, "out", None)
-        where = f"{path}: " if path else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - the CLI reports, --debug shows the traceback
-        if debug:
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
-        return 1
+        return report(args, f"{exc.path}: {exc.problem}", "failed", 2, release)
+    except BaseException as exc:  # noqa: BLE001 - the CLI reports, --debug shows the traceback
+        return report_exception(exc, args, debug, release)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

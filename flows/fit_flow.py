@@ -11,14 +11,15 @@ from prefect import flow, get_run_logger, task
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
 from pipeline.fit.classic import fit_regions, fit_threshold, index_channels
-from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego
+from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego, scale_crop
 from pipeline.fit.stego_train import plot_losses
-from pipeline.io.crops import sample_crops
+from pipeline.io.crops import read_crop, sample_crop_windows, sample_crops
 from pipeline.io.files import write_json_atomic
 from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.models import METHODS
 from pipeline.models.backbone import DEFAULT_BACKBONE, resolve_backbone
 from pipeline.models.device import resolve_device, resolved_precision
+from pipeline.models.presets import gsd_input_scale
 from pipeline.models.region_segmenters import RegionParams
 from pipeline.models.store import save_model
 
@@ -34,10 +35,16 @@ def open_inputs(inputs: list[str], cfg: RunConfig) -> list[tuple[RasterInfo, Sca
 
 
 @task(name="sample-crops")
-def sample(rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig, size: int) -> list:
-    """Seeded crops across all inputs, mostly-nodata crops skipped."""
+def sample(rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig, size: int,
+           scale: float = 1.0) -> list:
+    """Seeded crops across all inputs, mostly-nodata crops skipped; with ``scale`` != 1 each
+    is read at its native size and resampled at once (as the model will resample tiles)."""
     f = cfg.fit
-    return sample_crops(rasters, f.crops, size, f.seed, f.max_nodata_fraction)
+    if scale == 1.0:
+        return sample_crops(rasters, f.crops, size, f.seed, f.max_nodata_fraction)
+    windows = sample_crop_windows(rasters, f.crops, round(size / scale), f.seed,
+                                  f.max_nodata_fraction)
+    return [scale_crop(read_crop(rasters, w), scale) for w in windows]
 
 
 @task(name="train-stego")
@@ -95,8 +102,13 @@ def fit_flow(
     if clusters < 2 or clusters > 254:
         raise InputError("--clusters", "must be between 2 and 254")
     t0 = time.perf_counter()
-    backbone, backbone_overrides = resolve_backbone(backbone, weights, backbone_overrides)
     rasters = open_inputs(inputs, cfg)
+    scale, gsd = (gsd_input_scale(backbone, cfg.fit.gsd, [info for info, _ in rasters])
+                  if method in ("stego", "feature-kmeans") else (None, None))
+    if scale is not None:
+        cfg.stego.input_scale = scale
+        logger.info("ground sampling distance: %s", gsd)
+    backbone, backbone_overrides = resolve_backbone(backbone, weights, backbone_overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -109,7 +121,8 @@ def fit_flow(
         files["training_log"] = str(write_json_atomic(out / "training.json",
                                                       {"history": history, **stats}))
     else:
-        crops = sample(rasters, cfg, cfg.fit.crop_size)
+        crops = sample(rasters, cfg, cfg.fit.crop_size,
+                       scale if method == "feature-kmeans" and scale else 1.0)
         logger.info("sampled %d crops from %d raster(s)", len(crops), len(inputs))
         if method == "pixel-kmeans":
             model, stats = fit_pixel_kmeans(crops, clusters, cfg.fit.sample_pixels,
@@ -123,7 +136,7 @@ def fit_flow(
                 crops, clusters, backbone, weights, backbone_overrides, cfg.fit.iterations,
                 cfg.fit.seed, device=device, embed_backbone=embed_weights,
                 precision=resolved_precision(cfg.model.precision, device),
-                n_init=cfg.fit.n_init,
+                n_init=cfg.fit.n_init, input_scale=scale or 1.0,
             )
         stats["crops_used"] = len(crops)
     extra = {
@@ -132,6 +145,7 @@ def fit_flow(
             "bands": list(rasters[0][0].bands),
             "config": cfg.fit.model_dump(mode="json"),
             "stego": cfg.stego.model_dump(mode="json") if method == "stego" else None,
+            "gsd": gsd,
             "threshold": cfg.threshold.model_dump(mode="json") if method == "threshold"
             else None,
             "regions": cfg.regions.model_dump(mode="json") if method in ("region", "edge")

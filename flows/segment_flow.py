@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.cli_errors import was_interrupted
 from pipeline.config import RunConfig, build_config
 from pipeline.io.cog import write_cog
 from pipeline.io.files import write_json_atomic
@@ -272,8 +273,10 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
         publish_artifact(doc)
         return doc
     except BaseException as exc:
+        # SIGTERM/SIGINT (the CLI's KeyboardInterrupt, Prefect's TerminationSignal): resumable
+        status = "interrupted" if was_interrupted(exc) else "failed"
         try:
-            write_json_atomic(run_json, manifest(plan, "failed", {"error": f"{exc}"}))
+            write_json_atomic(run_json, manifest(plan, status, {"error": f"{exc}" or status}))
         except OSError as write_error:  # e.g. the disk that failed the run is still full
             get_run_logger().warning("could not record the failure in %s (%s); it still says "
                                      "'running'", run_json, write_error.strerror)

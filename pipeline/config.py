@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.classic_config import RegionsConfig, ThresholdConfig
 from pipeline.errors import InputError
+
+# scheme://host[:port], host[:port] or [ipv6]:port; ports 1-65535 (0 only for inproc)
+SCHEDULER_ADDRESS = re.compile(
+    r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+    r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?"
+    r"|inproc://\S+")
 
 
 class _Section(BaseModel):
@@ -56,8 +70,8 @@ class TilingConfig(_Section):
             raise ValueError("need tile_size >= 16 and 0 <= overlap <= tile_size / 2")
         if self.chunk_size % 16 or self.chunk_size < 16:
             raise ValueError("chunk_size must be a positive multiple of 16")
-        if self.block_size % self.chunk_size:
-            raise ValueError("block_size must be a multiple of chunk_size")
+        if self.block_size < self.chunk_size or self.block_size % self.chunk_size:
+            raise ValueError("block_size must be a positive multiple of chunk_size")
         if self.batch_size != "auto" and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1 or 'auto'")
         return self
@@ -91,8 +105,8 @@ class OutputConfig(_Section):
 class DaskConfig(_Section):
     """Where chunk-parallel work runs."""
 
-    workers: int = Field(default=1, description="LocalCluster worker processes")
-    threads_per_worker: int = 1
+    workers: int = Field(default=1, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(default=1, ge=1)
     processes: bool | Literal["auto"] = Field(
         default="auto",
         description="LocalCluster workers as processes; auto = only when workers > 1 (one "
@@ -101,14 +115,25 @@ class DaskConfig(_Section):
     scheduler_address: str | None = Field(
         default=None, description="connect to an existing Dask scheduler instead"
     )
-    connect_timeout: float = Field(default=20.0, description="seconds to reach the scheduler")
+    connect_timeout: float = Field(
+        default=20.0, gt=0, allow_inf_nan=False,
+        description="seconds to reach the scheduler; an unreachable one is refused within this")
     resources: dict[str, float] | None = Field(
         default=None,
         description="Dask resources each block task needs, e.g. {GPU: 1} (workers started with "
         "--resources GPU=1); null = {GPU: 1} when the model runs on CUDA",
     )
-    io_retries: int = Field(default=3, description="retries of a block after an I/O error")
-    retry_delay: float = Field(default=1.0, description="first retry delay (s), then doubled")
+    io_retries: int = Field(default=3, ge=0, description="retries of a block after an I/O error")
+    retry_delay: float = Field(default=1.0, ge=0,
+                               description="first retry delay (s), then doubled")
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not SCHEDULER_ADDRESS.fullmatch(value):
+            raise ValueError("not a scheduler address like tcp://host:8786 (or tls://, ucx://, "
+                             "inproc://; ports 1-65535)")
+        return value
 
 
 class FitConfig(_Section):
@@ -120,16 +145,18 @@ class FitConfig(_Section):
     backbone: str = Field(default="vit_small_patch8_224.dino", description="timm model name")
     weights: str = Field(default="auto", description="auto, hub, random or a local file")
     seed: int = 0
-    sample_pixels: int = Field(default=200_000, description="pixels sampled for pixel-kmeans")
-    crops: int = Field(default=64, description="crops sampled for feature-kmeans")
-    crop_size: int = Field(default=224, description="crop edge in pixels (multiple of patch)")
-    iterations: int = Field(default=50, description="k-means iterations")
+    sample_pixels: int = Field(default=200_000, ge=1, description="pixels sampled for pixel-kmeans")
+    crops: int = Field(default=64, ge=1, description="crops sampled for feature-kmeans")
+    crop_size: int = Field(default=224, ge=16,
+                           description="crop edge in pixels (multiple of patch)")
+    iterations: int = Field(default=50, ge=1, description="k-means iterations")
     n_init: int = Field(
         default=10, ge=1,
         description="k-means initialisations; the best objective is kept (as scikit-learn's "
         "n_init)",
     )
-    max_nodata_fraction: float = Field(default=0.5, description="skip crops with more nodata")
+    max_nodata_fraction: float = Field(default=0.5, ge=0, le=1,
+                                       description="skip crops with more nodata")
     cache_dir: str | None = Field(
         default=None, description="STEGO feature cache; default MODEL_DIR/.cache"
     )
@@ -139,8 +166,8 @@ class StegoConfig(_Section):
     """STEGO head training (defaults: the official Potsdam configuration)."""
 
     dim: int = Field(default=70, description="code dimension of the segmentation head")
-    steps: int = 5000
-    batch_size: int = 16
+    steps: int = Field(default=5000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
     lr_head: float = 5e-4
     lr_probe: float = 5e-3
     neighbors: int = Field(default=7, description="kNN positives drawn from the top-k")
@@ -296,7 +323,8 @@ def _format_error(source: str, err: ValidationError) -> InputError:
     if first["type"] == "extra_forbidden":
         valid = ", ".join(_section_keys(RunConfig, loc))
         return InputError(source, f"unknown config key '{dotted}' (valid keys: {valid})")
-    return InputError(source, f"config key '{dotted}': {first['msg']}")
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return InputError(source, f"config key '{dotted}': {msg}")
 
 
 def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:

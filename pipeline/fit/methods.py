@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pipeline.errors import InputError
 from pipeline.io.crops import Crop, CropWindow, read_crop, sample_crop_windows
 from pipeline.io.raster import RasterInfo, Scaling
-from pipeline.models.backbone import build_backbone
+from pipeline.models.backbone import build_backbone, describe_backbone, resample
 from pipeline.models.backbone import normalisation as normalisation_of
 from pipeline.models.backbone import patch_size as patch_size_of
 from pipeline.models.base import SegmentationModel, default_class_names, default_colors
@@ -46,21 +46,30 @@ def fit_pixel_kmeans(
                    "kmeans_objective": inertia}
 
 
+def scale_crop(crop: Crop, scale: float) -> Crop:
+    """A crop resampled by ``scale`` exactly as a model resamples its tiles (a pixel stays
+    valid where most of what it averages is)."""
+    img = resample(torch.from_numpy(crop.image)[None], scale)[0]
+    valid = resample(torch.from_numpy(crop.valid.astype(np.float32))[None, None], scale)
+    return Crop(crop.source, crop.row_off, crop.col_off, img.numpy(), valid[0, 0].numpy() >= 0.5)
+
+
 @torch.no_grad()
 def extract_features(
     model: FeatureKMeans, crops: list[Crop], batch_size: int = 8, device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = "fp32", prescaled: bool = False,
 ) -> torch.Tensor:
     """Patch features of valid patches (a patch is valid when most of its pixels are); the
-    backbone runs in ``precision`` (``"bf16"`` or ``"fp32"``), as it will at inference."""
-    p = model.patch_size
+    backbone runs in ``precision`` (``"bf16"`` or ``"fp32"``), as it will at inference.
+    ``prescaled``: the crops are already resampled by the model's ``input_scale``."""
+    p = patch_size_of(model.backbone) if prescaled else model.patch_size
     feats = []
     for i in range(0, len(crops), batch_size):
         batch = crops[i : i + batch_size]
         imgs = torch.from_numpy(np.stack([c.image for c in batch])).to(device)
         valid = torch.from_numpy(np.stack([c.valid for c in batch])).float()[:, None]
         with precision_context(precision, device):
-            f = model.features(imgs).cpu()  # N,C,h,w
+            f = (model.scaled_features(imgs) if prescaled else model.features(imgs)).cpu()
         v = F.avg_pool2d(valid, p)[:, 0] >= 0.5
         feats.append(f.permute(0, 2, 3, 1)[v])
     return torch.cat(feats)
@@ -79,19 +88,25 @@ def fit_feature_kmeans(
     embed_backbone: bool = False,
     precision: str = "fp32",
     n_init: int = 1,
+    input_scale: float = 1.0,
 ) -> tuple[SegmentationModel, dict[str, Any]]:
     """Spherical k-means (best of ``n_init`` inits) on frozen backbone patch features
-    (backbone in ``precision``)."""
+    (backbone in ``precision``). With ``input_scale`` != 1 the crops come already resampled
+    (:func:`scale_crop`) and the model resamples its tiles the same way at segment."""
     net, provenance = build_backbone(backbone_name, weights, overrides, seed=seed)
-    info = {"name": backbone_name, "overrides": dict(overrides or {}), "weights": provenance}
+    info = describe_backbone(backbone_name, overrides, provenance, net)
     dim = net.num_features
     placeholder = torch.zeros(k, dim)
     model = FeatureKMeans(net, info, placeholder, default_class_names(k), default_colors(k),
-                          alpha=alpha, embed_backbone=embed_backbone).to(device)
+                          alpha=alpha, embed_backbone=embed_backbone,
+                          input_scale=input_scale).to(device)
     size = crops[0].image.shape[-1]
-    if size % model.patch_size:
-        raise InputError("fit.crop_size", f"{size} is not a multiple of patch {model.patch_size}")
-    feats = extract_features(model, crops, device=device, precision=precision)
+    prescaled = input_scale != 1.0
+    p = patch_size_of(net) if prescaled else model.patch_size
+    if size % p:
+        raise InputError("fit.crop_size", f"{size} is not a multiple of patch {p}")
+    feats = extract_features(model, crops, device=device, precision=precision,
+                             prescaled=prescaled)
     centroids = spherical_kmeans(feats, k, iterations, seed, n_init=n_init)
     model.centroids.copy_(centroids.to(model.centroids.device))
     return model.cpu(), {"patches_used": int(feats.shape[0]), "feature_dim": int(dim),
@@ -135,7 +150,7 @@ def fit_stego(
     t0 = time.perf_counter()
     net, provenance = build_backbone(backbone_name, weights, overrides, seed=fit_cfg.seed)
     net = net.to(device)
-    info = {"name": backbone_name, "overrides": dict(overrides or {}), "weights": provenance}
+    info = describe_backbone(backbone_name, overrides, provenance, net)
     size = fit_cfg.crop_size
     p = patch_size_of(net)
     if size % p:

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.models.backbone_dir import is_backbone_dir, read_backbone_json, read_backbone_weights
-from pipeline.models.presets import timm_name_of
+from pipeline.models.presets import preset_for_timm, timm_name_of
 from pipeline.models.weights_file import fit_state_to_model, read_weights_file
 
 DEFAULT_BACKBONE = "vit_small_patch8_224.dino"
@@ -163,6 +163,20 @@ def build_backbone(
     }
 
 
+def describe_backbone(name: str, overrides: dict[str, Any] | None, provenance: dict[str, Any],
+                      net: torch.nn.Module) -> dict[str, Any]:
+    """What a model records about its backbone (``model.json``, then ``run.json``): the timm
+    name and overrides, the weights' provenance, the preset it matches, and the features it
+    gives (patch, feature size, prefix tokens dropped, normalisation)."""
+    preset = preset_for_timm(name)
+    mean, std = normalisation(net)
+    return {"name": name, "overrides": dict(overrides or {}), "weights": provenance,
+            "preset": preset.name if preset else None, "patch_size": patch_size(net),
+            "feature_dim": int(net.num_features),
+            "prefix_tokens": int(getattr(net, "num_prefix_tokens", 1)),
+            "normalisation": {"mean": list(mean), "std": list(std)}}
+
+
 def patch_size(model: torch.nn.Module) -> int:
     """The ViT's patch size (stride of its feature map)."""
     ps = model.patch_embed.patch_size
@@ -181,6 +195,23 @@ def patch_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     tokens = model.forward_features(images)
     tokens = tokens[:, model.num_prefix_tokens :].float()
     return tokens.reshape(n, h // p, w // p, -1).permute(0, 3, 1, 2)
+
+
+def resample(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Images resampled by ``scale`` (bilinear, antialiased) to run a backbone at another
+    ground sampling distance; unchanged at scale 1."""
+    if scale == 1.0:
+        return images
+    h, w = images.shape[-2:]
+    size = (round(h * scale), round(w * scale))
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear",
+                                           align_corners=False, antialias=True)
+
+
+def model_patch(net: torch.nn.Module, scale: float) -> int:
+    """Native pixels per backbone patch at input ``scale`` (tiles must hold whole patches)."""
+    p = patch_size(net)
+    return int(round(p / scale)) if scale < 1 else p
 
 
 def full_precision(like: torch.Tensor) -> torch.autocast:

@@ -12,7 +12,10 @@ from pipeline.models.base import SegmentationModel
 
 
 class FeatureKMeans(SegmentationModel):
-    """softmax(alpha * cos(feature, centroid)), upsampled bilinearly from patches to pixels."""
+    """softmax(alpha * cos(feature, centroid)), upsampled bilinearly from patches to pixels.
+
+    ``input_scale`` resamples images before the backbone (a preset's ground sampling
+    distance), at fit and at segment alike."""
 
     method: ClassVar[str] = "feature-kmeans"
 
@@ -25,13 +28,15 @@ class FeatureKMeans(SegmentationModel):
         colors: list[tuple[int, int, int]],
         alpha: float = 2.0,
         embed_backbone: bool = False,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__(class_names, colors)
         self.backbone = backbone.eval()
         self.backbone_info = dict(backbone_info)
         self.register_buffer("centroids", F.normalize(centroids.float(), dim=1))
         self.alpha = float(alpha)
-        self.patch_size = bb.patch_size(backbone)
+        self.input_scale = float(input_scale)
+        self.patch_size = bb.model_patch(backbone, self.input_scale)
         mean, std = bb.normalisation(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -40,9 +45,12 @@ class FeatureKMeans(SegmentationModel):
         self.embed_backbone = embed_backbone or source == "random"
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone patch features (N, C, H/p, W/p) for images in [0, 1]."""
-        x = (images.float() - self.mean) / self.std
-        return bb.patch_features(self.backbone, x)
+        """Backbone patch features (N, C, H/p, W/p) for images in [0, 1] (p: ``patch_size``)."""
+        return self.scaled_features(bb.resample(images.float(), self.input_scale))
+
+    def scaled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch features of images already resampled by ``input_scale``."""
+        return bb.patch_features(self.backbone, (x.float() - self.mean) / self.std)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities at pixel resolution."""
@@ -62,7 +70,10 @@ class FeatureKMeans(SegmentationModel):
         return tensors
 
     def metadata(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "backbone_embedded": self.embed_backbone}
+        meta = {"alpha": self.alpha, "backbone_embedded": self.embed_backbone}
+        if self.input_scale != 1.0:  # model files without it (older, or native GSD) load as 1
+            meta["input_scale"] = self.input_scale
+        return meta
 
     @classmethod
     def from_saved(
@@ -74,4 +85,5 @@ class FeatureKMeans(SegmentationModel):
         net = bb.load_backbone(info, tensors, embedded, model_dir)
         return cls(net, info, tensors["centroids"], meta["class_names"],
                    [tuple(c) for c in meta["colors"]], alpha=params["alpha"],
-                   embed_backbone=params.get("backbone_embedded", False))
+                   embed_backbone=params.get("backbone_embedded", False),
+                   input_scale=params.get("input_scale", 1.0))

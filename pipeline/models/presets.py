@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError
+from pipeline.io.raster import RasterInfo, ground_sampling_distance
+
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SAT493M = ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143))
 FB = "https://dl.fbaipublicfiles.com"
@@ -112,3 +115,29 @@ def find_local(preset: BackbonePreset, search: list[Path]) -> str | None:
     repo = hub_cache_dir() / ("models--" + preset.hub_repo.replace("/", "--"))
     snapshots = sorted(repo.glob("snapshots/*/*.safetensors")) if repo.is_dir() else []
     return f"hub cache ({snapshots[0]})" if snapshots else None
+
+
+def gsd_input_scale(backbone: str, gsd: float | str | None,
+                    rasters: list[RasterInfo]) -> tuple[float | None, dict[str, Any] | None]:
+    """The input scale that runs the backbone at the target ground sampling distance: ``gsd``
+    (metres per pixel) when given, else the preset's own when ``backbone`` names a preset;
+    ``None`` when neither applies (``gsd="native"``, or a timm name). The scale is the inputs'
+    GSD over the target, never above 1 (the backbone never sees upsampled pixels), and the
+    same for every input: their GSDs must agree within 5 %. Returns (scale, record)."""
+    preset = PRESETS.get(backbone)
+    target = gsd if gsd is not None else (preset.gsd if preset else None)
+    if target is None or target == "native":
+        return None, None
+    own = [ground_sampling_distance(info) for info in rasters]
+    for info, value in zip(rasters, own, strict=True):
+        if value is None:
+            if gsd is None:  # the preset's default cannot apply: run at the raster's own
+                return None, {"target": target, "skipped": f"{info.path} has no CRS"}
+            raise InputError(info.path, f"has no CRS, so --gsd {target} cannot be applied "
+                             "(set stego.input_scale instead)")
+    if max(own) > 1.05 * min(own):
+        raise InputError("--gsd", "inputs have different ground sampling distances "
+                         f"({min(own):.3g}-{max(own):.3g} m); fit them separately")
+    scale = round(min(1.0, own[0] / float(target)), 4)
+    return scale, {"target": float(target), "raster": round(own[0], 4), "input_scale": scale,
+                   "from": "--gsd" if gsd is not None else f"preset {backbone}"}

@@ -51,9 +51,8 @@ class StegoModel(SegmentationModel):
         self.input_scale = float(input_scale)
         self.crf = bool(crf)
         self.use_linear_probe = False  # the supervised probe, for evaluation only
-        p = bb.patch_size(backbone)
         # tiles must map to a whole number of patches after resampling
-        self.patch_size = int(round(p / self.input_scale)) if self.input_scale < 1 else p
+        self.patch_size = bb.model_patch(backbone, self.input_scale)
         mean, std = bb.normalisation(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -69,10 +68,7 @@ class StegoModel(SegmentationModel):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, K, H, W) for images (N, 3, H, W) in [0, 1]."""
         h, w = images.shape[-2:]
-        x = images.float()
-        if self.input_scale != 1.0:
-            size = (round(h * self.input_scale), round(w * self.input_scale))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = bb.resample(images.float(), self.input_scale)
         codes = self.codes(x)
         with bb.full_precision(codes):
             return self._probs(images, x, codes, h, w)
@@ -161,8 +157,7 @@ def stego_model_from_import(
     provenance = {"source": "checkpoint", "path": str(source_path),
                   "file_sha256": bb.file_sha256(source_path),
                   "sha256": bb.tensor_hash(net.state_dict())}
-    info = {"name": imported.backbone_name, "overrides": dict(overrides or {}),
-            "weights": provenance}
+    info = bb.describe_backbone(imported.backbone_name, overrides, provenance, net)
     head = SegmentationHead(net.num_features, imported.dim)
     head.load_state_dict(imported.head_state, strict=True)
     probe = ClusterProbe(imported.dim, imported.n_clusters)

@@ -78,3 +78,18 @@ def load_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator) -> Pr
     nets.center = tensors["center"].to(device)
     gen.set_state(tensors["generator"])
     return Progress(doc["step"], doc["total"], doc["seconds"], doc["history"])
+
+
+def mark_interrupted(work_dir: Path, at_step: int) -> dict | None:
+    """Record in ``checkpoint.json`` that the run was interrupted at ``at_step`` (a re-run
+    resumes from the checkpoint's own step); None when there is no checkpoint yet."""
+    path = work_dir / STATE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    doc.update(status="interrupted", interrupted_at_step=at_step)
+    tmp = work_dir / f".{STATE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+    return doc

@@ -20,7 +20,7 @@ from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import patch_size, tensor_hash
 from pipeline.pretrain import dino
 from pipeline.pretrain.augment import ViewSpec, make_views
-from pipeline.pretrain.checkpoint import load_state, save_state
+from pipeline.pretrain.checkpoint import load_state, mark_interrupted, save_state
 from pipeline.pretrain.nets import Nets, Progress, build_nets
 
 Log = Callable[[str], None]
@@ -162,6 +162,20 @@ def pretrain(pool: CropPool, cfg: PretrainConfig, work_dir: Path, key: str, devi
             if cfg.steps is not None:
                 progress.total = cfg.steps
             log(f"pretrain: resuming at step {progress.step}/{progress.total}")
+    try:
+        _train_loop(nets, pool, cfg, work_dir, key, gen, progress, device, log, on_step)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # SIGTERM/SIGINT/Ctrl-C: say where it resumes
+            doc = mark_interrupted(work_dir, progress.step)
+            start = doc["step"] if doc else 0
+            log(f"pretrain: interrupted at step {progress.step}; a re-run resumes at {start}")
+        raise
+    return nets, progress
+
+
+def _train_loop(nets: Nets, pool: CropPool, cfg: PretrainConfig, work_dir: Path, key: str,
+                gen: torch.Generator, progress: Progress, device: str, log: Log,
+                on_step: Callable[[int], None] | None) -> None:
     last_save = progress.step
     while progress.total is None or progress.step < progress.total:
         t0 = time.perf_counter()
@@ -189,7 +203,6 @@ def pretrain(pool: CropPool, cfg: PretrainConfig, work_dir: Path, key: str, devi
             last_save = progress.step
         if on_step is not None:
             on_step(progress.step)
-    return nets, progress
 
 
 def backbone_description(nets: Nets, pool: CropPool, cfg: PretrainConfig, progress: Progress,

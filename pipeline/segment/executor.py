@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,41 @@ def task_resources(cfg: DaskConfig, device: str) -> dict[str, float] | None:
     if cfg.resources is not None:
         return dict(cfg.resources) or None
     return {"GPU": 1} if device.startswith("cuda") else None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a TCP-based scheduler address (8786 when none is given); None: inproc."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme == "inproc":
+        return None
+    if rest.startswith("["):  # [ipv6]:port
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = rest.partition(":")
+    return host, int(port) if port else 8786
+
+
+def check_scheduler(cfg: DaskConfig) -> None:
+    """Refuse an unreachable ``scheduler_address`` within ``connect_timeout`` (one TCP connect).
+
+    Dask's own client keeps retrying a refused connection until its timeout and then some;
+    this probe answers at once when nothing listens, and after the timeout when nothing answers.
+    """
+    if not cfg.scheduler_address:
+        return
+    target = _host_port(cfg.scheduler_address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=cfg.connect_timeout):
+            pass
+    except OSError as exc:
+        from pipeline.errors import InputError
+
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise InputError(cfg.scheduler_address, f"cannot reach Dask scheduler ({why}; "
+                         f"dask.connect_timeout is {cfg.connect_timeout:g} s)") from None
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from pipeline.io.files import ensure_output_dir, input_checksum
 from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.models.device import resolve_device, resolved_precision
 from pipeline.models.store import load_model, model_hash, read_model_json
+from pipeline.segment.executor import check_scheduler
 from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
@@ -102,6 +103,7 @@ def check_segment_inputs(
         raise InputError(input_path, f"the model's index was fitted on bands "
                          f"{','.join(map(str, fitted_bands))}; segment with --bands "
                          f"{','.join(map(str, fitted_bands))}")
+    check_scheduler(config.dask)
     _check_out_dir(Path(out_dir), input_path)
     return info, meta, scaling
 
