@@ -29,6 +29,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("model", "refine"): getattr(args, "refine", None),
         ("dask", "workers"): getattr(args, "workers", None),
         ("dask", "scheduler_address"): getattr(args, "scheduler_address", None),
+        ("stac", "datetime"): getattr(args, "datetime", None),
         **{("fit", k): getattr(args, k, None)
            for k in ("method", "clusters", "backbone", "weights")},
     }

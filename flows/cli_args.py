@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print run.json's content on stdout (for scripts and cron)")
     seg.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
                      help="dense CRF post-processing (STEGO models; default: the model's)")
+    seg.add_argument("--datetime", metavar="ISO",
+                     help="acquisition time for item.json, e.g. 2024-05-17T10:30:00Z "
+                     "(default: the input's TIFF date tag, else the processing time)")
     seg.add_argument("--refine", choices=["none", "regions"],
                      help="regions: average class probabilities within superpixels before "
                      "blending (any method; default: model.refine, none)")

@@ -17,7 +17,12 @@ from pipeline.io.lock import output_lock
 from pipeline.io.zarr_store import finalize_store, open_labels
 from pipeline.publish.gis_styles import write_styles
 from pipeline.publish.preview import class_histogram, write_preview
-from pipeline.publish.stac import build_stac_item, stac_item_id, write_stac_item
+from pipeline.publish.stac import (
+    acquisition_datetime,
+    build_stac_item,
+    stac_item_id,
+    write_stac_item,
+)
 from pipeline.segment.blocks import block_job, infer_and_write_block, prepare_labels_store
 from pipeline.segment.executor import (
     dask_client,
@@ -99,7 +104,7 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
 
 @task(name="write-cog", **CACHED)
 def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
-    """Copy the Zarr labels into a paletted Cloud-Optimized GeoTIFF."""
+    """Copy the Zarr labels into a paletted Cloud-Optimized GeoTIFF and its .aux.xml."""
     t0 = time.perf_counter()
     out = write_cog(
         open_labels(plan.output("zarr")), plan.output("cog"), transform=plan.info.affine,
@@ -108,7 +113,7 @@ def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
         resampling=plan.config.output.overview_resampling,
     )
     return {"path": str(out), "seconds": time.perf_counter() - t0,
-            "receipt": output_receipt(plan, "cog")}
+            "receipt": output_receipt(plan, "cog", "cog_aux")}
 
 
 @task(name="vectorize", **CACHED)
@@ -153,26 +158,39 @@ def summarize(plan: SegmentPlan) -> dict[str, Any]:
     return {**summary, "seconds": time.perf_counter() - t0}
 
 
+def scene_datetime(plan: SegmentPlan, now: str) -> tuple[str, str]:
+    """When the scene was taken and where that came from: ``stac.datetime``, the input's tags,
+    or (with a warning in run.json) the processing time."""
+    if plan.config.stac.datetime is not None:
+        return plan.config.stac.datetime.isoformat(), "stac.datetime"
+    found = acquisition_datetime(plan.input_path)
+    return found if found else (now, "processing time")
+
+
 @task(name="styles-and-stac")
-def styles_and_stac(plan: SegmentPlan) -> dict[str, str]:
+def styles_and_stac(plan: SegmentPlan) -> dict[str, Any]:
     """The raster's QGIS style (.qml) and a STAC Item for catalogues."""
     from datetime import UTC, datetime
 
-    polygons = plan.output("polygons").name
+    now = datetime.now(UTC).isoformat()
     files = write_styles(Path(plan.out_dir), plan.class_names, plan.colors, vector_name=None)
-    assets = {k: OUTPUT_NAMES[k] for k in ("cog", "zarr", "preview", "manifest")}
-    assets["polygons"] = polygons
-    assets["labels"] = assets.pop("cog")
+    assets = {"labels": OUTPUT_NAMES["cog"], "labels_aux": OUTPUT_NAMES["cog_aux"],
+              "labels_style": "labels.qml", "zarr": OUTPUT_NAMES["zarr"],
+              "polygons": plan.output("polygons").name, "polygons_style": "polygons.qml",
+              "preview": OUTPUT_NAMES["preview"], "manifest": OUTPUT_NAMES["manifest"]}
+    if not plan.config.vectorize.enabled:
+        assets = {k: v for k, v in assets.items() if not k.startswith("polygons")}
+    when, source = scene_datetime(plan, now)
     item = build_stac_item(
         item_id=stac_item_id(plan.input_path, plan.fingerprint), out_dir=Path(plan.out_dir),
         width=plan.info.width, height=plan.info.height, transform=plan.info.transform,
         crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
-        datetime_utc=datetime.now(UTC).isoformat(), assets=assets,
+        datetime_utc=when, created_utc=now, assets=assets,
         properties={"stego:model_hash": plan.model_hash,
-                    "stego:method": plan.model_meta["method"]},
+                    "stego:method": plan.model_meta["method"], "stego:datetime_source": source},
     )
     files["stac_item"] = write_stac_item(item, Path(plan.out_dir) / "item.json")
-    return {k: str(v) for k, v in files.items()}
+    return {"files": {k: str(v) for k, v in files.items()}, "datetime_source": source}
 
 
 def run_stage(stage: Any, plan: SegmentPlan, fresh: bool, cached: list[str],
@@ -261,13 +279,16 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
             vector_styles = polygons.pop("styles")
         summary = summarize(plan)
         plan.timings["summary"] = summary.pop("seconds")
-        extra_outputs = styles_and_stac(plan)
+        stac = styles_and_stac(plan)
+        if stac["datetime_source"] == "processing time":
+            plan.warnings.append("item.json: the input has no acquisition time (TIFF tags); "
+                                 "datetime is the processing time; set --datetime")
         plan.timings["total"] = time.perf_counter() - t0
         doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons,
                                           "summary": summary, "cached_stages": cached})
         if not cfg.vectorize.enabled:
             doc["outputs"].pop("polygons")
-        doc["outputs"].update(extra_outputs)
+        doc["outputs"].update(stac["files"])
         doc["outputs"].update(vector_styles)
         write_json_atomic(run_json, doc)
         publish_artifact(doc)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 import yaml
 from pydantic import (
     BaseModel,
@@ -100,6 +101,17 @@ class OutputConfig(_Section):
     compress: Literal["DEFLATE", "LZW", "ZSTD"] = "DEFLATE"
     overview_resampling: Literal["nearest", "mode"] = "nearest"
     confidence: bool = Field(default=True, description="write the confidence array to Zarr")
+    zarr_format: Literal[2, 3] = Field(
+        default=2, description="labels.zarr format: 2 opens in every GDAL >= 3.4 (QGIS on "
+        "Debian/Ubuntu LTS); 3 needs GDAL >= 3.11 (the v3 'bytes' codec)")
+
+
+class StacConfig(_Section):
+    """The STAC item's time."""
+
+    datetime: pydantic.AwareDatetime | None = Field(
+        default=None, description="acquisition time (ISO 8601 with a time zone) for item.json; "
+        "null = the input's TIFFTAG_DATETIME/ACQUISITIONDATETIME tag, else the processing time")
 
 
 class DaskConfig(_Section):
@@ -294,6 +306,7 @@ class RunConfig(_Section):
     tiling: TilingConfig = TilingConfig()
     vectorize: VectorizeConfig = VectorizeConfig()
     output: OutputConfig = OutputConfig()
+    stac: StacConfig = StacConfig()
     dask: DaskConfig = DaskConfig()
     fit: FitConfig = FitConfig()
     threshold: ThresholdConfig = ThresholdConfig()

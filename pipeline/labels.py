@@ -10,6 +10,9 @@ import numpy as np
 from pipeline.tiling import Block
 
 NODATA = 255
+# confidence = round(max class probability x 254): 0..254, so 255 is nodata as in the labels
+# and the two arrays share one nodata value (one multi-band GeoTIFF, one xarray mask)
+CONFIDENCE_SCALE = 254
 
 
 @dataclass
@@ -18,5 +21,5 @@ class BlockOutput:
 
     block: Block
     labels: np.ndarray  # uint8 (h, w), 255 = nodata
-    confidence: np.ndarray  # uint8 (h, w), max probability * 255
+    confidence: np.ndarray  # uint8 (h, w), max probability * 254, 255 = nodata
     stats: dict = field(default_factory=dict)

@@ -17,7 +17,8 @@ from pipeline.labels import NODATA
 
 def _is_zarr(path: str | Path) -> bool:
     p = Path(path)
-    return p.is_dir() and ((p / "zarr.json").is_file() or p.suffix == ".zarr")
+    markers = ("zarr.json", ".zgroup", ".zarray")  # Zarr v3, v2
+    return p.is_dir() and (p.suffix == ".zarr" or any((p / m).is_file() for m in markers))
 
 
 def _is_georeferenced(transform: Affine, crs: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Cloud-Optimized GeoTIFF of the labels, copied chunk-row by chunk-row from the Zarr store."""
+"""Cloud-Optimized GeoTIFF of the labels, copied chunk-row by chunk-row from the Zarr store, with
+GDAL's ``.aux.xml`` sidecar (category names, raster attribute table) beside it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from pipeline.io.pam import aux_path, write_pam_sidecar
 from pipeline.labels import NODATA
 
 
@@ -36,8 +38,13 @@ def write_cog(
     tile: int = 512,
     compress: str = "DEFLATE",
     resampling: str = "nearest",
+    sidecar: bool = True,
 ) -> Path:
-    """Write ``labels`` (2-D array-like, uint8) as a paletted COG; atomic via temp + rename."""
+    """Write ``labels`` (2-D array-like, uint8) as a paletted COG; atomic via temp + rename.
+
+    With ``sidecar`` (the default) ``<out>.aux.xml`` follows with the class names and a raster
+    attribute table holding each class's pixel count; a stale sidecar is removed otherwise.
+    """
     out_path = Path(out_path)
     height, width = labels.shape
     stem = out_path.with_name(f".{out_path.name}.{os.getpid()}")
@@ -50,11 +57,14 @@ def write_cog(
     }
     palette = {i: tuple(colors[i]) + (255,) for i in range(len(colors))}
     palette[NODATA] = (0, 0, 0, 0)
+    counts = np.zeros(256, dtype=np.int64)
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             for r0 in range(0, height, tile):
                 r1 = min(height, r0 + tile)
-                dst.write(np.asarray(labels[r0:r1, :]), 1, window=Window(0, r0, width, r1 - r0))
+                rows = np.asarray(labels[r0:r1, :], dtype=np.uint8)
+                counts += np.bincount(rows.ravel(), minlength=256)
+                dst.write(rows, 1, window=Window(0, r0, width, r1 - r0))
             dst.write_colormap(1, palette)
             dst.set_band_description(1, "class label")
             dst.update_tags(1, **{f"class_{i}": n for i, n in enumerate(class_names)})
@@ -72,4 +82,9 @@ def write_cog(
         for p in (tmp, tmp_cog):
             p.unlink(missing_ok=True)
             Path(str(p) + ".ovr").unlink(missing_ok=True)
+            aux_path(p).unlink(missing_ok=True)
+    if sidecar:
+        write_pam_sidecar(out_path, class_names, colors, counts.tolist())
+    else:
+        aux_path(out_path).unlink(missing_ok=True)
     return out_path

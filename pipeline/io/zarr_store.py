@@ -1,11 +1,13 @@
-"""The georeferenced Zarr v3 label store, written block by block.
+"""The georeferenced label store (Zarr v2 or v3), written block by block, that GDAL, QGIS and
+xarray open as it is.
 
-Layout (readable by ``xarray.open_zarr`` + rioxarray): ``labels`` and ``confidence`` (uint8,
-dims y/x, chunks aligned with blocks), ``x``/``y`` cell-centre coordinates, a CF
-``spatial_ref`` grid mapping (``crs_wkt``, ``GeoTransform``) and the ``proj:``/``spatial:``
-convention attributes on the group. ``block_done`` holds one chunk per block: a block writes
-its labels first and its done flag last, so a store killed mid-run tells which blocks are
-complete. The store is built at a hidden ``.partial`` path and renamed when complete.
+The root group holds only georeferenced data: ``labels`` and ``confidence`` (uint8, dims y/x,
+chunks aligned with blocks, nodata 255 as the fill value), ``x``/``y`` cell-centre coordinates and
+a CF ``spatial_ref`` grid mapping; the CRS is also in GDAL's ``_CRS`` attribute (read by every
+GDAL since 3.4) and the ``proj:``/``spatial:`` convention attributes on the group. Chunks are
+gzip (v3) or zlib (v2): codecs every GDAL build has. Resume bookkeeping lives in the
+``_resume`` sub-group while the run is going (a block writes its labels first and its done flag
+last) and is removed when the store is finalized and renamed into place.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import numpy as np
 import zarr
 from affine import Affine
 
-from pipeline.labels import NODATA, BlockOutput
+from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
 from pipeline.tiling import Block, block_grid_shape
+
+RESUME = "_resume"  # sub-group of the partial store with the per-block bookkeeping
+LAYOUT = "stego-labels/2"  # bumped when the store's layout changes: older partials are rebuilt
+ZLIB_LEVEL = 6
 
 
 def partial_path(final: Path) -> Path:
@@ -30,17 +36,44 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
-def _cf_grid_mapping(crs_wkt: str | None, transform: Affine) -> dict[str, Any]:
-    gt = f"{transform.c} {transform.a} {transform.b} {transform.f} {transform.d} {transform.e}"
-    attrs: dict[str, Any] = {"GeoTransform": gt}
-    if crs_wkt:
-        from pyproj import CRS
+def _crs_attrs(crs_wkt: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(GDAL ``_CRS`` attribute for the data arrays, CF attributes for ``spatial_ref``)."""
+    if not crs_wkt:
+        return {}, {}
+    from pyproj import CRS
 
-        cf = CRS.from_wkt(crs_wkt).to_cf()
-        attrs.update({k: v for k, v in cf.items() if isinstance(v, (str, int, float))})
-        attrs["crs_wkt"] = crs_wkt
-        attrs["spatial_ref"] = crs_wkt
-    return attrs
+    crs = CRS.from_wkt(crs_wkt)
+    wkt2 = crs.to_wkt("WKT2_2019")
+    cf = {k: v for k, v in crs.to_cf().items() if isinstance(v, (str, int, float))}
+    cf.update({"crs_wkt": crs_wkt, "spatial_ref": crs_wkt})
+    return {"_CRS": {"wkt": wkt2, "projjson": crs.to_json_dict()}}, cf
+
+
+def _create(group: zarr.Group, name: str, zarr_format: int, dims: list[str],
+            attributes: dict[str, Any], **kwargs: Any) -> zarr.Array:
+    """An array with dimension names and a zlib/gzip codec in the group's Zarr format."""
+    if zarr_format == 2:  # the fill value is xarray's _FillValue; dimension names: attribute
+        from numcodecs import Zlib
+
+        attributes = {**attributes, "_ARRAY_DIMENSIONS": dims}
+        return group.create_array(name, compressors=Zlib(level=ZLIB_LEVEL),
+                                  attributes=attributes, **kwargs)
+    from zarr.codecs import GzipCodec
+
+    if kwargs.get("dtype") == "uint8" and dims == ["y", "x"]:  # v3: the mask is an attribute
+        attributes = {**attributes, "_FillValue": kwargs["fill_value"]}
+    return group.create_array(name, compressors=GzipCodec(level=ZLIB_LEVEL),
+                              dimension_names=dims, attributes=attributes, **kwargs)
+
+
+def _resumable(path: Path, fingerprint: str, zarr_format: int) -> bool:
+    try:
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        return (group.attrs.get("fingerprint") == fingerprint
+                and group.attrs.get("layout") == LAYOUT
+                and group.metadata.zarr_format == zarr_format and RESUME in group)
+    except Exception:  # noqa: BLE001 - an unreadable partial store is rebuilt
+        return False
 
 
 def prepare_store(
@@ -56,30 +89,26 @@ def prepare_store(
     colors: list[tuple[int, int, int]],
     fingerprint: str,
     fresh: bool = False,
+    zarr_format: int = 2,
 ) -> tuple[Path, bool]:
     """Open the partial store for resuming if its fingerprint matches, else create it anew.
 
     Returns ``(path, resumed)``.
     """
+    if zarr_format not in (2, 3):
+        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
     path = partial_path(final)
-    if path.exists() and not fresh:
-        try:
-            group = zarr.open_group(str(path), mode="r")
-            if group.attrs.get("fingerprint") == fingerprint:
-                return path, True
-        except Exception:  # noqa: BLE001 - an unreadable partial store is rebuilt
-            pass
+    if path.exists() and not fresh and _resumable(path, fingerprint, zarr_format):
+        return path, True
     if path.exists():
         shutil.rmtree(path)
-    group = zarr.open_group(str(path), mode="w")
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     names = list(class_names)
-    common = {
-        "grid_mapping": "spatial_ref",
-        "coordinates": "spatial_ref",
-    }
-    group.create_array(
-        "labels", shape=(height, width), chunks=(chunk, chunk), dtype="uint8",
-        fill_value=NODATA, dimension_names=["y", "x"],
+    gdal_crs, cf = _crs_attrs(crs_wkt)
+    common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", **gdal_crs}
+    _create(
+        group, "labels", zarr_format, ["y", "x"], shape=(height, width), chunks=(chunk, chunk),
+        dtype="uint8", fill_value=NODATA,
         attributes={
             **common,
             "long_name": "class label",
@@ -90,48 +119,39 @@ def prepare_store(
             "class_colors": [list(c) for c in colors],
         },
     )
-    group.create_array(
-        "confidence", shape=(height, width), chunks=(chunk, chunk), dtype="uint8",
-        fill_value=0, dimension_names=["y", "x"],
-        attributes={**common, "long_name": "max class probability x 255", "scale": 1 / 255},
+    _create(
+        group, "confidence", zarr_format, ["y", "x"], shape=(height, width),
+        chunks=(chunk, chunk), dtype="uint8", fill_value=NODATA,
+        attributes={**common, "long_name": f"max class probability x {CONFIDENCE_SCALE}",
+                    "nodata": NODATA, "valid_range": [0, CONFIDENCE_SCALE]},
     )
     x = transform.c + (np.arange(width) + 0.5) * transform.a
     y = transform.f + (np.arange(height) + 0.5) * transform.e
-    projected = bool(crs_wkt)
     for name, values in (("x", x), ("y", y)):
-        arr = group.create_array(
-            name, shape=values.shape, chunks=values.shape, dtype="float64",
-            dimension_names=[name],
+        arr = _create(
+            group, name, zarr_format, [name], shape=values.shape, chunks=values.shape,
+            dtype="float64",
             attributes={
                 "axis": name.upper(),
-                "standard_name": f"projection_{name}_coordinate" if projected else name,
+                "standard_name": f"projection_{name}_coordinate" if crs_wkt else name,
             },
         )
         arr[:] = values
-    sref = group.create_array(
-        "spatial_ref", shape=(), dtype="int64", fill_value=0,
-        attributes=_cf_grid_mapping(crs_wkt, transform),
-    )
+    gt = f"{transform.c} {transform.a} {transform.b} {transform.f} {transform.d} {transform.e}"
+    sref = _create(group, "spatial_ref", zarr_format, [], shape=(), chunks=(), dtype="int64",
+                   fill_value=0, attributes={"GeoTransform": gt, **cf})
     sref[...] = 0
-    nr, nc = block_grid_shape(height, width, block_size)
-    group.create_array(
-        "block_rows_done", shape=(nr, nc), chunks=(1, 1), dtype="int32", fill_value=0,
-        dimension_names=["block_row", "block_col"],
-        attributes={"long_name": "rows of the block's core already written (resume point)"},
-    )
-    group.create_array(
-        "block_done", shape=(nr, nc), chunks=(1, 1), dtype="uint8", fill_value=0,
-        dimension_names=["block_row", "block_col"],
-        attributes={"long_name": "1 when the block's labels are written", "block_size": block_size},
-    )
+    _create_resume_arrays(group, zarr_format, *block_grid_shape(height, width, block_size),
+                          block_size)
     group.attrs.update(
         {
             "fingerprint": fingerprint,
+            "layout": LAYOUT,
             "status": "running",
             "class_names": names,
             "class_colors": [list(c) for c in colors],
             "nodata": NODATA,
-            "proj:wkt2": crs_wkt,
+            "proj:wkt2": gdal_crs["_CRS"]["wkt"] if gdal_crs else None,
             "spatial:dimensions": ["y", "x"],
             "spatial:transform": list(transform)[:6],
             "spatial:shape": [height, width],
@@ -140,9 +160,22 @@ def prepare_store(
     return path, False
 
 
+def _create_resume_arrays(group: zarr.Group, zarr_format: int, nr: int, nc: int,
+                          block_size: int) -> None:
+    sub = group.create_group(RESUME)
+    dims = ["block_row", "block_col"]
+    _create(sub, "block_rows_done", zarr_format, dims, shape=(nr, nc), chunks=(1, 1),
+            dtype="int32", fill_value=0,
+            attributes={"long_name": "rows of the block's core already written (resume point)"})
+    _create(sub, "block_done", zarr_format, dims, shape=(nr, nc), chunks=(1, 1), dtype="uint8",
+            fill_value=0,
+            attributes={"long_name": "1 when the block's labels are written",
+                        "block_size": block_size})
+
+
 def done_blocks(path: Path) -> set[tuple[int, int]]:
     """(row, col) of blocks whose labels are completely written."""
-    done = zarr.open_array(str(path), path="block_done", mode="r")[:]
+    done = zarr.open_array(str(path), path=f"{RESUME}/block_done", mode="r")[:]
     return {(int(r), int(c)) for r, c in zip(*np.nonzero(done), strict=True)}
 
 
@@ -154,14 +187,14 @@ def write_block(path: Path, out: BlockOutput, confidence: bool = True) -> None:
     group["labels"][region] = out.labels
     if confidence:
         group["confidence"][region] = out.confidence
-    group["block_rows_done"][b.row, b.col] = b.height
-    group["block_done"][b.row, b.col] = 1
+    group[f"{RESUME}/block_rows_done"][b.row, b.col] = b.height
+    group[f"{RESUME}/block_done"][b.row, b.col] = 1
 
 
 def block_rows_done(path: Path, block: Block) -> int:
     """Rows of ``block``'s core already written by an earlier, interrupted attempt."""
     group = zarr.open_group(str(path), mode="r")
-    return int(group["block_rows_done"][block.row, block.col])
+    return int(group[f"{RESUME}/block_rows_done"][block.row, block.col])
 
 
 class BlockWriter:
@@ -197,7 +230,7 @@ class BlockWriter:
         b = self.block
         if self.next_row != b.height:
             raise RuntimeError(f"block {b.key}: {self.next_row} of {b.height} rows written")
-        self.group["block_done"][b.row, b.col] = 1
+        self.group[f"{RESUME}/block_done"][b.row, b.col] = 1
 
     def _write(self, n: int) -> None:
         labels = np.concatenate(self._labels)
@@ -209,14 +242,16 @@ class BlockWriter:
         if self.confidence:
             self.group["confidence"][region] = conf[:n]
         self.next_row += n
-        self.group["block_rows_done"][b.row, b.col] = self.next_row
+        self.group[f"{RESUME}/block_rows_done"][b.row, b.col] = self.next_row
         self._labels, self._conf = [labels[n:]], [conf[n:]]
         self._rows -= n
 
 
 def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
-    """Mark complete, consolidate metadata and move the store to its final path."""
+    """Drop the bookkeeping, mark complete, consolidate metadata, move the store into place."""
     group = zarr.open_group(str(path), mode="r+")
+    if RESUME in group:
+        del group[RESUME]
     group.attrs.update({"status": "complete", **summary})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")

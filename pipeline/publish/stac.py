@@ -33,6 +33,9 @@ COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 GEOTIFF_TYPE = "image/tiff; application=geotiff"
 ZARR_TYPE = "application/vnd+zarr"
 GPKG_TYPE = "application/geopackage+sqlite3"
+PARQUET_TYPE = "application/vnd.apache.parquet"
+FGB_TYPE = "application/vnd.flatgeobuf"
+XML_TYPE = "application/xml"
 NODATA = 255
 EDGE_POINTS = 21  # points per raster edge when reprojecting the outline
 COORD_DIGITS = 9
@@ -41,15 +44,47 @@ COORD_DIGITS = 9
 _ASSET_KINDS: dict[str, tuple[str, list[str], str]] = {
     ".tif": (GEOTIFF_TYPE, ["data"], "GeoTIFF"),
     ".tiff": (GEOTIFF_TYPE, ["data"], "GeoTIFF"),
-    ".zarr": (ZARR_TYPE, ["data"], "Class labels and confidence (Zarr v3)"),
+    ".zarr": (ZARR_TYPE, ["data"], "Class labels and confidence (Zarr)"),
     ".gpkg": (GPKG_TYPE, ["data"], "Class polygons (GeoPackage)"),
+    ".parquet": (PARQUET_TYPE, ["data"], "Class polygons (GeoParquet)"),
+    ".fgb": (FGB_TYPE, ["data"], "Class polygons (FlatGeobuf)"),
+    ".xml": (XML_TYPE, ["metadata"], "GDAL class names and attribute table (.aux.xml)"),
     ".json": ("application/json", ["metadata"], "Run manifest"),
     ".png": ("image/png", ["overview"], "Preview"),
     ".jpg": ("image/jpeg", ["overview"], "Preview"),
     ".jpeg": ("image/jpeg", ["overview"], "Preview"),
     ".webp": ("image/webp", ["overview"], "Preview"),
-    ".qml": ("application/xml", ["style"], "QGIS style"),
+    ".qml": (XML_TYPE, ["style"], "QGIS style"),
 }
+# TIFF/GDAL tags holding when the image was taken, best first; GDAL's IMAGERY domain is UTC
+_TIME_TAGS = (("IMAGERY", "ACQUISITIONDATETIME"), (None, "ACQUISITIONDATETIME"),
+              (None, "TIFFTAG_DATETIME"))
+
+
+def acquisition_datetime(path: str | Path) -> tuple[str, str] | None:
+    """``(UTC ISO time, source tag)`` of when the raster was taken, from its tags; else None.
+
+    TIFF ``DateTime`` (``YYYY:MM:DD HH:MM:SS``) carries no time zone: it is read as UTC.
+    """
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            tags = {(ns, key): ds.tags(ns=ns).get(key) for ns, key in _TIME_TAGS}
+    except rasterio.errors.RasterioIOError:
+        return None
+    for (ns, key), value in tags.items():
+        if not value:
+            continue
+        text = re.sub(r"^(\d{4}):(\d\d):(\d\d)", r"\1-\2-\3", value.strip())
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return _iso_utc(parsed.isoformat()), f"{ns}:{key}" if ns else key
+    return None
 
 
 def stac_item_id(input_path: str | Path, fingerprint: str, length: int = 8) -> str:
@@ -72,6 +107,7 @@ def build_stac_item(
     datetime_utc: str,
     assets: dict[str, str],
     properties: dict | None = None,
+    created_utc: str | None = None,
 ) -> dict:
     """The STAC Item (a JSON-ready dict) for one run's outputs.
 
@@ -82,6 +118,8 @@ def build_stac_item(
     carries ``raster:bands`` with the classification. Assets whose file is missing from
     ``out_dir`` (e.g. an optional preview) are left out. ``transform`` is the GDAL/rasterio
     affine ``(a, b, c, d, e, f)``; ``properties`` are merged into the item's properties.
+    ``datetime_utc`` is when the scene was taken; ``created_utc`` (default: the same) when the
+    outputs were made.
     """
     if width < 1 or height < 1:
         raise ValueError(f"raster size must be positive, got {width}x{height}")
@@ -92,7 +130,7 @@ def build_stac_item(
     when = _iso_utc(datetime_utc)
     classes = _classification(class_names, colors)
 
-    props: dict[str, Any] = {"datetime": when, "created": when}
+    props: dict[str, Any] = {"datetime": when, "created": _iso_utc(created_utc or when)}
     props.update(_projection(crs, affine, width, height))
     props.update(properties or {})
 
@@ -286,4 +324,7 @@ def _asset(out_dir: Path, key: str, href: str) -> dict[str, Any] | None:
     )
     if rel.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") and "thumb" in key.lower():
         roles = ["thumbnail"]
+    if rel.suffix.lower() == ".zarr":
+        version = 3 if (out_dir / rel / "zarr.json").exists() else 2
+        title = f"Class labels and confidence (Zarr v{version})"
     return {"href": f"./{rel.as_posix()}", "type": media, "title": title, "roles": list(roles)}

@@ -114,6 +114,7 @@ def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, 
         chunk=plan.config.tiling.chunk_size, block_size=plan.config.tiling.block_size,
         transform=plan.info.affine, crs_wkt=plan.info.crs_wkt, class_names=plan.class_names,
         colors=plan.colors, fingerprint=plan.fingerprint, fresh=fresh,
+        zarr_format=plan.config.output.zarr_format,
     )
     done = done_blocks(store) if resumed else set()
     todo = [b for b in plan.blocks if (b.row, b.col) not in done]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.io.raster import RasterInfo, Scaling, read_window
-from pipeline.labels import NODATA, BlockOutput
+from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
 from pipeline.models.base import SegmentationModel
 from pipeline.models.device import precision_context
 from pipeline.tiling import Block, TileGrid, blend_weights_2d, tiles_for_block
@@ -156,15 +156,16 @@ def iter_block_slabs(
 
 
 def _finish(acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, row: int) -> Slab:
-    """Argmax of blended scores and confidence for finished rows; nodata stays 255."""
+    """Argmax of blended scores and confidence (x 254) for finished rows; nodata stays 255."""
     labels = np.full(valid.shape, NODATA, dtype=np.uint8)
-    confidence = np.zeros(valid.shape, dtype=np.uint8)
+    confidence = np.full(valid.shape, NODATA, dtype=np.uint8)
     if valid.any():
         best = acc.argmax(axis=0).astype(np.uint8)
         top = np.take_along_axis(acc, best[None].astype(np.int64), axis=0)[0]
         conf = np.where(wsum > 0, top / np.maximum(wsum, 1e-12), 0.0)
         labels[valid] = best[valid]
-        confidence[valid] = np.clip(np.rint(conf[valid] * 255), 0, 255).astype(np.uint8)
+        scaled = np.rint(conf[valid] * CONFIDENCE_SCALE)
+        confidence[valid] = np.clip(scaled, 0, CONFIDENCE_SCALE).astype(np.uint8)
     return Slab(row, labels, confidence, valid.copy())
 
 
@@ -196,7 +197,7 @@ def segment_block(
     t0 = time.perf_counter()
     stats = BlockStats()
     labels = np.full((block.height, block.width), NODATA, dtype=np.uint8)
-    confidence = np.zeros((block.height, block.width), dtype=np.uint8)
+    confidence = np.full((block.height, block.width), NODATA, dtype=np.uint8)
     for slab in iter_block_slabs(model, info, scaling, grid, block, batch_size, device,
                                  precision, stats):
         rows = slice(slab.row, slab.row + slab.labels.shape[0])

@@ -28,7 +28,8 @@ from pipeline.segment.executor import check_scheduler
 from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
-                "preview": "preview.png", "manifest": "run.json"}
+                "preview": "preview.png", "manifest": "run.json",
+                "cog_aux": "labels.tif.aux.xml"}  # GDAL's category names and attribute table
 
 
 @dataclass
@@ -137,7 +138,8 @@ def plan_segment(
         "scaling": scaling.to_dict(),
         "model": mhash,
         "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
-        | {"confidence": config.output.confidence, "crf": config.model.crf,
+        | {"confidence": config.output.confidence, "zarr_format": config.output.zarr_format,
+           "crf": config.model.crf,
            "refine": config.model.refine, "refine_pixels": config.model.refine_pixels,
            "probe": config.model.probe, "precision": precision},
     }

@@ -51,8 +51,8 @@ def segmented(fitted, demo_scene, small_yaml, tmp_path_factory) -> Path:
 
 def test_segment_writes_the_four_outputs(segmented):
     assert sorted(p.name for p in segmented.iterdir()) == [
-        "item.json", "labels.qml", "labels.tif", "labels.zarr", "polygons.gpkg", "polygons.qml",
-        "preview.png", "run.json"]
+        "item.json", "labels.qml", "labels.tif", "labels.tif.aux.xml", "labels.zarr",
+        "polygons.gpkg", "polygons.qml", "preview.png", "run.json"]
 
 
 def test_cog_and_zarr_hold_identical_georeferenced_labels(segmented, demo_scene):
@@ -121,6 +121,43 @@ def test_qgis_styles_and_stac_item_come_with_the_outputs(segmented):
     assert "paletted" in (segmented / "labels.qml").read_text()
 
 
+def test_outputs_open_in_gis_clients_as_delivered(segmented):
+    """GDAL's own API reads the class names, attribute table and Zarr georeferencing; the
+    STAC item validates offline against the published schemas."""
+    from tests.gdal_capi import rasterio_gdal
+    from tests.schemas import stac_item_errors
+
+    doc = json.loads((segmented / "run.json").read_text())
+    gdal = rasterio_gdal()
+    cog = gdal.describe(str(segmented / "labels.tif"))
+    names = doc["model"]["class_names"]
+    assert cog["category_names"] == names
+    counts = {row[1]: int(float(row[5])) for row in cog["rat_rows"]}
+    assert counts == {n: c["pixels"] for n, c in doc["summary"]["classes"].items()}
+    zarr_info = gdal.describe(f'ZARR:"{segmented / "labels.zarr"}":/labels')
+    assert zarr_info["nodata"] == 255 and 'AUTHORITY["EPSG","25833"]' in zarr_info["wkt"]
+    assert zarr_info["geotransform"] == pytest.approx(cog["geotransform"], rel=1e-9)
+    assert doc["outputs"]["cog_aux"] == str(segmented / "labels.tif.aux.xml")
+    item = json.loads((segmented / "item.json").read_text())
+    assert item["assets"]["labels_aux"]["href"] == "./labels.tif.aux.xml"
+    assert item["properties"]["stego:datetime_source"] == "processing time"
+    assert any("no acquisition time" in w for w in doc["warnings"])
+    assert stac_item_errors(item) == []
+
+
+def test_datetime_option_sets_the_acquisition_time(segmented, fitted, demo_scene, small_yaml):
+    code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
+                 str(segmented), "--config", str(small_yaml), "-q",
+                 "--datetime", "2023-07-01T11:30:00+02:00"])
+    assert code == 0
+    props = json.loads((segmented / "item.json").read_text())["properties"]
+    assert props["datetime"] == "2023-07-01T09:30:00Z"
+    assert props["stego:datetime_source"] == "stac.datetime"
+    assert props["created"] > "2025"
+    assert main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
+                 str(segmented), "--datetime", "yesterday", "-q"]) == 2
+
+
 def test_evaluate_and_name_clusters_from_the_cli(segmented, fitted, demo_scene, tmp_path,
                                                  capsys):
     import shutil
@@ -159,7 +196,10 @@ def test_polygons_as_geoparquet_or_flatgeobuf(fitted, demo_scene, small_yaml, tm
         geo = json.loads(table.schema.metadata[b"geo"])
         assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["crs"]
         assert table.num_rows == reference
-        assert {"class_id", "class_name", "area_m2"} <= set(table.column_names)
+        assert {"class_id", "class_name", "area_m2", "bbox"} <= set(table.column_names)
+        assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+        item = json.loads((tmp_path / "o" / "item.json").read_text())
+        assert item["assets"]["polygons"]["type"] == "application/vnd.apache.parquet"
     else:
         assert pyogrio.read_info(path)["features"] == reference
     assert not (tmp_path / "o" / "polygons.gpkg").exists()
@@ -188,11 +228,16 @@ def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_
 
     partial = partial_path(segmented / "labels.zarr")
     shutil.copytree(segmented / "labels.zarr", partial)
-    shutil.rmtree(segmented / "labels.zarr")  # killed before the store was finalized
+    shutil.rmtree(segmented / "labels.zarr")  # killed before the store was finalized:
+    (partial / ".zmetadata").unlink()  # not consolidated yet, bookkeeping still there
     import zarr
 
-    done = zarr.open_array(str(partial), path="block_done", mode="r+")
-    done[2:, :] = 0
+    from pipeline.io.zarr_store import RESUME
+
+    resume = zarr.open_group(str(partial), mode="r+", use_consolidated=False).create_group(RESUME)
+    for name, dtype in (("block_done", "uint8"), ("block_rows_done", "int32")):
+        resume.create_array(name, shape=(4, 4), chunks=(1, 1), dtype=dtype, fill_value=0)
+    resume["block_done"][:2, :] = 1  # the first two block rows were done
     code = main(["segment", str(demo_scene[0]), "--model", str(fitted), "--out",
                  str(segmented), "--config", str(small_yaml), "-q"])
     assert code == 0

@@ -1,4 +1,5 @@
-"""Writers: the georeferenced Zarr store and the paletted Cloud-Optimized GeoTIFF."""
+"""Writers: the georeferenced Zarr store (v2 and v3) and the paletted Cloud-Optimized GeoTIFF,
+checked through GDAL's own API and xarray/rioxarray as well as the project's readers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from affine import Affine
 
 from pipeline.io.cog import write_cog
 from pipeline.io.zarr_store import (
+    RESUME,
     done_blocks,
     finalize_store,
     open_labels,
@@ -18,6 +20,7 @@ from pipeline.io.zarr_store import (
 )
 from pipeline.labels import BlockOutput
 from pipeline.tiling import plan_blocks
+from tests.gdal_capi import describe_with_pyogrio_gdal, rasterio_gdal
 
 T = Affine(0.05, 0, 368000, 0, -0.05, 5808000)
 NAMES = ["road", "roof", "tree"]
@@ -31,14 +34,14 @@ def _labels(h=300, w=200, seed=0):
     return lab
 
 
-def _store(tmp_path, lab, block=128, chunk=64, fingerprint="abc", crs="EPSG:25833"):
-    from pyproj import CRS
+def _store(tmp_path, lab, block=128, chunk=64, fingerprint="abc", crs="EPSG:25833", fmt=2):
+    from rasterio.crs import CRS
 
-    wkt = CRS.from_user_input(crs).to_wkt() if crs else None
+    wkt = CRS.from_user_input(crs).to_wkt() if crs else None  # WKT1, as plan.info has it
     final = tmp_path / "labels.zarr"
     path, resumed = prepare_store(final, height=lab.shape[0], width=lab.shape[1], chunk=chunk,
                                   block_size=block, transform=T, crs_wkt=wkt, class_names=NAMES,
-                                  colors=COLORS, fingerprint=fingerprint)
+                                  colors=COLORS, fingerprint=fingerprint, zarr_format=fmt)
     return final, path, resumed
 
 
@@ -47,37 +50,120 @@ def _write_all(path, lab, block=128, only=None):
         if only is not None and b.index not in only:
             continue
         core = lab[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width]
-        write_block(path, BlockOutput(b, core, (core != 255).astype(np.uint8) * 200))
+        write_block(path, BlockOutput(b, core, _confidence(core)))
 
 
-def test_zarr_store_is_georeferenced_for_xarray_and_rioxarray(tmp_path):
-    xr = pytest.importorskip("xarray")
-    pytest.importorskip("rioxarray")
-    lab = _labels()
-    final, path, _ = _store(tmp_path, lab)
+def _confidence(core):
+    return np.where(core == 255, 255, 200).astype(np.uint8)
+
+
+def _finished(tmp_path, fmt, lab=None):
+    lab = _labels() if lab is None else lab
+    final, path, _ = _store(tmp_path, lab, fmt=fmt)
     _write_all(path, lab)
     finalize_store(path, final, {})
     assert not partial_path(final).exists()
-    ds = xr.open_zarr(final)
+    return final, lab
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_store_is_georeferenced_for_xarray_and_rioxarray(tmp_path, fmt):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("rioxarray")
+    final, lab = _finished(tmp_path, fmt)
+    ds = xr.open_zarr(final, mask_and_scale=False)
     assert ds["labels"].dims == ("y", "x")
     assert ds.rio.crs.to_epsg() == 25833
     da = ds["labels"].rio.write_crs(ds.rio.crs)
     assert tuple(da.rio.transform())[:6] == tuple(T)[:6]
     np.testing.assert_array_equal(np.asarray(ds["labels"].values), lab)
+    np.testing.assert_array_equal(np.asarray(ds["confidence"].values), _confidence(lab))
     assert ds["labels"].attrs["class_names"] == NAMES
     assert ds.attrs["status"] == "complete"
     assert ds["x"].values[0] == pytest.approx(368000.025)
+    # only georeferenced data in the group: the resume bookkeeping is gone
+    assert set(ds.data_vars) == {"labels", "confidence"}
+    assert set(ds.coords) == {"x", "y", "spatial_ref"}
+    from pyproj import CRS
+
+    wkt2 = ds.attrs["proj:wkt2"]
+    assert wkt2.startswith("PROJCRS[") and CRS.from_wkt(wkt2).to_epsg() == 25833
 
 
-def test_blocks_write_their_own_chunks_and_record_completion(tmp_path):
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_whole_dataset_reprojects_and_exports_with_rioxarray(tmp_path, fmt):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("rioxarray")
+    final, lab = _finished(tmp_path, fmt)
+    ds = xr.open_zarr(final)  # CF decoding: nodata masked in both variables
+    assert float(ds["confidence"].max()) == 200 and int(ds["confidence"].isnull().sum()) == 100
+    assert int(ds["labels"].isnull().sum()) == int((lab == 255).sum())
+    wgs84 = ds.rio.reproject("EPSG:4326")
+    assert wgs84.rio.crs.to_epsg() == 4326 and set(wgs84.data_vars) == {"labels", "confidence"}
+    assert 13.0 < float(wgs84.x.mean()) < 13.2  # 368 km east in UTM 33N: 13.1° E
+    out = tmp_path / "both.tif"
+    ds.rio.to_raster(out)
+    with rasterio.open(out) as tif:
+        assert tif.count == 2 and tif.crs.to_epsg() == 25833
+        assert tif.transform.almost_equals(T, precision=1e-9)
+        assert tif.nodata == 255
+        band = {name: i + 1 for i, name in enumerate(tif.descriptions)}
+        np.testing.assert_array_equal(tif.read(band["class label"]), lab)
+        np.testing.assert_array_equal(tif.read(band["max class probability x 254"]),
+                                      _confidence(lab))
+
+
+def test_zarr_v2_opens_in_the_gdal_of_the_rasterio_wheel(tmp_path):
+    final, lab = _finished(tmp_path, 2)
+    info = rasterio_gdal().describe(f'ZARR:"{final}":/labels')
+    assert info["size"] == [lab.shape[1], lab.shape[0]] and info["nodata"] == 255
+    assert info["geotransform"] == pytest.approx(T.to_gdal(), rel=1e-9, abs=1e-9)
+    assert 'AUTHORITY["EPSG","25833"]' in info["wkt"]
+    conf = rasterio_gdal().describe(f'ZARR:"{final}":/confidence')
+    assert conf["nodata"] == 255
+    with rasterio.open(f'ZARR:"{final}":/labels') as ds:  # rasterio itself, as users call it
+        assert ds.crs.to_epsg() == 25833 and ds.nodata == 255
+        assert ds.transform.almost_equals(T, precision=1e-9)
+        np.testing.assert_array_equal(ds.read(1), lab)
+
+
+def test_zarr_v3_opens_in_gdal_3_11_and_later(tmp_path):
+    final, lab = _finished(tmp_path, 3)
+    try:
+        info = describe_with_pyogrio_gdal(f'ZARR:"{final}":/labels')
+    except OSError as exc:
+        pytest.fail(f"GDAL (pyogrio wheel) cannot open the v3 store: {exc}")
+    major, minor = (int(v) for v in info["gdal"].split(".")[:2])
+    if (major, minor) < (3, 11):
+        pytest.skip(f"the pyogrio wheel's GDAL {info['gdal']} predates Zarr v3's bytes codec")
+    assert info["size"] == [lab.shape[1], lab.shape[0]] and info["nodata"] == 255
+    assert info["geotransform"] == pytest.approx(T.to_gdal(), rel=1e-9, abs=1e-9)
+    assert 'AUTHORITY["EPSG","25833"]' in info["wkt"]
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_blocks_write_their_own_chunks_and_record_completion(tmp_path, fmt):
+    import zarr
+
     lab = _labels()
-    final, path, _ = _store(tmp_path, lab)
+    final, path, _ = _store(tmp_path, lab, fmt=fmt)
+    assert zarr.open_group(str(path), mode="r").metadata.zarr_format == fmt
     _write_all(path, lab, only={0, 3})
     done = done_blocks(path)
     assert done == {(0, 0), (1, 1)}
-    # reopening with the same fingerprint resumes; another fingerprint starts over
-    assert _store(tmp_path, lab)[2] is True
-    assert _store(tmp_path, lab, fingerprint="other")[2] is False
+    # reopening with the same fingerprint and format resumes; another one starts over
+    assert _store(tmp_path, lab, fmt=fmt)[2] is True
+    _write_all(path, lab, only={1, 2, 4, 5})
+    assert RESUME in zarr.open_group(str(path), mode="r")
+    finalize_store(path, final, {})
+    np.testing.assert_array_equal(open_labels(final)[:], lab)
+    assert RESUME not in zarr.open_group(str(final), mode="r")
+    _store(tmp_path, lab, fmt=fmt)
+    _write_all(partial_path(final), lab, only={0})
+    assert _store(tmp_path, lab, fingerprint="other", fmt=fmt)[2] is False
+    assert done_blocks(partial_path(final)) == set()
+    _write_all(partial_path(final), lab, only={0})
+    assert _store(tmp_path, lab, fmt=5 - fmt)[2] is False  # the other format: rebuilt
     assert done_blocks(partial_path(final)) == set()
 
 
@@ -106,7 +192,34 @@ def test_cog_is_valid_paletted_and_identical_to_the_labels(tmp_path):
         assert ds.colormap(1)[1][:3] == COLORS[1]
         assert ds.tags(1)["class_2"] == "tree"
         np.testing.assert_array_equal(ds.read(1), lab)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "labels.tif.aux.xml"]
+
+
+def test_class_names_and_attribute_table_travel_with_the_cog_through_gdal(tmp_path):
+    lab = _labels(700, 900)
+    out = write_cog(lab, tmp_path / "labels.tif", transform=T, crs_wkt="EPSG:25833",
+                    class_names=NAMES, colors=COLORS, tile=256)
+    sent = tmp_path / "colleague"  # the COG and its sidecar, copied elsewhere
+    sent.mkdir()
+    for p in (out, tmp_path / "labels.tif.aux.xml"):
+        (sent / p.name).write_bytes(p.read_bytes())
+    info = rasterio_gdal().describe(str(sent / "labels.tif"))
+    assert info["category_names"] == NAMES
+    names = [name for name, _ in info["rat_columns"]]
+    usage = dict(info["rat_columns"])
+    assert names == ["Value", "Class_Name", "Red", "Green", "Blue", "Count"]
+    assert (usage["Value"], usage["Class_Name"], usage["Count"]) == (5, 2, 1)  # GFU_MinMax..
+    rows = info["rat_rows"]
+    assert [r[1] for r in rows] == NAMES
+    for value, row in enumerate(rows):
+        assert int(row[0]) == value
+        assert tuple(int(v) for v in row[2:5]) == COLORS[value]
+        assert int(float(row[5])) == int((lab == value).sum())
+    # a COG written without the sidecar leaves no stale one behind
+    write_cog(lab, out, transform=T, crs_wkt="EPSG:25833", class_names=NAMES, colors=COLORS,
+              tile=256, sidecar=False)
+    assert not (tmp_path / "labels.tif.aux.xml").exists()
+    assert rasterio_gdal().describe(str(out))["category_names"] == []
 
 
 def test_overviews_use_nearest_or_mode_so_they_hold_only_class_values(tmp_path):

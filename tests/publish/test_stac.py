@@ -194,6 +194,86 @@ def test_item_validates_against_the_core_schema(out_dir: Path):
         jsonschema.validate(broken, ITEM_SCHEMA)
 
 
+def _full_out_dir(out_dir: Path) -> dict[str, str]:
+    """Every asset a run publishes, as (empty) files in out_dir."""
+    assets = {"labels": "labels.tif", "labels_aux": "labels.tif.aux.xml",
+              "labels_style": "labels.qml", "zarr": "labels.zarr",
+              "polygons": "polygons.parquet", "polygons_style": "polygons.qml",
+              "preview": "preview.png", "manifest": "run.json", "fgb": "polygons.fgb"}
+    for name in assets.values():
+        if not (out_dir / name).exists():
+            (out_dir / name).write_bytes(b"")
+    (out_dir / "labels.zarr" / ".zgroup").write_text("{}")
+    return assets
+
+
+def test_item_validates_offline_against_the_published_schemas(out_dir: Path):
+    """The STAC 1.0.0 item schema and each declared extension (projection 2.0.0, raster 1.1.0,
+    classification 2.0.0), from local copies, with a real JSON-schema validator."""
+    from tests.schemas import stac_item_errors
+
+    assets = _full_out_dir(out_dir)
+    item = build(out_dir, assets=assets, created_utc="2025-01-02T03:04:05Z")
+    assert stac_item_errors(item) == []
+    assert stac_item_errors(build(out_dir, crs_wkt=None, assets=assets)) == []
+    assert item["properties"]["created"] == "2025-01-02T03:04:05Z"
+    assert item["properties"]["datetime"] == "2024-05-06T05:08:09Z"
+
+
+@pytest.mark.parametrize("breakage", ["no datetime", "bad proj:shape", "bad class name",
+                                      "bad nodata", "asset without href", "geometry not closed"])
+def test_a_broken_item_fails_the_same_validation(out_dir: Path, breakage: str):
+    from tests.schemas import stac_item_errors
+
+    item = build(out_dir, assets=_full_out_dir(out_dir))
+    band = labels_band(item)
+    if breakage == "no datetime":
+        del item["properties"]["datetime"]
+    elif breakage == "bad proj:shape":
+        item["properties"]["proj:shape"] = [HEIGHT]
+    elif breakage == "bad class name":
+        band["classification:classes"][1]["name"] = "forest & park"
+    elif breakage == "bad nodata":
+        band["nodata"] = "none"
+    elif breakage == "asset without href":
+        del item["assets"]["zarr"]["href"]
+    else:
+        item["geometry"]["coordinates"][0] = item["geometry"]["coordinates"][0][:3]
+    assert stac_item_errors(item) != []
+
+
+def test_every_asset_has_its_media_type_and_a_title(out_dir: Path):
+    item = build(out_dir, assets=_full_out_dir(out_dir))
+    types = {k: (a["type"], a["title"]) for k, a in item["assets"].items()}
+    assert types["polygons"] == ("application/vnd.apache.parquet", "Class polygons (GeoParquet)")
+    assert types["fgb"] == ("application/vnd.flatgeobuf", "Class polygons (FlatGeobuf)")
+    assert types["zarr"] == ("application/vnd+zarr", "Class labels and confidence (Zarr v2)")
+    assert types["labels_aux"][0] == "application/xml"
+    assert item["assets"]["labels_aux"]["roles"] == ["metadata"]
+    assert all(t != "application/octet-stream" and title for t, title in types.values())
+
+
+def test_acquisition_time_comes_from_the_input_tags(tmp_path: Path):
+    import numpy as np
+    import rasterio
+
+    from pipeline.publish.stac import acquisition_datetime
+
+    def tif(name: str, **tags: str) -> Path:
+        path = tmp_path / name
+        with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1,
+                           dtype="uint8") as ds:
+            ds.write(np.zeros((1, 4, 4), np.uint8))
+            ds.update_tags(**tags)
+        return path
+
+    assert acquisition_datetime(tif("a.tif", TIFFTAG_DATETIME="2021:06:30 09:15:00")) == (
+        "2021-06-30T09:15:00Z", "TIFFTAG_DATETIME")
+    assert acquisition_datetime(tif("b.tif")) is None
+    assert acquisition_datetime(tif("c.tif", TIFFTAG_DATETIME="not a date")) is None
+    assert acquisition_datetime(tmp_path / "missing.tif") is None
+
+
 def test_bbox_and_geometry_are_wgs84_and_contain_the_raster_centre(out_dir: Path):
     item = build(out_dir)
     west, south, east, north = item["bbox"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ import rasterio
 
 from flows.cli import main
 from pipeline.io.lock import LOCK_NAME
-from pipeline.io.zarr_store import open_labels, partial_path
+from pipeline.io.zarr_store import RESUME, open_labels, partial_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = """
@@ -67,12 +68,15 @@ def _run_json(out: Path) -> dict:
 
 
 def _done_flags(out: Path) -> int:
-    """How many blocks the partial store marks done (chunk files of ``block_done``)."""
-    base = partial_path(out / "labels.zarr") / "block_done" / "c"
+    """How many blocks the partial store marks done (chunk files of ``block_done``: ``r.c``
+    in Zarr v2, ``c/r/c`` in v3)."""
+    base = partial_path(out / "labels.zarr") / RESUME / "block_done"
     n = 0
     try:
-        for row in os.listdir(base):
-            n += sum(name.isdigit() for name in os.listdir(base / row))
+        n += sum(re.fullmatch(r"\d+\.\d+", name) is not None for name in os.listdir(base))
+        if (base / "c").is_dir():
+            for row in os.listdir(base / "c"):
+                n += sum(name.isdigit() for name in os.listdir(base / "c" / row))
     except (FileNotFoundError, NotADirectoryError):
         pass
     return n
