@@ -102,3 +102,21 @@ def test_a_gsd_for_a_raster_without_crs_is_a_one_line_error(tmp_path, capsys):
     assert err[-1] == (f"error: {path}: has no CRS, so --gsd 0.6 cannot be applied "
                        "(set stego.input_scale instead)")
     assert not (tmp_path / "m" / "model.json").exists()
+
+
+def test_stego_trains_and_segments_on_a_dinov3_backbone(prefect_harness, demo_scene, tmp_path):
+    model_dir = tmp_path / "m"
+    assert main(["fit", str(demo_scene[0]), "--method", "stego", "--clusters", "3",
+                 "--backbone", "dinov3-s16", "--weights", "random", *TINY_ARGS,
+                 "--backbone-arg", "embed_dim=48", "--gsd", "native",
+                 "--set", "fit.crops=8", "--set", "fit.crop_size=64", "--set", "stego.steps=4",
+                 "--set", "stego.batch_size=4", "--out", str(model_dir)]) == 0
+    model = load_model(model_dir)
+    assert model.backbone.num_features == 48 and model.head.in_dim == 48  # sized from the dim
+    assert model.backbone.num_prefix_tokens == 5 and model.patch_size == 16
+    out = tmp_path / "o"
+    assert main(["segment", str(demo_scene[0]), "--model", str(model_dir), "--out", str(out),
+                 "--set", "vectorize.enabled=false"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["backbone"]["preset"] == "dinov3-s16"
+    assert run["model"]["backbone"]["feature_dim"] == 48
