@@ -12,15 +12,21 @@ last) and is removed when the store is finalized and renamed into place.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import warnings
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numcodecs
+import numcodecs.compat
 import numpy as np
 import zarr
+import zarr.registry
 from affine import Affine
+from zarr.codecs import GzipCodec
 
 from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
 from pipeline.tiling import Block, block_grid_shape
@@ -49,20 +55,40 @@ def _crs_attrs(crs_wkt: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"_CRS": {"wkt": wkt2, "projjson": crs.to_json_dict()}}, cf
 
 
+class _GzipNoTime(numcodecs.GZip):
+    """numcodecs' gzip with a zero header time, so a re-run writes the same chunk bytes."""
+
+    def encode(self, buf: Any) -> bytes:
+        """Standard gzip of the chunk, header mtime 0."""
+        data = numcodecs.compat.ensure_contiguous_ndarray(buf)
+        return gzip.compress(memoryview(data).cast("B"), compresslevel=self.level, mtime=0)
+
+
+class DeterministicGzip(GzipCodec):
+    """Zarr v3 ``gzip`` codec (same metadata, readable by any client) with reproducible bytes."""
+
+    @cached_property
+    def _gzip_codec(self) -> numcodecs.GZip:
+        return _GzipNoTime(self.level)
+
+
+# chunks are written through arrays reopened from their metadata ({"name": "gzip"}), so this
+# implementation is the one zarr picks for "gzip" in every process that imports the store
+_GZIP = f"{__name__}.DeterministicGzip"
+zarr.registry.register_codec("gzip", DeterministicGzip, qualname=_GZIP)
+zarr.config.set({"codecs.gzip": _GZIP})
+
+
 def _create(group: zarr.Group, name: str, zarr_format: int, dims: list[str],
             attributes: dict[str, Any], **kwargs: Any) -> zarr.Array:
     """An array with dimension names and a zlib/gzip codec in the group's Zarr format."""
     if zarr_format == 2:  # the fill value is xarray's _FillValue; dimension names: attribute
-        from numcodecs import Zlib
-
         attributes = {**attributes, "_ARRAY_DIMENSIONS": dims}
-        return group.create_array(name, compressors=Zlib(level=ZLIB_LEVEL),
+        return group.create_array(name, compressors=numcodecs.Zlib(level=ZLIB_LEVEL),
                                   attributes=attributes, **kwargs)
-    from zarr.codecs import GzipCodec
-
     if kwargs.get("dtype") == "uint8" and dims == ["y", "x"]:  # v3: the mask is an attribute
         attributes = {**attributes, "_FillValue": kwargs["fill_value"]}
-    return group.create_array(name, compressors=GzipCodec(level=ZLIB_LEVEL),
+    return group.create_array(name, compressors=DeterministicGzip(level=ZLIB_LEVEL),
                               dimension_names=dims, attributes=attributes, **kwargs)
 
 
