@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py [--sets potsdam loveda demo] [--weights random|hub|PATH|DIR ...]
         [--pretrain-minutes 15] [--quick] [--methods pixel-kmeans feature-kmeans stego stego-crf]
-        [--backbone-arg depth=2 ...] [--precision auto fp32 bf16]
+        [--backbone PRESET] [--backbone-arg depth=2 ...] [--precision auto fp32 bf16]
 
 With ``--pretrain-minutes M`` it first runs `stego pretrain` for M minutes on the four real
 images (the Potsdam crop, LoveDA tiles 0 and 1, the NAIP tile; bands 1-3) and adds the
@@ -133,6 +133,11 @@ def main() -> None:
                     "or a backbone directory")
     ap.add_argument("--pretrain-minutes", type=float, default=None,
                     help="first pretrain a backbone for this long on the four real images")
+    ap.add_argument("--backbone", default=None,
+                    help="preset or timm name for the backbone methods, e.g. dinov2-b14 with "
+                    "--weights dinov2_vitb14_pretrain.pth (see `stego backbones`)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for `stego fit`, e.g. stego.input_scale=0.5")
     ap.add_argument("--backbone-arg", action="append", default=[], metavar="K=V",
                     help="passed to `stego fit` (e.g. depth=2 for a quick smoke run)")
     ap.add_argument("--crops", type=int, default=64, help="fit.crops (default 64)")
@@ -181,6 +186,10 @@ def main() -> None:
                        *common]
                 if method != "pixel-kmeans":
                     cmd += ["--weights", weights]
+                    if args.backbone:
+                        cmd += ["--backbone", args.backbone]
+                for kv in args.set:
+                    cmd += ["--set", kv]
                     for kv in args.backbone_arg:
                         cmd += ["--backbone-arg", kv]
                 print(f"[{set_name}] fit {method} ({weights}) ...", file=sys.stderr)
@@ -216,7 +225,8 @@ def main() -> None:
     pretrained = (f", pretraining {args.pretrain_minutes:g} min ({pretrain_s:.0f} s with "
                   "start-up)" if pretrain_s else "")
     print(f"\ncrops={args.crops}, stego steps={args.steps}, weights={weights_list}, "
-          f"backbone args={args.backbone_arg or '-'}{pretrained}, {os.cpu_count()} CPU cores")
+          f"backbone={args.backbone or 'default'}, backbone args={args.backbone_arg or '-'}"
+          f"{pretrained}, {os.cpu_count()} CPU cores")
     print_table(head, rows)
 
 

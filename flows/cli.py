@@ -31,7 +31,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("dask", "scheduler_address"): getattr(args, "scheduler_address", None),
         ("stac", "datetime"): getattr(args, "datetime", None),
         **{("fit", k): getattr(args, k, None)
-           for k in ("method", "clusters", "backbone", "weights")},
+           for k in ("method", "clusters", "backbone", "weights", "gsd")},
     }
     if getattr(args, "command", None) == "pretrain":
         flags.update({("pretrain", "minutes"): args.minutes, ("pretrain", "steps"): args.steps,
@@ -233,6 +233,31 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backbones(args: argparse.Namespace) -> int:
+    """`stego backbones`: the presets, and where this machine has their weights."""
+    from pipeline.models.presets import PRESETS, find_local
+
+    search = [*args.search, Path.cwd()]
+    if os.environ.get("STEGO_WEIGHTS_DIR"):
+        search.append(Path(os.environ["STEGO_WEIGHTS_DIR"]))
+    rows = [{**p.describe(), "here": find_local(p, search)} for p in PRESETS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'preset':<15} {'timm name':<37} {'patch':>5} {'dim':>5} {'prefix':>6} "
+          f"{'gsd m':>5}  {'mean / std':<38} licence")
+    for r in rows:
+        norm = "/".join(",".join(f"{v:.3f}" for v in r[k]) for k in ("mean", "std"))
+        print(f"{r['name']:<15} {r['timm_name']:<37} {r['patch']:>5} {r['dim']:>5} "
+              f"{r['prefix_tokens']:>6} {r['gsd']:>5g}  {norm:<38} {r['licence']}")
+    print("\nweights (--weights FILE takes the original file; --weights hub the timm copy):")
+    for r in rows:
+        print(f"  {r['name']:<15} {r['file']}\n  {'':<15} from {r['source']}\n"
+              f"  {'':<15} or {r['hub_repo']} on the Hugging Face hub\n"
+              f"  {'':<15} here: {r['here'] or 'no'}")
+    return 0
+
+
 def cmd_run_deployment(args: argparse.Namespace) -> int:
     """`stego run-deployment`: trigger a deployment's run (optionally wait)."""
     from flows.deploy import parse_params, trigger
@@ -244,7 +269,7 @@ def cmd_run_deployment(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "pretrain": cmd_pretrain, "segment": cmd_segment,
-            "demo-scene": cmd_demo_scene,
+            "demo-scene": cmd_demo_scene, "backbones": cmd_backbones,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,
             "deploy": cmd_deploy, "run-deployment": cmd_run_deployment}

@@ -27,6 +27,10 @@ EXAMPLES = {
   stego pretrain naip.tif --bands 1,2,3 --steps 400 --seed 1 --out backbones/naip
   stego fit scene.tif --weights backbones/scene --out models/scene   # then use it
   (a killed run resumes from its last checkpoint when started again with the same recipe)""",
+    "backbones": """examples:
+  stego backbones                          # presets, and whether this machine has their files
+  stego backbones --search /data/weights   # also look for downloaded checkpoints there
+  stego fit scene.tif --backbone dinov2-b14 --weights dinov2_vitb14_pretrain.pth --out m/v2""",
     "segment": """examples:
   stego segment scene.tif --model models/px --out out/scene
   stego segment scene.tif --model models/px --out out/clean --refine regions
@@ -97,6 +101,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
 
+def _gsd(text: str) -> float | str:
+    if text == "native":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not metres per pixel or 'native'") \
+            from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `stego` argument parser."""
     parser = _Parser(prog="stego", description="Unsupervised semantic maps from large "
@@ -118,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--clusters", type=int, help="number of classes (default 5)")
     fit.add_argument("--weights", help="backbone weights: auto (default), hub, random or a "
                      "local file (stego, feature-kmeans)")
-    fit.add_argument("--backbone", help="timm model name (default vit_small_patch8_224.dino)")
+    fit.add_argument("--backbone", help="a preset (see `stego backbones`, e.g. dinov2-b14) or "
+                     "a timm model name (default vit_small_patch8_224.dino = dino-s8)")
+    fit.add_argument("--gsd", type=_gsd, metavar="METRES|native",
+                     help="ground sampling distance to run the backbone at (stego, "
+                     "feature-kmeans); default: a preset's own (see `stego backbones`)")
     fit.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
                      help="timm create_model override, e.g. depth=2 (tests, experiments)")
     fit.add_argument("--embed-weights", action="store_true",
@@ -165,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="regions: average class probabilities within superpixels before "
                      "blending (any method; default: model.refine, none)")
     _add_config_args(seg)
+
+    bbs = add("backbones", "List the backbone presets (--backbone NAME): timm name, patch, "
+              "feature size, normalisation, licence, the file to download and whether it is here.")
+    bbs.add_argument("--search", action="append", type=Path, default=[], metavar="DIR",
+                     help="folder to look for downloaded checkpoints (repeatable; always: the "
+                     "current folder and $STEGO_WEIGHTS_DIR)")
+    bbs.add_argument("--json", action="store_true", help="print the presets as JSON")
 
     scene = add("demo-scene", "Write a synthetic aerial GeoTIFF and its true labels.")
     scene.add_argument("out", type=Path, help="image path; labels go to <stem>_labels.tif")

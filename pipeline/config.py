@@ -154,7 +154,14 @@ class FitConfig(_Section):
     method: Literal["stego", "pixel-kmeans", "feature-kmeans", "threshold", "region",
                     "edge"] = "stego"
     clusters: int = Field(default=5, description="classes (clusters) to discover")
-    backbone: str = Field(default="vit_small_patch8_224.dino", description="timm model name")
+    backbone: str = Field(default="vit_small_patch8_224.dino",
+                          description="a preset (`stego backbones`) or a timm model name")
+    gsd: float | Literal["native"] | None = Field(
+        default=None,
+        description="metres per pixel to run the backbone at (stego, feature-kmeans): input "
+        "scale = the rasters' GSD / gsd, never above 1; null: a preset's own GSD when "
+        "`backbone` names a preset, else the rasters' own; native: always the rasters' own",
+    )
     weights: str = Field(default="auto", description="auto, hub, random or a local file")
     seed: int = 0
     sample_pixels: int = Field(default=200_000, ge=1, description="pixels sampled for pixel-kmeans")
@@ -172,6 +179,13 @@ class FitConfig(_Section):
     cache_dir: str | None = Field(
         default=None, description="STEGO feature cache; default MODEL_DIR/.cache"
     )
+
+    @field_validator("gsd")
+    @classmethod
+    def _positive_gsd(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float) and not v > 0:
+            raise ValueError("must be a positive number of metres per pixel, 'native' or null")
+        return v
 
 
 class StegoConfig(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -251,3 +252,26 @@ def read_window(
         valid &= ((inside_r >= 0) & (inside_r < info.height))[:, None]
         valid &= ((inside_c >= 0) & (inside_c < info.width))[None, :]
     return np.ascontiguousarray(img), valid
+
+
+def metres_per_unit(info: RasterInfo) -> float | None:
+    """Metres per CRS unit (per degree at the raster's centre latitude); None without CRS."""
+    if info.crs_wkt is None:
+        return None
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(info.crs_wkt)
+    if crs.is_geographic:
+        lat = math.radians(info.affine.f + info.affine.e * info.height / 2)
+        return 111_320.0 * max(math.cos(lat), 1e-6)
+    return crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+
+
+def ground_sampling_distance(info: RasterInfo) -> float | None:
+    """Metres per pixel (mean of the two axes, at the centre for geographic CRSs); None
+    without a CRS."""
+    unit = metres_per_unit(info)
+    if unit is None:
+        return None
+    a = info.affine
+    return unit * (math.hypot(a.a, a.d) + math.hypot(a.b, a.e)) / 2

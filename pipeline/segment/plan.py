@@ -21,11 +21,17 @@ from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
 from pipeline.io.files import ensure_output_dir, input_checksum
-from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
+from pipeline.io.raster import (
+    RasterInfo,
+    Scaling,
+    compute_scaling,
+    metres_per_unit,
+    open_raster_info,
+)
 from pipeline.models.device import resolve_device, resolved_precision
 from pipeline.models.store import load_model, model_hash, read_model_json
 from pipeline.segment.executor import check_scheduler
-from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks
+from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks, snap_to_patch
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
                 "preview": "preview.png", "manifest": "run.json",
@@ -91,11 +97,6 @@ def check_segment_inputs(
     scaling = compute_scaling(info, config.input.percentiles)
     meta = read_model_json(Path(model_dir))
     load_model(Path(model_dir))  # fail here, not in every worker, when the files are broken
-    patch = int(meta.get("patch_size", 1))
-    tile = config.tiling.tile_size
-    if tile % patch:
-        raise InputError("tiling.tile_size", f"{tile} is not a multiple of the model's patch "
-                         f"size {patch}")
     if config.model.compile and not meta.get("backbone"):
         raise InputError("model.compile", f"a {meta.get('method')} model has no backbone to "
                          "compile")
@@ -121,6 +122,13 @@ def plan_segment(
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     mhash = model_hash(Path(model_dir))
+    patch = int(meta.get("patch_size", 1))
+    tile, overlap = snap_to_patch(config.tiling.tile_size, config.tiling.overlap, patch)
+    if (tile, overlap) != (config.tiling.tile_size, config.tiling.overlap):
+        notes.append(f"tiling: tile {config.tiling.tile_size} / overlap {config.tiling.overlap} "
+                     f"snapped to {tile} / {overlap}, multiples of the model's patch {patch}")
+        config = config.model_copy(deep=True)
+        config.tiling.tile_size, config.tiling.overlap = tile, overlap
     tiling = config.tiling
     grid = grid_for_raster(tiling.tile_size, tiling.overlap, info.height, info.width,
                            tiling.block_size)
@@ -139,8 +147,8 @@ def plan_segment(
         "model": mhash,
         "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
         | {"confidence": config.output.confidence, "zarr_format": config.output.zarr_format,
-           "crf": config.model.crf,
-           "refine": config.model.refine, "refine_pixels": config.model.refine_pixels,
+           "crf": config.model.crf, "refine": config.model.refine,
+           "refine_pixels": config.model.refine_pixels,
            "probe": config.model.probe, "precision": precision},
     }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -152,19 +160,6 @@ def plan_segment(
     )
     plan.timings["validate"] = time.perf_counter() - t0
     return plan
-
-
-def metres_per_unit(info: RasterInfo) -> float | None:
-    """Metres per CRS unit (per degree at the raster's centre latitude); None without CRS."""
-    if info.crs_wkt is None:
-        return None
-    from pyproj import CRS
-
-    crs = CRS.from_wkt(info.crs_wkt)
-    if crs.is_geographic:
-        lat = math.radians(info.affine.f + info.affine.e * info.height / 2)
-        return 111_320.0 * max(math.cos(lat), 1e-6)
-    return crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
 
 
 def pixel_area_m2(info: RasterInfo) -> float | None:
