@@ -198,7 +198,7 @@ def run_spec(spec: Spec, folder: Path, model: Path, bound_s: float = 60.0) -> di
     out = folder / "out"
     err = io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(segment_argv(spec, src, model, out))
     seconds = time.perf_counter() - t0
     result = check_contract(spec, src, out, code, err.getvalue(), seconds, bound_s)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from affine import Affine
 
 from tests.conftest import write_raster
 
@@ -148,6 +149,81 @@ def _out_is_input(tmp, model):
     return ["segment", str(src), "--model", str(model), "--out", str(src)]
 
 
+def _nan_band(tmp, model):
+    data = _rgb(dtype=np.float32)
+    data[1] = np.nan
+    return _seg(write_raster(tmp / "nanband.tif", data), model, tmp)
+
+
+def _odd_transform(tmp, model, name, transform, crs="EPSG:32633"):
+    return _seg(write_raster(tmp / f"{name}.tif", _rgb(), transform=transform, crs=crs),
+                model, tmp)
+
+
+def _palette(tmp, model, *extra):
+    from tests.flows.odd_rasters import Spec, write_spec
+
+    src = write_spec(Spec("uint8", 1, 40, 40, "none", "north-up", None, kind="palette"), tmp)
+    return _seg(src, model, tmp, *extra)
+
+
+def _vrt_missing(tmp, model):
+    from tests.flows.odd_rasters import Spec, write_spec
+
+    src = write_spec(Spec("uint8", 3, 40, 40, "none", "north-up", None, kind="vrt-missing"), tmp)
+    return _seg(src, model, tmp)
+
+
+def _alpha(tmp, model):
+    from tests.flows.odd_rasters import Spec, write_spec
+
+    return _seg(write_spec(Spec("uint16", 3, 40, 40, "alpha", "north-up", None), tmp), model, tmp)
+
+
+def _no_scheduler(tmp, model):
+    import socket
+
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return _seg(_good(tmp), model, tmp, "--scheduler-address", f"tcp://127.0.0.1:{port}")
+
+
+ODD = [  # issue 18: odd inputs and flags found by hand and by tests/flows/test_odd_inputs.py
+    Case("one band entirely NaN (others valid)",
+         "error: band 2 has no valid pixel … leave it out with --bands", _nan_band,
+         "band 2 has no valid pixel"),
+    Case("palette (colour-table) raster", "error: has 1 band(s)…; --bands 1,1,1 segments the "
+         "indices", _palette, "has 1 band(s)"),
+    Case("palette raster with --bands 1,1,1", "works (on the palette indices)",
+         lambda t, m: _palette(t, m, "--bands", "1,1,1"), None),
+    Case("alpha band (RGBA)", "works: alpha 0 is nodata (255)", _alpha, None),
+    Case("VRT with a missing source file", "error: cannot read pixels", _vrt_missing,
+         "cannot read pixels"),
+    Case("south-up transform", "works", lambda t, m: _odd_transform(
+        t, m, "southup", Affine(0.5, 0, 500000, 0, 0.5, 5800000)), None),
+    Case("rotated transform", "works", lambda t, m: _odd_transform(
+        t, m, "rotated", Affine.translation(500000, 5800000) * Affine.rotation(30)
+        * Affine.scale(0.5, -0.5)), None),
+    Case("geographic CRS (degrees)", "works", lambda t, m: _odd_transform(
+        t, m, "geo", Affine(1e-5, 0, 13.4, 0, -1e-5, 52.5), "EPSG:4326"), None),
+    Case("1 x N raster", "works (reflect padding)",
+         lambda t, m: _seg(write_raster(t / "row.tif", _rgb(1, 70)), m, t), None),
+    Case("--workers 0 (or negative)", "error: --workers: Input should be greater than or equal "
+         "to 1", lambda t, m: _seg(_good(t), m, t, "--workers", "0"), "--workers"),
+    Case("--set tiling.batch_size=0", "error: config key 'tiling': batch_size must be >= 1 …",
+         lambda t, m: _seg(_good(t), m, t, "--set", "tiling.batch_size=0"),
+         "batch_size must be >= 1"),
+    Case("--scheduler-address that is not an address",
+         "error: --scheduler-address: not a scheduler address like tcp://host:8786",
+         lambda t, m: _seg(_good(t), m, t, "--scheduler-address", "tcp://x:99999"),
+         "not a scheduler address"),
+    Case("--scheduler-address where nothing listens",
+         "error: cannot reach Dask scheduler (at once; within dask.connect_timeout when "
+         "nothing answers)", _no_scheduler, "cannot reach Dask scheduler"),
+]
+
+
 CASES = [
     Case("missing file", "error: file not found", lambda t, m: _seg(t / "nope.tif", m, t),
          "file not found"),
@@ -188,6 +264,7 @@ CASES = [
          _out_is_file, "not a directory"),
     Case("output path equals the input", "error: output … must not be the input file",
          _out_is_input, "must not be the input"),
+    *ODD,
 ]
 
 
@@ -216,6 +293,7 @@ def test_bad_input_catalogue(case, tmp_path, feature_model, prefect_harness, cap
     assert code == 2, err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and case.expect in lines[0] and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == lines[0]  # the last line, after any log output
     final = [out_dir / n for n in ("labels.tif", "labels.zarr", "polygons.gpkg", "run.json")]
     assert not any(p.exists() for p in final)
 
