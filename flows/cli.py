@@ -70,6 +70,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
     if args.labels and cfg.fit.method != "stego":
         raise InputError("--labels", "a linear probe is trained only with --method stego")
+    if cfg.fit.method in ("threshold", "region", "edge"):
+        from pipeline.fit.classic import check_classic
+
+        infos = [open_raster_info(p, cfg.input.bands) for p in args.inputs]
+        t = cfg.threshold
+        check_classic(cfg.fit.method, cfg.fit.clusters, infos, t.index, t.nir_band, t.red_band)
     result = fit_flow(
         [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
         clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
-from pipeline.fit.classic import fit_regions, fit_threshold, index_channels
+from pipeline.fit.classic import check_classic, fit_regions, fit_threshold
 from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego, scale_crop
 from pipeline.fit.stego_train import plot_losses
 from pipeline.io.crops import read_crop, sample_crop_windows, sample_crops
@@ -71,7 +71,7 @@ def fit_classic(method: str, crops: list, clusters: int,
     if method == "threshold":
         t = cfg.threshold
         infos = [info for info, _ in rasters]
-        channels = index_channels(t.index, infos, t.nir_band, t.red_band)
+        channels = check_classic(method, clusters, infos, t.index, t.nir_band, t.red_band)
         bands = list(infos[0].bands) if t.index != "brightness" else []
         return fit_threshold(crops, clusters, t.index, channels, bands, f.sample_pixels,
                              f.seed)

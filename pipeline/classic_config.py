@@ -21,7 +21,7 @@ class ThresholdConfig(_Section):
     nir_band: int | None = Field(default=None, description="ndvi: 1-based raster band of "
                                  "near-infrared (must be among input.bands)")
     red_band: int | None = Field(default=None, description="ndvi: 1-based raster band of red; "
-                                 "null = the first of input.bands")
+                                 "null = the first of input.bands that is not nir_band")
 
 
 class RegionsConfig(_Section):

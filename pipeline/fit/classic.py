@@ -34,7 +34,12 @@ def index_channels(index: str, infos: list[RasterInfo], nir_band: int | None,
     if nir_band is None:
         raise InputError("threshold.nir_band", "the ndvi index needs the near-infrared band: "
                          "--set threshold.nir_band=N (1-based)")
-    bands = {"nir": nir_band, "red": red_band if red_band is not None else infos[0].bands[0]}
+    if red_band is None:  # the first selected band that is not the NIR one
+        red_band = next((b for b in infos[0].bands if b != nir_band), nir_band)
+    if red_band == nir_band:
+        raise InputError("threshold.red_band", f"red and NIR are both band {nir_band}; set "
+                         "threshold.red_band")
+    bands = {"nir": nir_band, "red": red_band}
     channels = {}
     for name, band in bands.items():
         for info in infos:
@@ -49,6 +54,18 @@ def index_channels(index: str, infos: list[RasterInfo], nir_band: int | None,
     return channels
 
 
+def check_classic(method: str, k: int, infos: list[RasterInfo], index: str,
+                  nir_band: int | None, red_band: int | None) -> dict[str, int]:
+    """The parameters of a classic method, checked before any work (one-line InputError);
+    returns the index's band positions for threshold."""
+    if method == "threshold":
+        if not 2 <= k <= MAX_THRESHOLD_CLASSES:
+            raise InputError("--clusters", f"threshold fits 2 to {MAX_THRESHOLD_CLASSES} "
+                             f"classes (multi-level Otsu searches every combination), got {k}")
+        return index_channels(index, infos, nir_band, red_band)
+    return {}
+
+
 def fit_threshold(
     crops: list[Crop], k: int, index: str, channels: dict[str, int], bands: list[int],
     sample_pixels: int, seed: int,
@@ -56,8 +73,7 @@ def fit_threshold(
     """Multi-level Otsu: K-1 thresholds maximising the between-class variance of the index
     over a seeded sample of valid crop pixels."""
     if not 2 <= k <= MAX_THRESHOLD_CLASSES:
-        raise InputError("--clusters", f"threshold fits 2 to {MAX_THRESHOLD_CLASSES} classes "
-                         f"(multi-level Otsu searches every combination), got {k}")
+        raise ValueError(f"threshold fits 2 to {MAX_THRESHOLD_CLASSES} classes, got {k}")
     values = np.concatenate([
         pixel_index(torch.from_numpy(c.image[None]), index, channels)[0].numpy()[c.valid]
         for c in crops])

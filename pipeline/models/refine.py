@@ -15,11 +15,12 @@ REFINE_CHOICES = ("none", "regions")
 
 
 def superpixels(image: np.ndarray, pixels: int, compactness: float = 10.0) -> np.ndarray:
-    """SLIC superpixels (H, W) int64 of an image (H, W, 3) in [0, 1], about ``pixels`` each."""
+    """SLIC superpixels (H, W) int64 of an image (H, W, 3) in [0, 1], about ``pixels`` each
+    (after a Gaussian of sigma 1, without which noise breaks them up into ragged pieces)."""
     h, w = image.shape[:2]
     n = max(1, round(h * w / max(pixels, 1)))
     return slic(image.astype(np.float64), n_segments=n, compactness=compactness, start_label=0,
-                channel_axis=-1, enforce_connectivity=True)
+                channel_axis=-1, enforce_connectivity=True, sigma=1.0)
 
 
 def average_within(probs: torch.Tensor, segments: np.ndarray) -> torch.Tensor:

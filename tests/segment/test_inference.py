@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.io.raster import compute_scaling, open_raster_info
 from pipeline.labels import NODATA
-from pipeline.models.store import load_model
+from pipeline.models.store import load_model, save_model
 from pipeline.segment.inference import segment_block
 from pipeline.tiling import Block, TileGrid, plan_blocks
 from tests.conftest import write_raster
@@ -25,10 +25,40 @@ def _segment(model, info, grid, block_size, batch_size=3):
     return labels, conf
 
 
-@pytest.mark.parametrize("trimmed", [False, True], ids=["centred", "edge-aligned-trimmed"])
-@pytest.mark.parametrize("model_fixture", ["pixel_model", "feature_model"])
+@pytest.fixture(scope="module")
+def classic_models(tmp_path_factory, demo_scene) -> dict:
+    """threshold, region and edge models fitted on the demo scene (issue 15)."""
+    from pipeline.fit.classic import fit_regions, fit_threshold
+    from pipeline.io.crops import sample_crops
+    from pipeline.models.region_segmenters import RegionParams
+
+    info = open_raster_info(demo_scene[0])
+    crops = sample_crops([(info, compute_scaling(info))], 8, 64, seed=0)
+    fitted = {"threshold": fit_threshold(crops, 3, "exg", {}, [1, 2, 3], 20_000, 0)[0]}
+    for method in ("region", "edge"):
+        fitted[method] = fit_regions(crops, 4, method, RegionParams(), 20, 0)[0]
+    return {m: save_model(model, tmp_path_factory.mktemp(m), {}) for m, model in fitted.items()}
+
+
+def _model(request, name: str):
+    """A fitted model by name; ``+regions`` wraps it in the region-based refinement."""
+    from pipeline.models.refine import with_refinement
+
+    base, _, refine = name.partition("+")
+    if base in ("threshold", "region", "edge"):
+        path = request.getfixturevalue("classic_models")[base]
+    else:
+        path = request.getfixturevalue(base)
+    return with_refinement(load_model(path), refine or "none", 48)
+
+
+@pytest.mark.parametrize(("model_fixture", "trimmed"), [
+    *[(m, t) for m in ("pixel_model", "feature_model") for t in (False, True)],
+    # the classic methods and the region-based refinement (issue 15), on the centred grid
+    *[(m, False) for m in ("threshold", "region", "edge", "pixel_model+regions",
+                           "edge+regions")]])
 def test_block_seams_leave_no_trace(request, demo_scene, model_fixture, trimmed):
-    model = load_model(request.getfixturevalue(model_fixture))
+    model = _model(request, model_fixture)
     info = open_raster_info(demo_scene[0])
     grid = TileGrid(64, 16, -8, (info.height, info.width)) if trimmed else TileGrid(64, 16)
     one, conf_one = _segment(model, info, grid, 512)
