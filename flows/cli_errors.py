@@ -67,12 +67,18 @@ def _release_prefect_server() -> None:
     server_module = sys.modules.get("prefect.server.api.server")
     if server_module is None:
         return
-    try:
-        from prefect.logging.handlers import APILogHandler
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler, APILogWorker
 
-        APILogHandler.flush()
-    except Exception:  # noqa: BLE001 - no API log worker or none running: nothing to flush
-        pass
+    for worker in (APILogWorker, EventsWorker):  # send what is queued while the API is up
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # noqa: BLE001 - none running, or already stopped: nothing to send
+            pass
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, APILogHandler):  # later lines would only fail to send
+                logger.removeHandler(handler)
     for server in list(server_module.SubprocessASGIServer._instances.values()):
         if getattr(server, "server_process", None) is not None:
             server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,35 @@ def check_scheduler(cfg: DaskConfig) -> None:
                          f"dask.connect_timeout is {cfg.connect_timeout:g} s)") from None
 
 
+def _connect(cfg: DaskConfig) -> Client:
+    """A Client of ``cfg.scheduler_address`` within ``connect_timeout``, else an InputError.
+
+    Dask's own timeout does not cover a peer that accepts the connection and never answers
+    the handshake (a wrong port, a proxy): the client is made on a helper thread, waited for.
+    """
+    from pipeline.errors import InputError
+
+    box: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            box["client"] = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s")
+        except Exception as exc:  # noqa: BLE001 - reported below, on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=connect, name="stego-dask-connect", daemon=True)
+    thread.start()
+    thread.join(cfg.connect_timeout + 2.0)
+    address = str(cfg.scheduler_address)
+    if thread.is_alive():
+        raise InputError(address, "no Dask scheduler answered there within "
+                         f"dask.connect_timeout ({cfg.connect_timeout:g} s)")
+    if "error" in box:
+        first = str(box["error"]).splitlines()[0] if str(box["error"]) else ""
+        raise InputError(address, f"cannot reach Dask scheduler ({first})") from None
+    return box["client"]
+
+
 @contextmanager
 def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> Iterator[Client]:
     """Connect to ``cfg.scheduler_address`` or start a LocalCluster for the run.
@@ -92,13 +122,7 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
     annotated with them can run; remote workers declare theirs with ``--resources``.
     """
     if cfg.scheduler_address:
-        try:
-            client = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s")
-        except OSError as exc:
-            from pipeline.errors import InputError
-
-            msg = f"cannot reach Dask scheduler ({exc})"
-            raise InputError(cfg.scheduler_address, msg) from None
+        client = _connect(cfg)
         log.info("Dask scheduler %s, dashboard %s", cfg.scheduler_address, client.dashboard_link)
         try:
             yield client

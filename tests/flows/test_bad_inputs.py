@@ -305,3 +305,37 @@ def test_the_readme_shows_this_catalogue():
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+def test_an_error_inside_the_flow_is_the_last_line_also_in_json(feature_model, tmp_path):
+    """The console script on Prefect's temporary server (issue 18's case): a scheduler address
+    where something listens but no Dask scheduler answers fails inside the flow, within
+    dask.connect_timeout; the error: line still comes after Prefect's "Stopping temporary
+    server" log, and --json prints it on stdout."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_LOGGING_LEVEL="INFO")
+    with socket.socket() as silent:  # accepts connections, never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        argv = _seg(_good(tmp_path), feature_model, tmp_path, "--scheduler-address",
+                    f"tcp://127.0.0.1:{silent.getsockname()[1]}", "--set",
+                    "dask.connect_timeout=2", "--json")
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+        seconds = time.monotonic() - t0
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: tcp://127.0.0.1:") and "within dask.connect_timeout" in last
+    assert "Stopping temporary server" in res.stderr  # Prefect's log came, and came first
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {
+        "status": "failed", "error": last.removeprefix("error: "), "exit_code": 2}
+    assert seconds < 120
+    assert not (tmp_path / "out" / "labels.tif").exists()
