@@ -1,7 +1,8 @@
 """Segmentation quality on the labelled sets in ../shared/data; prints one table.
 
     python benchmarks/quality.py [--sets potsdam loveda demo] [--weights random|hub|PATH|DIR ...]
-        [--pretrain-minutes 15] [--quick] [--methods pixel-kmeans feature-kmeans stego stego-crf]
+        [--pretrain-minutes 15] [--quick] [--methods pixel-kmeans feature-kmeans stego stego-crf
+        threshold region edge pixel-kmeans+regions ...]
         [--backbone PRESET] [--backbone-arg depth=2 ...] [--precision auto fp32 bf16]
 
 With ``--pretrain-minutes M`` it first runs `stego pretrain` for M minutes on the four real
@@ -52,7 +53,18 @@ METHODS = {  # name -> (fit method, segment flags)
     "feature-kmeans": ("feature-kmeans", []),
     "stego": ("stego", ["--no-crf"]),
     "stego-crf": ("stego", ["--crf"]),
+    # the classic segmenters (issue 15) and the region-based refinement of any method
+    "threshold": ("threshold", []),
+    "region": ("region", []),
+    "edge": ("edge", []),
+    "pixel-kmeans+regions": ("pixel-kmeans", ["--refine", "regions"]),
+    "threshold+regions": ("threshold", ["--refine", "regions"]),
+    "region+regions": ("region", ["--refine", "regions"]),
+    "edge+regions": ("edge", ["--refine", "regions"]),
+    "feature-kmeans+regions": ("feature-kmeans", ["--refine", "regions"]),
+    "stego+regions": ("stego", ["--no-crf", "--refine", "regions"]),
 }
+NO_BACKBONE = {"pixel-kmeans", "threshold", "region", "edge"}
 
 
 def sets(work: Path) -> dict[str, dict]:
@@ -127,7 +139,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["potsdam", "loveda", "demo"],
                     choices=["potsdam", "loveda", "demo"])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=["pixel-kmeans", "feature-kmeans", "stego",
+                    "stego-crf"], choices=list(METHODS), help="NAME+regions: segmented with "
+                    "--refine regions")
     ap.add_argument("--weights", nargs="+", default=["random"], help="backbone weights for "
                     "fit, one set of rows each: random (default), hub, auto, a checkpoint path "
                     "or a backbone directory")
@@ -171,7 +185,7 @@ def main() -> None:
         weights_list.append(str(backbone))
     rows = []
     jobs = [(name, w) for name in args.methods
-            for w in (["-"] if METHODS[name][0] == "pixel-kmeans" else weights_list)]
+            for w in (["-"] if METHODS[name][0] in NO_BACKBONE else weights_list)]
     for set_name in args.sets:
         spec = sets(work)[set_name]
         fitted: dict[tuple[str, str], tuple[Path, float]] = {}
@@ -184,7 +198,7 @@ def main() -> None:
                        "--clusters", str(spec["classes"]), "--out", str(model),
                        "--set", f"fit.crops={args.crops}", "--set", f"stego.steps={args.steps}",
                        *common]
-                if method != "pixel-kmeans":
+                if method not in NO_BACKBONE:
                     cmd += ["--weights", weights]
                     if args.backbone:
                         cmd += ["--backbone", args.backbone]
@@ -218,7 +232,7 @@ def main() -> None:
                 (out.parent / "metrics.json").write_text(json.dumps(m, indent=2))
                 rows.append([set_name, name, used, f"{m['accuracy']:.1f}", f"{m['mIoU']:.1f}",
                              f"{agree:.2f}",
-                             weights_used(model) if method != "pixel-kmeans" else "-",
+                             weights_used(model) if method not in NO_BACKBONE else "-",
                              f"{fit_s:.0f}", f"{seg_s:.0f}"])
     head = ["set", "method", "precision", "accuracy %", "mIoU %", "agree %", "weights", "fit s",
             "segment s"]

@@ -1,7 +1,10 @@
 """End-to-end throughput of `stego segment` on generated demo scenes; prints one table.
 
     python benchmarks/throughput.py [--sizes 1024 2048] [--methods pixel-kmeans feature-kmeans]
-        [--backbone vit_small_patch8_224.dino] [--workers 1]
+        [--backbone vit_small_patch8_224.dino] [--workers 1] [--refine none regions]
+
+Methods: pixel-kmeans, feature-kmeans, and the backbone-free threshold, region, edge; each
+is segmented once per ``--refine`` value (regions: superpixel refinement, issue 15).
 
 Stage times come from run.json; "model s" is the time spent inside the model's forward pass
 (summed over blocks), so "infer / model" is the overhead of reading, blending and writing.
@@ -69,6 +72,8 @@ def main() -> None:
                     help="Dask worker counts to compare (scaling)")
     ap.add_argument("--block-size", type=int, default=None,
                     help="tiling.block_size (small blocks give several workers work)")
+    ap.add_argument("--refine", nargs="+", default=["none"], choices=["none", "regions"],
+                    help="model.refine values, one row each")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory")
     args = ap.parse_args()
 
@@ -81,26 +86,30 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         scene, _ = write_demo_scene(work / f"scene{size}.tif", size=size)
-        for method, workers in ((m, w) for m in args.methods for w in args.workers):
+        for method, workers, refine in ((m, w, r) for m in args.methods for w in args.workers
+                                        for r in args.refine):
             tiling = {"block_size": args.block_size} if args.block_size else {}
-            cfg = RunConfig.model_validate({"dask": {"workers": workers}, "tiling": tiling})
+            cfg = RunConfig.model_validate({"dask": {"workers": workers}, "tiling": tiling,
+                                            "model": {"refine": refine}})
             mdir = work / f"model-{method}"
             if not (mdir / "model.json").exists():
                 fit_flow([str(scene)], str(mdir), method=method, clusters=5, weights="random",
                          backbone=args.backbone, config=cfg.model_dump(mode="json"))
-            out = work / f"out-{method}-{size}-{workers}"
+            out = work / f"out-{method}-{size}-{workers}-{refine}"
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 doc = segment(scene, mdir, out, cfg, fresh=True, progress=False)
                 wall = time.perf_counter() - t0
             t, c = doc["timings_s"], doc["counts"]
             mpx = size * size / 1e6
-            rows.append([method, str(workers), f"{size}²", f"{wall:.1f}", f"{t['infer']:.1f}",
+            rows.append([method, refine, str(workers), f"{size}²", f"{wall:.1f}",
+                         f"{t['infer']:.1f}",
                          f"{c['model_seconds']:.1f}", f"{t['cog']:.2f}", f"{t['vectorize']:.2f}",
                          f"{mpx / t['infer']:.2f}", f"{mpx / max(c['model_seconds'], 1e-9):.2f}",
                          f"{c['compute_amplification']:.2f}",
                          f"{rss.peak / 2**20:.0f}"])
-    head = ["method", "workers", "raster", "wall s", "infer s", "model s", "cog s", "vector s",
+    head = ["method", "refine", "workers", "raster", "wall s", "infer s", "model s", "cog s",
+            "vector s",
             "infer Mpx/s", "model-only Mpx/s", "amplif.", "peak RSS MiB"]
     print(f"\nmachine: {os.cpu_count()} CPU cores, block_size={args.block_size or 'default'}, "
           f"backbone={args.backbone} (random weights)")
