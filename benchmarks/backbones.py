@@ -5,9 +5,9 @@
 
 Every preset is built at full size with random weights (speed and memory do not depend on the
 weights, and nothing is downloaded). Per preset: parameters, the tile the tiler snaps to for
-its patch, seconds per tile of ``model.predict``-equivalent feature extraction (median of 3
-after a warm-up, in the precision that ``model.precision`` resolves to here), and the process's
-RSS after the model and one batch. With ``--rss-size N``, the presets in ``--rss-presets`` are
+its patch, seconds per tile of the backbone's patch features (median of 3 after a warm-up, in
+the precision that ``model.precision`` resolves to here), and the float32 weights' size.
+With ``--rss-size N``, the presets in ``--rss-presets`` are
 also fitted (feature-kmeans, random weights) and run through the real `stego segment` on a
 generated N x N raster in a fresh process, reporting the peak RSS of the whole process tree
 (as benchmarks/memory.py does) and the wall time.
@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +54,11 @@ def seconds_per_tile(name: str, tile: int, batch: int, precision: str) -> tuple[
             t0 = time.perf_counter()
             patch_features(net, x)
             times.append((time.perf_counter() - t0) / batch)
-    rss = psutil.Process().memory_info().rss
     del net
     gc.collect()
     row = [name, f"{params / 1e6:.0f} M", f"{preset.dim}", f"{preset.patch}", f"{t}", ran,
            f"{statistics.median(times):.2f}", f"{statistics.median(times) / (t * t) * 1e6:.1f}",
-           f"{rss / 2**20:.0f}"]
+           f"{params * 4 / 2**20:.0f}"]
     return row, t
 
 
@@ -75,7 +73,7 @@ def segment_rss(name: str, size: int, work: Path) -> list[str]:
         subprocess.run([*stego, "fit", str(small), "--method", "feature-kmeans", "--clusters",
                         "5", "--backbone", name, "--gsd", "native", "--weights", "random",
                         "--set", "fit.crops=4", "--out", str(model), "-q"],
-                       check=True, env=env, cwd=ROOT)
+                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     os.environ.update(env)
     peak, secs, code = peak_rss_of([*stego, "segment", str(scene), "--model", str(model),
                                     "--out", str(work / f"out-{name}-{size}"), "--fresh", "-q",
@@ -101,7 +99,7 @@ def main() -> None:
     print(f"\n{os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, batch {args.batch}, random weights")
     print_table(["preset", "params", "dim", "patch", "tile", "precision", "s / tile",
-                 "µs / px", "RSS MiB"], rows)
+                 "µs / px", "weights MiB"], rows)
     if args.rss_size:
         work = args.work or Path(tempfile.mkdtemp(prefix="stego-backbones-"))
         work.mkdir(parents=True, exist_ok=True)
