@@ -60,14 +60,14 @@ FLAG_NAMES = {"minutes": "--minutes", "steps": "--steps", "backbone": "--backbon
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """`stego fit`: fit a model on crops of the inputs (no labels)."""
-    from flows.fit_flow import fit_flow
     from pipeline.io.raster import compute_scaling, open_raster_info
 
     cfg = _config(args)
     if not 2 <= cfg.fit.clusters <= 254:
         raise InputError("--clusters", "must be between 2 and 254")
-    for path in args.inputs:  # fail fast, before any flow starts
+    for path in args.inputs:  # fail fast, before torch and Prefect are even imported
         compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
+    from flows.fit_flow import fit_flow
     if args.labels and cfg.fit.method != "stego":
         raise InputError("--labels", "a linear probe is trained only with --method stego")
     if cfg.fit.method in ("threshold", "region", "edge"):
@@ -106,10 +106,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """`stego segment`: segment one raster with a fitted model."""
+    from pipeline.io.raster import open_raster_info
+
+    cfg = _config(args)
+    open_raster_info(args.input, cfg.input.bands)  # fail fast, before torch and Prefect load
     from flows.segment_flow import segment
     from pipeline.segment.plan import check_segment_inputs
 
-    cfg = _config(args)
     info, _, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
     if info.crs_wkt is None:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",
