@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from pipeline.config.section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ThresholdConfig(_Section):
+class ThresholdConfig(Section):
     """`stego fit --method threshold`: the per-pixel index multi-level Otsu thresholds."""
 
     index: Literal["brightness", "ndvi", "exg"] = Field(
@@ -24,7 +22,7 @@ class ThresholdConfig(_Section):
                                  "null = the first of input.bands that is not nir_band")
 
 
-class RegionsConfig(_Section):
+class RegionsConfig(Section):
     """`stego fit --method region | edge`: how images are cut into regions."""
 
     tolerance: float = Field(default=0.1, gt=0, description="region: max colour distance "

@@ -10,14 +10,15 @@ import pydantic
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from pipeline.classic_config import RegionsConfig, ThresholdConfig
+from pipeline.config.classic import RegionsConfig, ThresholdConfig
+from pipeline.config.section import Section
+from pipeline.config.training import FitConfig, PretrainConfig, StegoConfig
 from pipeline.errors import InputError
 
 # scheme://host[:port], host[:port] or [ipv6]:port; ports 1-65535 (0 only for inproc)
@@ -27,11 +28,9 @@ SCHEDULER_ADDRESS = re.compile(
     r"|inproc://\S+")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class InputConfig(_Section):
+class InputConfig(Section):
     """How pixels are read and scaled."""
 
     bands: list[int] | None = Field(
@@ -51,7 +50,7 @@ class InputConfig(_Section):
         return self
 
 
-class TilingConfig(_Section):
+class TilingConfig(Section):
     """Blocks (Dask tasks, aligned to output chunks) and model tiles inside them."""
 
     tile_size: int = Field(default=544, description="model tile edge in pixels")
@@ -78,7 +77,7 @@ class TilingConfig(_Section):
         return self
 
 
-class VectorizeConfig(_Section):
+class VectorizeConfig(Section):
     """Polygon output."""
 
     enabled: bool = True
@@ -95,7 +94,7 @@ class VectorizeConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     """Raster outputs."""
 
     compress: Literal["DEFLATE", "LZW", "ZSTD"] = "DEFLATE"
@@ -106,7 +105,7 @@ class OutputConfig(_Section):
         "Debian/Ubuntu LTS); 3 needs GDAL >= 3.11 (the v3 'bytes' codec)")
 
 
-class StacConfig(_Section):
+class StacConfig(Section):
     """The STAC item's time."""
 
     datetime: pydantic.AwareDatetime | None = Field(
@@ -114,7 +113,7 @@ class StacConfig(_Section):
         "null = the input's TIFFTAG_DATETIME/ACQUISITIONDATETIME tag, else the processing time")
 
 
-class DaskConfig(_Section):
+class DaskConfig(Section):
     """Where chunk-parallel work runs."""
 
     workers: int = Field(default=1, ge=1, description="LocalCluster worker processes")
@@ -148,151 +147,7 @@ class DaskConfig(_Section):
         return value
 
 
-class FitConfig(_Section):
-    """Sampling and clustering for `stego fit` (CLI flags override these)."""
-
-    method: Literal["stego", "pixel-kmeans", "feature-kmeans", "threshold", "region",
-                    "edge"] = "stego"
-    clusters: int = Field(default=5, description="classes (clusters) to discover")
-    backbone: str = Field(default="vit_small_patch8_224.dino",
-                          description="a preset (`stego backbones`) or a timm model name")
-    gsd: float | Literal["native"] | None = Field(
-        default=None,
-        description="metres per pixel to run the backbone at (stego, feature-kmeans): input "
-        "scale = the rasters' GSD / gsd, never above 1; null: a preset's own GSD when "
-        "`backbone` names a preset, else the rasters' own; native: always the rasters' own",
-    )
-    weights: str = Field(default="auto", description="auto, hub, random or a local file")
-    seed: int = 0
-    sample_pixels: int = Field(default=200_000, ge=1, description="pixels sampled for pixel-kmeans")
-    crops: int = Field(default=64, ge=1, description="crops sampled for feature-kmeans")
-    crop_size: int = Field(default=224, ge=16,
-                           description="crop edge in pixels (multiple of patch)")
-    iterations: int = Field(default=50, ge=1, description="k-means iterations")
-    n_init: int = Field(
-        default=10, ge=1,
-        description="k-means initialisations; the best objective is kept (as scikit-learn's "
-        "n_init)",
-    )
-    max_nodata_fraction: float = Field(default=0.5, ge=0, le=1,
-                                       description="skip crops with more nodata")
-    cache_dir: str | None = Field(
-        default=None, description="STEGO feature cache; default MODEL_DIR/.cache"
-    )
-
-    @field_validator("gsd")
-    @classmethod
-    def _positive_gsd(cls, v: float | str | None) -> float | str | None:
-        if isinstance(v, float) and not v > 0:
-            raise ValueError("must be a positive number of metres per pixel, 'native' or null")
-        return v
-
-
-class StegoConfig(_Section):
-    """STEGO head training (defaults: the official Potsdam configuration)."""
-
-    dim: int = Field(default=70, description="code dimension of the segmentation head")
-    steps: int = Field(default=5000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    lr_head: float = 5e-4
-    lr_probe: float = 5e-3
-    neighbors: int = Field(default=7, description="kNN positives drawn from the top-k")
-    feature_samples: int = Field(default=11, description="S x S sampled points per image")
-    neg_samples: int = 5
-    knn_weight: float = 0.25
-    self_weight: float = 0.67
-    rand_weight: float = 0.63
-    knn_shift: float = 0.02
-    self_shift: float = 0.08
-    rand_shift: float = 0.46
-    shifts: Literal["auto", "paper", "calibrated"] = Field(
-        default="auto",
-        description="paper: the *_shift keys as given (the official values for DINO ViT-S/8); "
-        "calibrated: set from the backbone's feature correlations on the training crops so "
-        "that the attract_* shares of pairs attract; auto: paper for DINO ViT-S/8 weights, "
-        "calibrated for every other backbone",
-    )
-    attract_self: float = Field(default=0.5, gt=0, lt=1,
-                                description="calibrated: share of same-crop pairs that attract")
-    attract_knn: float = Field(default=0.4, gt=0, lt=1,
-                               description="calibrated: share of kNN pairs that attract")
-    attract_rand: float = Field(default=0.3, gt=0, lt=1,
-                                description="calibrated: share of random pairs that attract")
-    pointwise: bool = True
-    zero_clamp: bool = True
-    stabilize: bool = False
-    feature_dropout: bool = Field(
-        default=True, description="Dropout2d on the features used in the loss (official)"
-    )
-    extra_clusters: int = 0
-    probe_refine_iterations: int = Field(
-        default=20,
-        description="after training, Lloyd iterations of cosine k-means on the codes starting "
-        "from the probe (re-seeds dead clusters; 0 = the official probe as trained)",
-    )
-    alpha: float = Field(default=2.0, description="softmax(alpha * cos) class scores")
-    input_scale: float = Field(
-        default=1.0, description="resample input before the backbone (0.5: 5 cm -> 10 cm)"
-    )
-    crf: bool = Field(default=False, description="dense CRF on each tile at inference")
-    log_every: int = 50
-
-
-class PretrainConfig(_Section):
-    """Self-supervised DINO pretraining of a backbone (`stego pretrain`); CLI flags override."""
-
-    backbone: str = Field(default="vit_small_patch8_224", description="timm ViT to pretrain")
-    overrides: dict[str, Any] = Field(
-        default={"depth": 4, "embed_dim": 192, "num_heads": 3},
-        description="timm create_model overrides (a 4-block, width-192 ViT trains on CPUs)",
-    )
-    minutes: float | None = Field(default=5.0, description="budget in wall-clock minutes")
-    steps: int | None = Field(
-        default=None, description="budget in steps (exact and reproducible; wins over minutes)"
-    )
-    batch_size: int = Field(default=32, description="source crops per step")
-    pool_crops: int = Field(default=512, description="crops read once and augmented each step")
-    source_size: int = Field(default=256, description="pool crop edge in native pixels")
-    global_size: int = Field(default=96, description="global view edge (2 per crop)")
-    local_size: int = Field(default=48, description="local view edge")
-    local_views: int = Field(default=4, description="local views per crop")
-    global_scale: tuple[float, float] = Field(
-        default=(0.25, 1.0), description="area share of the pool crop a global view covers")
-    local_scale: tuple[float, float] = Field(
-        default=(0.05, 0.4), description="area share of the pool crop a local view covers")
-    out_dim: int = Field(default=1024, description="DINO prototypes")
-    lr: float = Field(default=1e-3, description="AdamW peak learning rate")
-    min_lr: float = 1e-5
-    warmup_fraction: float = Field(default=0.1, description="share of steps warming up lr")
-    weight_decay: tuple[float, float] = Field(default=(0.04, 0.4), description="start, end")
-    momentum: float = Field(default=0.99, description="teacher EMA momentum at the start")
-    student_temp: float = 0.1
-    teacher_temp: tuple[float, float] = Field(
-        default=(0.04, 0.04), description="teacher temperature: start and after warm-up"
-    )
-    center_momentum: float = 0.9
-    clip_grad: float = 3.0
-    max_nodata_fraction: float = Field(default=0.1, description="skip crops with more nodata")
-    seed: int = 0
-    checkpoint_every: int = Field(default=25, description="steps between checkpoints")
-    log_every: int = 10
-
-    @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
-        if self.minutes is None and self.steps is None:
-            raise ValueError("give a budget: minutes or steps")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError("minutes must be > 0")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError("steps must be >= 1")
-        if min(self.batch_size, self.pool_crops, self.checkpoint_every, self.log_every) < 1:
-            raise ValueError("batch_size, pool_crops, checkpoint_every, log_every must be >= 1")
-        if not self.local_size <= self.global_size <= self.source_size:
-            raise ValueError("need local_size <= global_size <= source_size")
-        return self
-
-
-class ModelRuntimeConfig(_Section):
+class ModelRuntimeConfig(Section):
     """Where and how the model runs."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -313,7 +168,7 @@ class ModelRuntimeConfig(_Section):
     )
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Everything a `fit` or `segment` run is configured by."""
 
     input: InputConfig = InputConfig()

@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import InputError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def test_defaults_need_no_file():
