@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
-from pipeline.evaluation.report import _atomic_write
+from pipeline.io.files import write_atomic
 
 
 def cluster_names_from_metrics(metrics_path: str | Path, n_clusters: int) -> list[str]:
@@ -142,4 +142,4 @@ def rename_model_classes(
         meta["colors"] = [list(c) if c is not None else list(current[i])
                           for i, c in enumerate(colors)]
     text = json.dumps(meta, indent=2, default=str)
-    return _atomic_write(path, lambda p: p.write_text(text))
+    return write_atomic(path, lambda p: p.write_text(text))

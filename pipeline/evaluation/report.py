@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,21 +16,10 @@ from pipeline.evaluation.mapping import _json_key
 from pipeline.evaluation.metrics import _pred_codes
 from pipeline.evaluation.pairs import EvalPair
 from pipeline.evaluation.readers import Overlap, PredReader, _open_rasterio, align
+from pipeline.io.files import write_atomic
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from PIL import Image
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _clean(obj: Any) -> Any:
@@ -55,14 +43,14 @@ def write_evaluation(metrics: dict[str, Any], pairs: list[EvalPair],
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_clean(metrics), indent=2)
-    out = {"metrics": _atomic_write(out_dir / "metrics.json",
+    out = {"metrics": write_atomic(out_dir / "metrics.json",
                                     lambda p: p.write_text(text + "\n"))}
     conf = plots.confusion_image(metrics)
-    out["confusion"] = _atomic_write(out_dir / "confusion.png",
+    out["confusion"] = write_atomic(out_dir / "confusion.png",
                                      lambda p: conf.save(p, format="PNG"))
     if pairs:
         prev = preview_image(metrics, pairs[0])
-        out["preview"] = _atomic_write(out_dir / "preview.png",
+        out["preview"] = write_atomic(out_dir / "preview.png",
                                        lambda p: prev.save(p, format="PNG"))
     return out
 

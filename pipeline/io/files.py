@@ -6,22 +6,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Write JSON to a temporary name in the same directory, then rename over ``path``."""
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write`` on a temporary sibling (``.NAME.tmp-PID``), then rename it over ``path``;
+    the temporary file never outlives a failure."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 text to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write JSON to a temporary name in the same directory, then rename over ``path``."""
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def read_json(path: Path) -> dict[str, Any]:

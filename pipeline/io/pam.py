@@ -3,10 +3,11 @@ table (value, class name, colour, pixel count) that GDAL, QGIS and ArcGIS read w
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
+
+from pipeline.io.files import write_text_atomic
 
 # GDALRATFieldType and GDALRATFieldUsage values (gdal.h)
 GFT_INTEGER, GFT_REAL, GFT_STRING = 0, 1, 2
@@ -55,11 +56,4 @@ def pam_xml(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]],
 def write_pam_sidecar(raster: Path, class_names: Sequence[str],
                       colors: Sequence[tuple[int, int, int]], counts: Sequence[int]) -> Path:
     """Write ``raster``'s ``.aux.xml`` (temporary name, then rename); return its path."""
-    path = aux_path(raster)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(pam_xml(class_names, colors, counts), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(aux_path(raster), pam_xml(class_names, colors, counts))

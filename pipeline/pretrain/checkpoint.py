@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pipeline.io.files import write_text_atomic
 from pipeline.pretrain.nets import Nets, Progress
 
 TENSORS = "checkpoint.safetensors"
@@ -89,7 +90,5 @@ def mark_interrupted(work_dir: Path, at_step: int) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     doc.update(status="interrupted", interrupted_at_step=at_step)
-    tmp = work_dir / f".{STATE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc))
     return doc

@@ -19,12 +19,13 @@ registered in ``gpkg_contents`` as ``attributes`` (what GDAL does when QGIS crea
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
+
+from pipeline.io.files import write_text_atomic
 
 QGIS_VERSION = "3.28.0-Firenze"
 DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
@@ -230,29 +231,20 @@ def write_styles(
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     raster_path = out_dir / Path(raster_name).with_suffix(".qml").name
-    written["raster_qml"] = _write_text_atomic(raster_path, raster_qml(class_names, colors))
+    written["raster_qml"] = write_text_atomic(raster_path, raster_qml(class_names, colors))
     if vector_name is None:
         return written
     vector = out_dir / vector_name
     if not vector.exists():
         return written
     qml = polygon_qml(class_names, colors)
-    written["vector_qml"] = _write_text_atomic(vector.with_suffix(".qml"), qml)
+    written["vector_qml"] = write_text_atomic(vector.with_suffix(".qml"), qml)
     if vector.suffix.lower() == ".gpkg":
         add_gpkg_layer_style(vector, layer, qml)
         written["gpkg"] = vector
     return written
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,6 +22,8 @@ import pyproj
 import shapely
 from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
+
+from pipeline.io.files import write_text_atomic
 
 STAC_VERSION = "1.0.0"
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -175,13 +176,7 @@ def write_stac_item(item: dict, path: Path) -> Path:
     """Write the item as strict JSON (no NaN) to a temporary sibling, then rename over path."""
     path = Path(path)
     text = json.dumps(item, indent=2, allow_nan=False, ensure_ascii=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(path, text + "\n")
 
 
 # --------------------------------------------------------------------------------------------
