@@ -41,6 +41,8 @@ RECIPES = {
     "default (256 px, global 25-100 %)": {},
     "384 px pool crops": {"source_size": 384},
     "lr 2e-3": {"lr": 2e-3},
+    "ibot: + masked patch distillation": {"objective": "ibot"},
+    "ibot, no grayscale views": {"objective": "ibot", "grayscale_p": 0.0},
 }
 SHIFTS = {
     "paper": {"shifts": "paper"},
@@ -97,26 +99,30 @@ def feature_kmeans_score(backbone_dir: Path) -> tuple[float, float]:
     return potsdam3(model)
 
 
-def sweep_recipes(steps: int, work: Path) -> None:
+def sweep_recipes(steps: int, work: Path, only: list[str], seeds: list[int]) -> None:
     from pipeline.config import PretrainConfig
     from pipeline.models.backbone_dir import write_backbone_dir
     from pipeline.pretrain.loop import backbone_description, pretrain, read_pool
 
     inputs = rasters(IMAGES)
     rows = []
-    for label, change in RECIPES.items():
-        cfg = PretrainConfig(minutes=None, steps=steps, **change)
-        pool = read_pool(inputs, cfg)
-        out = work / f"recipe{len(rows)}"
-        nets, progress = pretrain(pool, cfg, out / ".pretrain", "sweep", log=lambda s: None)
-        write_backbone_dir(out, nets.teacher.state_dict(),
-                           backbone_description(nets, pool, cfg, progress, [], "cpu"))
-        last = progress.history[-1]
-        acc, miou = feature_kmeans_score(out)
-        rows.append([label, str(steps), f"{last['teacher_entropy']:.2f}", f"{acc:.1f}",
-                     f"{miou:.1f}", f"{progress.seconds:.0f}"])
-        print(f"{label}: {acc:.1f} / {miou:.1f}", file=sys.stderr, flush=True)
-    print_table(["recipe", "steps", "teacher entropy", "accuracy %", "mIoU %", "train s"], rows)
+    chosen = [(k, v) for k, v in RECIPES.items() if not only or any(o in k for o in only)]
+    for label, change in chosen:
+        for seed in seeds:
+            cfg = PretrainConfig(minutes=None, steps=steps, seed=seed, **change)
+            pool = read_pool(inputs, cfg)
+            out = work / f"recipe{len(rows)}"
+            nets, progress = pretrain(pool, cfg, out / ".pretrain", "sweep", log=lambda s: None)
+            write_backbone_dir(out, nets.teacher.state_dict(),
+                               backbone_description(nets, pool, cfg, progress, [], "cpu"))
+            last = progress.history[-1]
+            acc, miou = feature_kmeans_score(out)
+            rows.append([label, str(seed), str(steps), f"{last['teacher_entropy']:.2f}",
+                         f"{acc:.1f}", f"{miou:.1f}", f"{progress.seconds:.0f}"])
+            print(f"{label} seed {seed}: {acc:.1f} / {miou:.1f} ({out})", file=sys.stderr,
+                  flush=True)
+    print_table(["recipe", "seed", "steps", "teacher entropy", "accuracy %", "mIoU %",
+                 "train s"], rows)
 
 
 def sweep_shifts(weights: Path, steps: int, work: Path) -> None:
@@ -144,13 +150,16 @@ def main() -> None:
     ap.add_argument("what", choices=["recipes", "shifts"])
     ap.add_argument("--steps", type=int, help="pretraining (100) or STEGO (500) steps")
     ap.add_argument("--weights", type=Path, help="shifts: the backbone directory to use")
+    ap.add_argument("--only", nargs="*", default=[],
+                    help="recipes: run only those whose label contains one of these")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="recipes: seeds")
     args = ap.parse_args()
     missing = [p for p in IMAGES if not p.exists()]
     if missing:
         raise SystemExit(f"shared data not found: {', '.join(map(str, missing))}")
     work = Path(tempfile.mkdtemp(prefix="stego-sweep-"))
     if args.what == "recipes":
-        sweep_recipes(args.steps or 100, work)
+        sweep_recipes(args.steps or 100, work, args.only, args.seeds)
     else:
         if args.weights is None:
             raise SystemExit("shifts needs --weights BACKBONE_DIR")

@@ -122,7 +122,19 @@ class PretrainConfig(Section):
         default=(0.25, 1.0), description="area share of the pool crop a global view covers")
     local_scale: tuple[float, float] = Field(
         default=(0.05, 0.4), description="area share of the pool crop a local view covers")
+    jitter_p: float = Field(default=0.8, ge=0, le=1,
+                            description="share of views with brightness/contrast/saturation jitter")
+    grayscale_p: float = Field(default=0.2, ge=0, le=1, description="share of grayscale views")
     out_dim: int = Field(default=1024, description="DINO prototypes")
+    objective: Literal["dino", "ibot"] = Field(
+        default="dino", description="dino: image-level self-distillation only; ibot: plus "
+        "masked patch-token distillation (shapes the patch features k-means and STEGO use)")
+    patch_weight: float = Field(default=1.0, ge=0, description="ibot: weight of the patch loss")
+    patch_out_dim: int = Field(default=1024, description="ibot: patch prototypes")
+    mask_ratio: tuple[float, float] = Field(
+        default=(0.1, 0.5), description="ibot: share of a masked view's patches masked")
+    mask_probability: float = Field(
+        default=0.5, ge=0, le=1, description="ibot: share of global views that are masked")
     lr: float = Field(default=1e-3, description="AdamW peak learning rate")
     min_lr: float = 1e-5
     warmup_fraction: float = Field(default=0.1, description="share of steps warming up lr")

@@ -36,6 +36,8 @@ def save_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator,
                for k, v in module.state_dict().items()}
     tensors.update(_optimizer_tensors(nets.optimizer))
     tensors["center"] = nets.center.detach().cpu().contiguous()
+    if nets.patch_center is not None:
+        tensors["patch_center"] = nets.patch_center.detach().cpu().contiguous()
     tensors["generator"] = gen.get_state()
     doc = {"key": key, "step": progress.step, "total": progress.total,
            "seconds": progress.seconds, "history": progress.history}
@@ -77,6 +79,8 @@ def load_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator) -> Pr
     opt_state["state"] = restored
     nets.optimizer.load_state_dict(opt_state)
     nets.center = tensors["center"].to(device)
+    if nets.patch_center is not None:
+        nets.patch_center = tensors["patch_center"].to(device)
     gen.set_state(tensors["generator"])
     return Progress(doc["step"], doc["total"], doc["seconds"], doc["history"])
 

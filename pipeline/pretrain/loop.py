@@ -18,7 +18,7 @@ from pipeline.config import PretrainConfig
 from pipeline.io.crops import read_crop, sample_crop_windows
 from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import patch_size, tensor_hash
-from pipeline.pretrain import dino
+from pipeline.pretrain import dino, ibot
 from pipeline.pretrain.augment import ViewSpec, make_views
 from pipeline.pretrain.checkpoint import load_state, mark_interrupted, save_state
 from pipeline.pretrain.nets import Nets, Progress, build_nets
@@ -65,9 +65,10 @@ def _views(pool: torch.Tensor, idx: torch.Tensor, cfg: PretrainConfig,
            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """2 global views (second with less blur, as DINO) and ``local_views`` local views."""
     src = pool[idx]
-    g1 = make_views(src, ViewSpec(cfg.global_size, cfg.global_scale, blur_p=1.0), gen)
-    g2 = make_views(src, ViewSpec(cfg.global_size, cfg.global_scale, blur_p=0.1), gen)
-    spec = ViewSpec(cfg.local_size, cfg.local_scale, blur_p=0.5)
+    colour = {"jitter_p": cfg.jitter_p, "gray_p": cfg.grayscale_p}
+    g1 = make_views(src, ViewSpec(cfg.global_size, cfg.global_scale, 1.0, **colour), gen)
+    g2 = make_views(src, ViewSpec(cfg.global_size, cfg.global_scale, 0.1, **colour), gen)
+    spec = ViewSpec(cfg.local_size, cfg.local_scale, 0.5, **colour)
     loc = [make_views(src, spec, gen) for _ in range(cfg.local_views)]
     return torch.cat([g1, g2]), torch.cat(loc) if loc else src.new_zeros(0, 3, 1, 1)
 
@@ -90,27 +91,62 @@ def train_step(nets: Nets, pool: CropPool, cfg: PretrainConfig, step: int, total
     mean = torch.tensor(pool.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(pool.std, device=device).view(1, 3, 1, 1)
     glob = (glob.to(device) - mean) / std
+    masks = None
+    if cfg.objective == "ibot":
+        grid = cfg.global_size // patch_size(nets.student)
+        masks = ibot.block_masks(glob.shape[0], grid, cfg.mask_ratio, cfg.mask_probability,
+                                 gen).to(device)
     amp = device.startswith("cuda")  # bf16 on GPUs; CPUs train in float32 (bf16 backward is slow)
     with torch.autocast("cuda" if amp else "cpu", dtype=torch.bfloat16, enabled=amp):
-        with torch.no_grad():
-            t_out = nets.teacher_head(nets.teacher(glob)).float()
-        s_out = [nets.student_head(nets.student(glob))]
+        if masks is None:
+            with torch.no_grad():
+                t_out = nets.teacher_head(nets.teacher(glob)).float()
+            s_out = [nets.student_head(nets.student(glob))]
+        else:
+            t_patch, t_out, s_patch, s_glob = _ibot_forward(nets, glob, masks)
+            s_out = [s_glob]
         if loc.shape[0]:
             s_out.append(nets.student_head(nets.student((loc.to(device) - mean) / std)))
         s_all = torch.cat(s_out).float()
     loss = dino.dino_loss(s_all, t_out, nets.center, 2, cfg.student_temp, t_temp)
+    row: dict[str, float] = {}
+    if masks is not None:
+        assert nets.patch_center is not None
+        p_loss = ibot.patch_loss(s_patch.float(), t_patch.float(), nets.patch_center, masks,
+                                 cfg.student_temp, t_temp)
+        row["image_loss"], row["patch_loss"] = float(loss.detach()), float(p_loss.detach())
+        loss = loss + cfg.patch_weight * p_loss
     nets.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    params = [p for m in (nets.student, nets.student_head) for p in m.parameters()
-              if p.grad is not None]
+    params = [p for m in nets.modules().values() for p in m.parameters() if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
     nets.optimizer.step()
     entropy, batch_entropy = dino.teacher_entropy(t_out, nets.center, t_temp)
     nets.center = dino.update_center(nets.center, t_out, cfg.center_momentum)
     dino.ema_update(nets.teacher, nets.student, momentum)
     dino.ema_update(nets.teacher_head, nets.student_head, momentum)
+    if masks is not None:
+        assert nets.teacher_patch_head is not None and nets.patch_head is not None
+        nets.patch_center = ibot.update_patch_center(nets.patch_center, t_patch.float(),
+                                                     cfg.center_momentum)
+        dino.ema_update(nets.teacher_patch_head, nets.patch_head, momentum)
     return {"loss": float(loss.detach()), "teacher_entropy": entropy,
-            "teacher_batch_entropy": batch_entropy, "lr": lr}
+            "teacher_batch_entropy": batch_entropy, "lr": lr, **row}
+
+
+def _ibot_forward(nets: Nets, glob: torch.Tensor, masks: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher patch and image logits of the global views, and the student's of the masked
+    global views (patch, image)."""
+    assert nets.patch_head is not None and nets.teacher_patch_head is not None
+    prefix = int(nets.teacher.num_prefix_tokens)
+    with torch.no_grad():
+        t_tok = ibot.vit_tokens(nets.teacher, glob)
+        t_out = nets.teacher_head(nets.teacher.forward_head(t_tok)).float()
+        t_patch = nets.teacher_patch_head(t_tok[:, prefix:])
+    s_tok = ibot.vit_tokens(nets.student, glob, masks, nets.mask_token)
+    s_glob = nets.student_head(nets.student.forward_head(s_tok))
+    return t_patch, t_out, nets.patch_head(s_tok[:, prefix:]), s_glob
 
 
 def _plan_total(cfg: PretrainConfig, progress: Progress, step_seconds: float) -> int:

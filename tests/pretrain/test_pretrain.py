@@ -85,8 +85,9 @@ def test_a_seed_gives_the_same_backbone_and_another_seed_another():
     assert same_weights(a.teacher, b.teacher) and not same_weights(a.teacher, c.teacher)
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path):
-    cfg = tiny_recipe(steps=6)
+@pytest.mark.parametrize("objective", ["dino", "ibot"])
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, objective):
+    cfg = tiny_recipe(steps=6, objective=objective)
     straight, _ = _run(cfg, textures())
 
     class Killed(Exception):
@@ -104,6 +105,10 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path):
     assert same_weights(straight.teacher, resumed.teacher)
     assert same_weights(straight.student, resumed.student)
     assert torch.equal(straight.center, resumed.center)
+    if objective == "ibot":
+        assert same_weights(straight.teacher_patch_head, resumed.teacher_patch_head)
+        assert same_weights(straight.mask_token, resumed.mask_token)
+        assert torch.equal(straight.patch_center, resumed.patch_center)
 
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
