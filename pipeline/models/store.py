@@ -6,30 +6,41 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
-from pipeline.models.base import SegmentationModel
+
+if TYPE_CHECKING:  # torch loads only when a model is saved or loaded, not to read model.json
+    from pipeline.models.base import SegmentationModel
 
 FORMAT_VERSION = 1
+METHODS = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge")
 
 
-def _registry() -> dict[str, type[SegmentationModel]]:
-    from pipeline.models.feature_kmeans import FeatureKMeans
-    from pipeline.models.pixel_kmeans import PixelKMeans
+def _model_class(method: str) -> type[SegmentationModel]:
+    """The class of one method, importing only its module: a pixel-kmeans run does not load
+    timm and torchvision (2 s) for the backbone models it does not use."""
+    if method == "pixel-kmeans":
+        from pipeline.models.pixel_kmeans import PixelKMeans
+        return PixelKMeans
+    if method == "feature-kmeans":
+        from pipeline.models.feature_kmeans import FeatureKMeans
+        return FeatureKMeans
+    if method == "stego":
+        from pipeline.models.stego import StegoModel
+        return StegoModel
+    if method == "threshold":
+        from pipeline.models.threshold import ThresholdModel
+        return ThresholdModel
     from pipeline.models.regions import EdgeRegionModel, RegionGrowingModel
-    from pipeline.models.stego import StegoModel
-    from pipeline.models.threshold import ThresholdModel
 
-    return {cls.method: cls for cls in (PixelKMeans, FeatureKMeans, StegoModel, ThresholdModel,
-                                         RegionGrowingModel, EdgeRegionModel)}
+    return {"region": RegionGrowingModel, "edge": EdgeRegionModel}[method]
 
 
 def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any]) -> Path:
     """Write the model atomically (temp names, then rename); returns the directory."""
+    from safetensors.torch import save_file
+
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
@@ -69,7 +80,7 @@ def read_model_json(model_dir: Path) -> dict[str, Any]:
         raise InputError(path, f"corrupt model.json ({exc.msg})") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(path, f"unsupported model format {meta.get('format_version')!r}")
-    if meta.get("method") not in _registry():
+    if meta.get("method") not in METHODS:
         raise InputError(path, f"unknown method {meta.get('method')!r}")
     return meta
 
@@ -86,6 +97,9 @@ def model_hash(model_dir: Path) -> str:
 
 def load_model(model_dir: Path) -> SegmentationModel:
     """Rebuild a model from its directory (safetensors + JSON only: nothing is unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     meta = read_model_json(model_dir)
     tpath = Path(model_dir) / "model.safetensors"
     if not tpath.is_file():
@@ -94,7 +108,7 @@ def load_model(model_dir: Path) -> SegmentationModel:
         tensors = load_file(str(tpath))
     except (SafetensorError, OSError) as exc:
         raise InputError(tpath, f"corrupt model weights ({exc})") from None
-    cls = _registry()[meta["method"]]
+    cls = _model_class(meta["method"])
     try:
         model = cls.from_saved(meta, tensors, str(model_dir))
     except KeyError as exc:
