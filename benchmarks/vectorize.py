@@ -1,9 +1,15 @@
 """Vectorizing throughput (sieve + polygonize + seam merge + GeoPackage write) on one core.
 
     OMP_NUM_THREADS=1 python benchmarks/vectorize.py [--size 4096] [--block-size 2048]
-        [--min-pixels 16] [--cases demo-truth demo-kmeans blocky noisy-5 noisy-10] [--repeat 1]
+        [--min-pixels 16] [--cases naip-kmeans demo-truth demo-kmeans blocky noisy-5 noisy-10]
+        [--repeat 1] [--labels LABELS.tif] [--cache-dir DIR]
 
 Cases:
+- ``naip-kmeans`` (real imagery): the labels that ``stego segment`` writes for the NAIP mosaic
+  (``benchmarks/_naip_mosaic.py``, built from ``../shared/data`` at run time) with a
+  pixel-kmeans model of 6 clusters fitted on it (``stego fit --method pixel-kmeans
+  --clusters 6``; polygons off, the labels are read from ``labels.tif``). Skipped with a
+  message when ``../shared`` is absent. ``--labels`` adds a case for any label raster.
 - ``demo-truth``: the demo scene's true labels (``pipeline.demo``), with its nodata collar.
 - ``demo-kmeans``: the demo image quantized to the nearest of the 5 class colours, per pixel,
   a cheap stand-in for pixel-kmeans output with its per-pixel fragmentation.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import print_table  # noqa: E402
 
-CASES = ["demo-truth", "demo-kmeans", "blocky", "noisy-5", "noisy-10"]
+CASES = ["naip-kmeans", "demo-truth", "demo-kmeans", "blocky", "noisy-5", "noisy-10"]
 NAMES = ["road", "building", "tree", "grass", "car"]
 
 
@@ -84,6 +91,40 @@ def blocky(size: int, noise: float, seed: int = 0, cell: int = 64) -> np.ndarray
     return labels
 
 
+def naip_kmeans(size: int, cache: Path) -> Path | None:
+    """labels.tif of ``stego segment`` (pixel-kmeans, 6 clusters, polygons off) on the NAIP
+    mosaic of ``size``², made once in ``cache``; None when ../shared is absent."""
+    from _naip_mosaic import naip_available, write_naip_mosaic
+
+    if not naip_available():
+        print("naip-kmeans: skipped, ../shared/data is absent", file=sys.stderr)
+        return None
+    labels = cache / f"naip-{size}-out" / "labels.tif"
+    if labels.exists():
+        return labels
+    mosaic = write_naip_mosaic(cache / f"naip-{size}.tif", size)
+    model = cache / "naip-pixel-kmeans-6"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    stego = [sys.executable, "-m", "flows.cli"]
+    root = Path(__file__).resolve().parents[1]
+    if not (model / "model.json").exists():
+        subprocess.run([*stego, "fit", str(mosaic), "--method", "pixel-kmeans", "--clusters", "6",
+                        "--out", str(model), "-q"], check=True, env=env, cwd=root,
+                       stdout=subprocess.DEVNULL)
+    subprocess.run([*stego, "segment", str(mosaic), "--model", str(model), "--out",
+                    str(labels.parent), "--set", "vectorize.enabled=false", "-q"], check=True,
+                   env=env, cwd=root, stdout=subprocess.DEVNULL)
+    return labels
+
+
+def read_labels(path: Path) -> tuple[np.ndarray, object, object]:
+    """(labels, transform, crs) of a label raster."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1), src.transform, src.crs
+
+
 def make_case(name: str, size: int, cache: Path) -> np.ndarray:
     if name.startswith("demo-"):
         rgb, truth, valid = demo_arrays(size, cache)
@@ -115,6 +156,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=2048)
     parser.add_argument("--min-pixels", type=int, default=16)
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    parser.add_argument("--labels", type=Path, action="append", default=[],
+                        help="also run on this label raster (e.g. a `stego segment` labels.tif)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest counts")
     parser.add_argument("--no-reference", action="store_true", help="skip the shapes-alone rows")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the demo scene here")
@@ -125,16 +168,17 @@ def main() -> None:
     from pipeline.demo import DEMO_CRS, DEMO_ORIGIN, DEMO_PIXEL_SIZE
     from pipeline.vectorize import vectorize_labels
 
-    transform = Affine(DEMO_PIXEL_SIZE, 0, DEMO_ORIGIN[0], 0, -DEMO_PIXEL_SIZE, DEMO_ORIGIN[1])
+    demo_transform = Affine(DEMO_PIXEL_SIZE, 0, DEMO_ORIGIN[0], 0, -DEMO_PIXEL_SIZE,
+                            DEMO_ORIGIN[1])
     head = ["case", "Mpx", "s", "Mpx/s", "CPU s", "Mpx/CPU s", "polygons", "seam merges",
             "sieve s", "polygonize s", "features s", "merge s", "write s"]
     rows = []
 
-    def run(labels: np.ndarray, out: Path):
+    def run(labels: np.ndarray, out: Path, transform=demo_transform, crs=DEMO_CRS):
         gc.collect()
         c0 = time.process_time()
         stats = vectorize_labels(
-            labels, transform=transform, crs=DEMO_CRS, class_names=NAMES, out_path=out,
+            labels, transform=transform, crs=crs, class_names=NAMES, out_path=out,
             block_size=args.block_size, min_region_pixels=args.min_pixels,
         )
         return stats, time.process_time() - c0
@@ -143,12 +187,23 @@ def main() -> None:
         cache = args.cache_dir or Path(tmp)
         cache.mkdir(parents=True, exist_ok=True)
         run(blocky(256, 0.05), Path(tmp) / "warm-up.gpkg")
-        for name in args.cases:
-            labels = make_case(name, args.size, cache)
+        cases: list[tuple[str, Path | None]] = [(name, None) for name in args.cases]
+        cases += [(f"labels {path.name}", path) for path in args.labels]
+        for name, path in cases:
+            georef = {}
+            if name == "naip-kmeans":
+                path = naip_kmeans(args.size, cache)
+                if path is None:
+                    continue
+            if path is not None:
+                labels, transform, crs = read_labels(path)
+                georef = {"transform": transform, "crs": crs}
+            else:
+                labels = make_case(name, args.size, cache)
             mpx = labels.size / 1e6
             best = best_cpu = None
             for k in range(args.repeat):
-                stats, cpu = run(labels, Path(tmp) / f"{name}-{k}.gpkg")
+                stats, cpu = run(labels, Path(tmp) / f"case-{k}.gpkg", **georef)
                 if best is None or stats.seconds < best.seconds:
                     best = stats
                 best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
@@ -170,6 +225,8 @@ def main() -> None:
                     "-", f"{seconds:.2f}", "-", "-", "-",
                 ])
             print(f"done {name}", file=sys.stderr, flush=True)
+    if not rows:
+        raise SystemExit("no case ran")
     print(f"size {args.size}², blocks {args.block_size}², sieve {args.min_pixels} px, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, one process")
     print()

@@ -131,7 +131,9 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
     stats = vectorize_labels(
         open_labels(plan.output("zarr")), transform=plan.info.affine, crs=crs,
         class_names=plan.class_names, out_path=direct, driver=driver,
-        block_size=plan.config.tiling.block_size, min_region_pixels=min_region_pixels(plan),
+        # vectorize's own 2048² blocks, not the inference blocks (10240²): memory stays flat
+        # and the polygons do not depend on the block size
+        min_region_pixels=min_region_pixels(plan),
         simplify_tolerance=simplify_tolerance_crs(plan), layer=vec.layer,
     )
     if direct != final:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import numpy as np
-import rasterio.features
 import shapely
 from rasterio.transform import Affine
 
@@ -65,6 +63,7 @@ class BlockResult:
     seam_wkb: list[bytes]
     seam_class: np.ndarray
     seam_segments: np.ndarray  # int64 (k, 5): piece index in seam_wkb, axis, line, lo, hi
+    origin: tuple[int, int]  # (row0, col0) of the block core
     timings: dict[str, float] = field(default_factory=dict)  # seconds: read, sieve, ...
 
 
@@ -95,15 +94,16 @@ def process_block(labels: Any, task: BlockTask) -> BlockResult:
     """Read, sieve and polygonize one block; split its polygons into final ones and seam pieces."""
     clock = _Clock()
     core = _read_core(labels, task, clock)
-    geoms, classes = _polygonize(core, task.row0, task.col0)
+    finals, pieces = _polygonize(core, task.row0, task.col0, task.seams)
     clock.lap("polygonize")
-    on_seam = _touches_seam(geoms, task)
-    final = _finish(geoms[~on_seam], task.transform, task.simplify_tolerance)
-    features = make_features(final, classes[~on_seam], task.crs_wkt)
-    seam_wkb = list(shapely.to_wkb(geoms[on_seam]))
-    segments = _seam_segments(geoms[on_seam], task)
+    final = _finish_ragged(finals, task.transform, task.simplify_tolerance)
+    features = make_features(final, finals.classes, task.crs_wkt)
+    seam_geoms = pieces.geometries()
+    seam_wkb = list(shapely.to_wkb(seam_geoms))
+    segments = _seam_segments(seam_geoms, task)
     clock.lap("features")
-    return BlockResult(features, seam_wkb, classes[on_seam], segments, clock.seconds)
+    origin = (task.row0, task.col0)
+    return BlockResult(features, seam_wkb, pieces.classes, segments, origin, clock.seconds)
 
 
 class _Clock:
@@ -143,44 +143,72 @@ def _as_uint8(block: Any) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _polygonize(core: np.ndarray, row0: int, col0: int) -> tuple[np.ndarray, np.ndarray]:
-    """4-connected polygons of non-nodata pixels, in integer pixel coordinates of the raster."""
-    mask = core != NODATA
-    if not mask.any():
-        return np.empty(0, dtype=object), np.empty(0, dtype=np.uint8)
-    rings: list[list[tuple[float, float]]] = []
-    ring_counts: list[int] = []
-    classes: list[float] = []
-    shift = Affine.translation(col0, row0)
-    for geom, value in rasterio.features.shapes(core, mask=mask, connectivity=4, transform=shift):
-        rings.extend(geom["coordinates"])
-        ring_counts.append(len(geom["coordinates"]))
-        classes.append(value)
-    ring_sizes = np.fromiter(map(len, rings), dtype=np.int64, count=len(rings))
-    flat = chain.from_iterable(chain.from_iterable(rings))
-    coords = np.fromiter(flat, dtype=np.float64, count=2 * int(ring_sizes.sum())).reshape(-1, 2)
-    offsets = (_offsets(ring_sizes), _offsets(np.asarray(ring_counts, dtype=np.int64)))
-    geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets)
-    return geoms, np.asarray(classes).astype(np.uint8)
+@dataclass(frozen=True)
+class _Ragged:
+    """Polygons as shapely's ragged arrays: vertices, ring offsets, polygon offsets, classes."""
+
+    coords: np.ndarray  # (k, 2) float64
+    ring_offsets: np.ndarray
+    polygon_offsets: np.ndarray
+    classes: np.ndarray  # uint8, one per polygon
+
+    def geometries(self, coords: np.ndarray | None = None) -> np.ndarray:
+        """The polygons (optionally with other coordinates of the same layout)."""
+        if self.classes.size == 0:
+            return np.empty(0, dtype=object)
+        xy = self.coords if coords is None else coords
+        offsets = (self.ring_offsets, self.polygon_offsets)
+        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
+
+
+def _polygonize(
+    core: np.ndarray, row0: int, col0: int, seams: tuple[bool, bool, bool, bool]
+) -> tuple[_Ragged, _Ragged]:
+    """4-connected polygons of non-nodata pixels in integer pixel coordinates of the raster:
+    (those not touching a ``seams`` edge (top, bottom, left, right), those touching one).
+
+    Regions are labelled and their rings traced by the compiled ``kernels`` (a region's
+    first ring is its exterior); rings are then ordered by (touches a seam, region), so each
+    group is one slice of the ragged arrays, in the order of the region labels.
+    """
+    from pipeline.vectorize.kernels import label_regions, trace_rings
+
+    regions, value, _ = label_regions(core, NODATA)
+    count = value.size - 1
+    if count == 0:
+        empty = _Ragged(np.empty((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                        np.empty(0, np.uint8))
+        return empty, empty
+    xy, ring_offsets, ring_region = trace_rings(regions)
+    on_seam = np.zeros(count + 1, dtype=bool)
+    top, bottom, left, right = seams
+    for is_seam, edge in ((top, regions[1, 1:-1]), (bottom, regions[-2, 1:-1]),
+                          (left, regions[1:-1, 1]), (right, regions[1:-1, -2])):
+        if is_seam:
+            on_seam[edge] = True
+    order = np.argsort(on_seam[ring_region] * (count + 1) + ring_region, kind="stable")
+    sizes = np.diff(ring_offsets)[order]
+    new_offsets = _offsets(sizes)
+    gather = np.arange(int(new_offsets[-1])) + np.repeat(ring_offsets[order] - new_offsets[:-1],
+                                                         sizes)
+    coords = xy[gather].astype(np.float64)
+    coords += (col0, row0)
+    rings_per_region = np.bincount(ring_region, minlength=count + 1)
+    groups = []
+    ring0 = 0
+    for ids in (np.flatnonzero(~on_seam[1:]) + 1, np.flatnonzero(on_seam[1:]) + 1):
+        polygon_offsets = _offsets(rings_per_region[ids])
+        ring1 = ring0 + int(polygon_offsets[-1])
+        ring_part = new_offsets[ring0 : ring1 + 1]
+        groups.append(_Ragged(coords[ring_part[0] : ring_part[-1]], ring_part - ring_part[0],
+                              polygon_offsets, value[ids]))
+        ring0 = ring1
+    return groups[0], groups[1]
 
 
 def _offsets(sizes: np.ndarray) -> np.ndarray:
     """Ragged-array offsets (0, cumulative sizes)."""
     return np.concatenate([[0], np.cumsum(sizes)])
-
-
-def _touches_seam(geoms: np.ndarray, task: BlockTask) -> np.ndarray:
-    """Boolean per polygon: its bounds reach a core edge that is an interior block seam."""
-    if geoms.size == 0:
-        return np.zeros(0, dtype=bool)
-    minx, miny, maxx, maxy = shapely.bounds(geoms).T
-    top, bottom, left, right = task.seams
-    return (
-        (top & (miny <= task.row0))
-        | (bottom & (maxy >= task.row1))
-        | (left & (minx <= task.col0))
-        | (right & (maxx >= task.col1))
-    )
 
 
 def _seam_segments(geoms: np.ndarray, task: BlockTask) -> np.ndarray:
@@ -220,6 +248,16 @@ def _finish(geoms: np.ndarray, transform: Sequence[float], tolerance: float) -> 
         return np.column_stack([a * x + b * y + c, d * x + e * y + f])
 
     out = shapely.transform(geoms, affine)
+    if tolerance > 0:
+        out = shapely.simplify(out, tolerance, preserve_topology=True)
+    return out
+
+
+def _finish_ragged(polygons: _Ragged, transform: Sequence[float], tolerance: float) -> np.ndarray:
+    """Like :func:`_finish`, on ragged arrays: the affine is applied before building them."""
+    a, b, c, d, e, f = transform[:6]
+    x, y = polygons.coords[:, 0], polygons.coords[:, 1]
+    out = polygons.geometries(np.column_stack([a * x + b * y + c, d * x + e * y + f]))
     if tolerance > 0:
         out = shapely.simplify(out, tolerance, preserve_topology=True)
     return out

@@ -1,24 +1,23 @@
-"""The driver: :func:`vectorize_labels` maps the blocks, writes their final polygons as they
-come, then merges the seam pieces and writes them last."""
+"""The driver: :func:`vectorize_labels` maps the blocks and streams their final polygons to the
+writer as they come, with each group of seam pieces merged and written as soon as the blocks
+around it are done."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import shapely
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from pipeline.vectorize.blocks import BlockResult, _Clock, _finish, block_tasks, process_block
-from pipeline.vectorize.measure import make_features
-from pipeline.vectorize.seams import merge_seam_pieces
+from pipeline.vectorize.blocks import BlockResult, _Clock, block_tasks, process_block
+from pipeline.vectorize.measure import Features
+from pipeline.vectorize.pool import SeamPool
 from pipeline.vectorize.writer import _commit, _discard, _LayerWriter, _temp_path
 
 __all__ = ["VectorizeStats", "vectorize_labels"]
@@ -36,8 +35,10 @@ class VectorizeStats:
     pixels: int  # raster pixels covered (width*height)
     seconds: float
     # seconds per stage: read, sieve, polygonize, features (seam split, CRS transform, measures,
-    # WKB), merge (seam pieces), write; block stages summed over blocks (CPU time, not wall)
+    # WKB), merge (seam pieces, incl. their features), write; block stages summed over blocks
+    # (CPU time, not wall)
     timings: dict[str, float] = field(default_factory=dict)
+    peak_seam_pieces: int = 0  # most seam pieces held at once, waiting for their neighbours
 
 
 def vectorize_labels(
@@ -80,28 +81,24 @@ def vectorize_labels(
     tmp = _temp_path(out_path)
     _discard(tmp)
     writer = _LayerWriter(tmp, layer=layer, driver=driver, crs_wkt=crs_wkt, class_names=class_names)
+    grid = (-(-height // block_size), -(-width // block_size))
+    pool = SeamPool(grid, block_size, tuple(transform)[:6], simplify_tolerance, crs_wkt)
     timings: dict[str, float] = {}
     try:
         results = map_fn(partial(process_block, labels), tasks)
-        seam_geoms, seam_classes, segments = _write_finals(writer, results, timings)
         clock = _Clock()
-        merged, merged_classes, n_groups = merge_seam_pieces(seam_geoms, seam_classes, segments)
-        clock.lap("merge")
-        finished = _finish(merged, tuple(transform)[:6], simplify_tolerance)
-        features = make_features(finished, merged_classes, crs_wkt)
-        clock.lap("features")
-        writer.add(features)
-        writer.flush()
-        _commit(tmp, out_path)
+        writer.write(_stream(results, pool, grid[1], timings))
         clock.lap("write")
-        for name, seconds in clock.seconds.items():
-            timings[name] = timings.get(name, 0.0) + seconds
+        _commit(tmp, out_path)
     except BaseException:
         _discard(tmp)
         raise
+    # the stream's own time (doing or waiting for blocks, merging) was spent inside the write
+    timings["write"] = max(clock.seconds["write"] - timings.pop("produce", 0.0), 0.0)
     stats = VectorizeStats(
-        polygons=writer.written, blocks=len(tasks), seam_groups_merged=n_groups,
+        polygons=writer.written, blocks=len(tasks), seam_groups_merged=pool.groups_merged,
         pixels=height * width, seconds=time.perf_counter() - start, timings=timings,
+        peak_seam_pieces=pool.peak_pieces,
     )
     log.info("vectorized %s: %s", out_path, stats)
     return stats
@@ -114,27 +111,45 @@ def _shape(labels: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _write_finals(
-    writer: _LayerWriter, results: Iterable[BlockResult], timings: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Write every block's final polygons; collect the seam pieces and their seam segments.
+def _stream(
+    results: Iterable[BlockResult], pool: SeamPool, blocks_per_row: int,
+    timings: dict[str, float],
+) -> Iterator[Features]:
+    """The features to write, as they become final: each block's own polygons as the block
+    arrives, then the seam groups completed by it (checked once per row of blocks' worth of
+    results), and the remaining groups at the end.
 
-    Adds the blocks' stage times and the time spent writing to ``timings``.
+    Adds the blocks' stage times and the merging time to ``timings``, and under "produce" the
+    wall time spent in here (between the writer's requests), the rest of the writer's time
+    being GDAL's.
     """
-    seam_wkb: list[bytes] = []
-    seam_classes: list[np.ndarray] = [np.empty(0, np.uint8)]
-    segments: list[np.ndarray] = [np.empty((0, 5), np.int64)]
+    arrived = 0
+    since = time.perf_counter()
+
+    def produced() -> None:
+        timings["produce"] = timings.get("produce", 0.0) + time.perf_counter() - since
+
     for result in results:
-        for name, seconds in getattr(result, "timings", {}).items():
+        for name, seconds in result.timings.items():
             timings[name] = timings.get(name, 0.0) + seconds
-        clock = _Clock()
-        writer.add(result.final)
-        clock.lap("write")
-        timings["write"] = timings.get("write", 0.0) + clock.seconds["write"]
-        seg = np.array(result.seam_segments, dtype=np.int64).reshape(-1, 5)
-        seg[:, 0] += len(seam_wkb)
-        segments.append(seg)
-        seam_wkb.extend(result.seam_wkb)
-        seam_classes.append(np.asarray(result.seam_class, dtype=np.uint8))
-    geoms = shapely.from_wkb(np.array(seam_wkb, dtype=object)) if seam_wkb else np.empty(0, object)
-    return geoms, np.concatenate(seam_classes), np.concatenate(segments)
+        produced()
+        yield result.final
+        since = time.perf_counter()
+        pool.add(result)
+        arrived += 1
+        if arrived % blocks_per_row == 0:
+            features = _merged(pool, False, timings)
+            produced()
+            yield features
+            since = time.perf_counter()
+    features = _merged(pool, True, timings)
+    produced()
+    yield features
+
+
+def _merged(pool: SeamPool, everything: bool, timings: dict[str, float]) -> Features:
+    clock = _Clock()
+    features = pool.take_complete(everything)
+    clock.lap("merge")
+    timings["merge"] = timings.get("merge", 0.0) + clock.seconds["merge"]
+    return features

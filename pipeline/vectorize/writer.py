@@ -1,24 +1,34 @@
-"""Writing the polygon layer: a buffered pyogrio appender and the hidden temporary file that is
-committed into place atomically, or discarded on failure."""
+"""Writing the polygon layer: one streaming pyogrio (GDAL Arrow) write fed while the blocks are
+processed, and the hidden temporary file that is committed into place atomically, or discarded
+on failure."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyogrio.raw
+import pyogrio
 
-from pipeline.vectorize.measure import Features, make_features
+from pipeline.vectorize.measure import Features
 
-FLUSH_FEATURES = 50_000
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+FLUSH_FEATURES = 50_000  # features per Arrow batch handed to GDAL
 FIELDS = ["class_id", "class_name", "area_m2", "perimeter_m"]
 
 
 class _LayerWriter:
-    """Buffers features and appends them to one layer with pyogrio, chunk by chunk."""
+    """Writes one polygon layer from a stream of :class:`Features` in a single pass.
+
+    ``pyogrio.write_arrow`` pulls Arrow record batches from the stream while it is being
+    produced: the dataset is opened once, features go in batch by batch, and drivers with a
+    spatial index (GeoPackage's R-tree, FlatGeobuf's packed tree) build it once at the end.
+    """
 
     def __init__(
         self, path: Path, *, layer: str, driver: str, crs_wkt: str | None,
@@ -28,53 +38,71 @@ class _LayerWriter:
         self.layer = layer
         self.driver = driver
         self.crs_wkt = crs_wkt
+        import pyarrow as pa  # here, not at import: `stego` starts without it
+
         known = list(class_names)
-        self.names = np.array(
-            [known[i] if i < len(known) else f"class_{i}" for i in range(256)], dtype=object
-        )
+        self.names = pa.array([known[i] if i < len(known) else f"class_{i}" for i in range(256)],
+                              type=pa.string())
+        self.schema = pa.schema([("class_id", pa.int32()), ("class_name", pa.string()),
+                                 ("area_m2", pa.float64()), ("perimeter_m", pa.float64()),
+                                 ("geometry", pa.binary())])
         self.written = 0
-        self.started = False
-        self._buffer: list[Features] = []
-        self._buffered = 0
 
-    def add(self, features: Features) -> None:
-        """Queue features; write them once the buffer is full."""
-        if len(features):
-            self._buffer.append(features)
-            self._buffered += len(features)
-        if self._buffered >= FLUSH_FEATURES:
-            self.flush()
+    def write(self, stream: Iterable[Features]) -> None:
+        """Write every feature of ``stream`` (consumed while writing) as the layer.
 
-    def flush(self) -> None:
-        """Write the buffered features (also when there are none and nothing was written yet)."""
-        if self._buffered == 0 and self.started:
-            return
-        parts = self._buffer or [make_features(np.empty(0, object), np.empty(0, np.uint8), None)]
-        wkb = np.array([b for part in parts for b in part.wkb], dtype=object)
+        An exception raised by the stream is re-raised as it is (not as GDAL's error about
+        the failed batch), so callers see the worker error or the interruption itself.
+        """
+        import pyarrow as pa
+
+        failure: list[BaseException] = []
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                buffer: list[Features] = []
+                buffered = 0
+                for features in stream:
+                    if len(features):
+                        buffer.append(features)
+                        buffered += len(features)
+                    if buffered >= FLUSH_FEATURES:
+                        yield self._batch(buffer)
+                        buffer, buffered = [], 0
+                if buffer:
+                    yield self._batch(buffer)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        reader = pa.RecordBatchReader.from_batches(self.schema, batches())
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+                pyogrio.write_arrow(
+                    reader, str(self.path), layer=self.layer, driver=self.driver,
+                    geometry_name="geometry", geometry_type="Polygon", crs=self.crs_wkt,
+                )
+        except BaseException:
+            if failure:
+                raise failure[0] from None
+            raise
+        if failure:  # pragma: no cover - GDAL reports a failed stream; kept as a safeguard
+            raise failure[0]
+        self.layer = self._created_layer()
+
+    def _batch(self, parts: list[Features]) -> pa.RecordBatch:
+        import pyarrow as pa
+
         class_id = np.concatenate([part.class_id for part in parts]).astype(np.int32)
-        area = np.concatenate([part.area_m2 for part in parts])
-        perimeter = np.concatenate([part.perimeter_m for part in parts])
-        self._write(wkb, [class_id, self.names[class_id], area, perimeter])
-        self._buffer, self._buffered = [], 0
-
-    def _write(self, wkb: np.ndarray, field_data: list[np.ndarray]) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
-            pyogrio.raw.write(
-                str(self.path),
-                geometry=wkb,
-                field_data=field_data,
-                fields=FIELDS,
-                layer=self.layer,
-                driver=self.driver,
-                geometry_type="Polygon",
-                crs=self.crs_wkt,
-                append=self.started,
-            )
-        if not self.started:
-            self.layer = self._created_layer()
-            self.started = True
-        self.written += wkb.size
+        wkb = [b for part in parts for b in part.wkb]
+        self.written += len(wkb)
+        return pa.record_batch([
+            pa.array(class_id), self.names.take(pa.array(class_id)),
+            pa.array(np.concatenate([part.area_m2 for part in parts])),
+            pa.array(np.concatenate([part.perimeter_m for part in parts])),
+            pa.array(wkb, type=pa.binary()),
+        ], schema=self.schema)
 
     def _created_layer(self) -> str:
         """Name of the layer just created (single-layer formats such as Shapefile rename it)."""
