@@ -1,17 +1,27 @@
 """Peak memory of `stego segment` against raster size; prints one table.
 
-    python benchmarks/memory.py [--sizes 2048 8192 20000] [--method pixel-kmeans] [--work DIR]
+    python benchmarks/memory.py [--sizes 4096 8192 20000] [--scenes naip generated]
+        [--method pixel-kmeans] [--work DIR] [--set KEY=VALUE]
 
-Each size is a generated 3-band uint8 GeoTIFF (tiled, DEFLATE, written window by window, so
-generating it needs no whole-raster array). Each run is the real command line in a fresh
-process (`stego segment ... --fresh`, the defaults otherwise: COG, polygons, preview, STAC);
-peak RSS is that of the whole process tree (the CLI, the Prefect server, the Dask worker),
-sampled every 50 ms. Target (issue 5): the 20 000² peak <= 1.3x the 8192² peak and <= 4 GB.
+Two kinds of scene, each at every size, all 3-band uint8 GeoTIFFs written window by window
+(no whole-raster array):
+- ``naip``: real imagery, the NAIP tile of ../shared/data mirrored into a mosaic
+  (``_naip_mosaic.py``: 512² tiles, DEFLATE, a few empty nodata blocks); pixel-kmeans with
+  6 clusters fitted on the smallest size. Its many small regions make many polygons. Skipped
+  with a message when ../shared is absent.
+- ``generated``: smooth synthetic "fields" with texture (5 clusters).
+
+Each run is the real command line in a fresh process (`stego segment ... --fresh`, the
+defaults otherwise: COG, polygons, preview, STAC); peak RSS is that of the whole process tree
+(the CLI, the Prefect server, the Dask worker), sampled every 50 ms; the polygon count is read
+from run.json. Target (issue 17): per scene, the 20 000² peak <= 1.3x the 4096² peak and
+<= 4 GB.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +34,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _naip_mosaic import naip_available, write_naip_mosaic  # noqa: E402
 from _table import print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +92,27 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, int]:
     return peak, time.perf_counter() - t0, proc.returncode
 
 
+def scene_path(kind: str, size: int, work: Path) -> Path:
+    """The scene of one kind and size, written once into ``work``."""
+    if kind == "naip":
+        return write_naip_mosaic(work / f"naip-{size}.tif", size)
+    return write_synthetic(work / f"synthetic-{size}.tif", size)
+
+
+def polygon_count(out: Path) -> str:
+    """Polygons written by a finished run (from its run.json), or "-"."""
+    try:
+        doc = json.loads((out / "run.json").read_text())
+        return f"{doc['polygons']['polygons']:,}"
+    except (OSError, KeyError, TypeError, ValueError):
+        return "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 20000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 20000])
+    ap.add_argument("--scenes", nargs="+", default=["naip", "generated"],
+                    choices=["naip", "generated"])
     ap.add_argument("--method", default="pixel-kmeans")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (kept)")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
@@ -92,29 +121,42 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-mem-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    os.environ.update(env)
     stego = [sys.executable, "-m", "flows.cli"]
-    scenes = {s: write_synthetic(work / f"synthetic-{s}.tif", s) for s in args.sizes}
-    model = work / f"model-{args.method}"
-    if not (model / "model.json").exists():
-        subprocess.run([*stego, "fit", str(scenes[min(args.sizes)]), "--method", args.method,
-                        "--clusters", "5", "--weights", "random", "--out", str(model), "-q"],
-                       check=True, env=env, cwd=ROOT)
-    rows, peaks = [], {}
-    for size in args.sizes:
-        extra = [x for kv in args.set for x in ("--set", kv)]
-        cmd = [*stego, "segment", str(scenes[size]), "--model", str(model), "--out",
-               str(work / f"out-{size}"), "--fresh", "-q", *extra]
-        os.environ.update(env)
-        peak, secs, code = peak_rss_of(cmd)
-        peaks[size] = peak
-        rows.append([f"{size}²", f"{size * size / 1e6:.0f}", f"{secs:.0f}",
-                     f"{peak / 2**20:.0f}", "ok" if code == 0 else f"exit {code}"])
+    scenes = [k for k in args.scenes if k != "naip" or naip_available()]
+    if "naip" in args.scenes and "naip" not in scenes:
+        print("naip: skipped, ../shared/data is absent (a clone without the shared data)",
+              file=sys.stderr)
+    sizes = sorted(args.sizes)
+    extra = [x for kv in args.set for x in ("--set", kv)]
+    rows, ratios = [], []
+    for kind in scenes:
+        clusters = "6" if kind == "naip" else "5"
+        model = work / f"model-{kind}-{args.method}-{clusters}"
+        if not (model / "model.json").exists():
+            subprocess.run([*stego, "fit", str(scene_path(kind, sizes[0], work)), "--method",
+                            args.method, "--clusters", clusters, "--weights", "random", "--out",
+                            str(model), "-q"], check=True, env=env, cwd=ROOT,
+                           stdout=subprocess.DEVNULL)
+        peaks = {}
+        for size in sizes:
+            out = work / f"out-{kind}-{size}"
+            cmd = [*stego, "segment", str(scene_path(kind, size, work)), "--model", str(model),
+                   "--out", str(out), "--fresh", "-q", *extra]
+            peak, secs, code = peak_rss_of(cmd)
+            peaks[size] = peak
+            rows.append([kind, f"{size}²", f"{size * size / 1e6:.1f}", f"{secs:.0f}",
+                         f"{peak / 2**20:.0f}", polygon_count(out) if code == 0 else "-",
+                         "ok" if code == 0 else f"exit {code}"])
+            print(f"done {kind} {size}²", file=sys.stderr, flush=True)
+        if len(sizes) >= 2:
+            small, large = sizes[0], sizes[-1]
+            ratios.append(f"{kind}: peak {large}² / peak {small}² = "
+                          f"{peaks[large] / peaks[small]:.2f}")
     print(f"\nmachine: {os.cpu_count()} CPU cores, method={args.method}, defaults otherwise")
-    print_table(["raster", "Mpx", "wall s", "peak RSS MiB", "status"], rows)
-    sizes = sorted(peaks)
-    if len(sizes) >= 2:
-        a, b = peaks[sizes[-2]], peaks[sizes[-1]]
-        print(f"\npeak {sizes[-1]}² / peak {sizes[-2]}² = {b / a:.2f}")
+    print_table(["scene", "raster", "Mpx", "wall s", "peak RSS MiB", "polygons", "status"], rows)
+    print()
+    print("\n".join(ratios))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ from pipeline.vectorize.measure import Features
 if TYPE_CHECKING:
     import pyarrow as pa
 
-FLUSH_FEATURES = 50_000  # features per Arrow batch handed to GDAL
+# An Arrow batch goes to GDAL at this many features or WKB bytes, whichever comes first: each
+# buffered feature costs about 3 KB on real imagery (WKB, its Arrow copy, GDAL's), and batches
+# larger than this do not write faster (50 000 features cost 140 MB more at the same speed)
+FLUSH_FEATURES = 10_000
+FLUSH_BYTES = 16 * 2**20
 FIELDS = ["class_id", "class_name", "area_m2", "perimeter_m"]
 
 
@@ -61,14 +65,15 @@ class _LayerWriter:
         def batches() -> Iterator[pa.RecordBatch]:
             try:
                 buffer: list[Features] = []
-                buffered = 0
+                buffered = size = 0
                 for features in stream:
                     if len(features):
                         buffer.append(features)
                         buffered += len(features)
-                    if buffered >= FLUSH_FEATURES:
+                        size += sum(map(len, features.wkb))
+                    if buffered >= FLUSH_FEATURES or size >= FLUSH_BYTES:
                         yield self._batch(buffer)
-                        buffer, buffered = [], 0
+                        buffer, buffered, size = [], 0, 0
                 if buffer:
                     yield self._batch(buffer)
             except BaseException as exc:
