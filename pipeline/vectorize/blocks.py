@@ -191,8 +191,12 @@ def _polygonize(
     new_offsets = _offsets(sizes)
     gather = np.arange(int(new_offsets[-1])) + np.repeat(ring_offsets[order] - new_offsets[:-1],
                                                          sizes)
-    coords = xy[gather].astype(np.float64)
-    coords += (col0, row0)
+    rows, cols = np.divmod(xy[gather], regions.shape[1])  # grid points of the padded labels
+    coords = np.empty((rows.size, 2), dtype=np.float64)
+    coords[:, 0] = cols
+    coords[:, 0] += col0
+    coords[:, 1] = rows
+    coords[:, 1] += row0
     rings_per_region = np.bincount(ring_region, minlength=count + 1)
     groups = []
     ring0 = 0

@@ -203,36 +203,27 @@ def _walk(
     # A grid point (row gr, col gc) has index gr * stride + gc; its pixels NW, NE, SW, SE are
     # point + 0, + 1, + stride, + stride + 1.
     reg = flat[point + stride + 1] if d == 0 else flat[point]
+    step = (1, stride, -1, -stride)
+    ahead_left = (1, stride + 1, stride, 0)
+    ahead_right = (stride + 1, stride, 0, 1)
     start_point, start_d, first = point, d, n_xy
     steps, limit = 0, 2 * flat.size + 4
     while True:
         if d == 0:
             top_done[point + stride + 1] = True
-            point += 1
-            left, right = point + 1, point + stride + 1
-        elif d == 1:
-            point += stride
-            left, right = point + stride + 1, point + stride
         elif d == 2:
             bottom_done[point] = True
-            point -= 1
-            left, right = point + stride, point
-        else:
-            point -= stride
-            left, right = point, point + 1
-        if flat[left] == reg:
-            turn = 3
-        elif flat[right] == reg:
-            turn = 0
-        else:
-            turn = 1
+        point += step[d]
+        # turn left (3) into the region ahead-left, else straight (0) along the region
+        # ahead-right, else right (1)
+        turn = 3 if flat[point + ahead_left[d]] == reg else (
+            0 if flat[point + ahead_right[d]] == reg else 1)
         if turn:
             if n_xy + 2 > xy.shape[0]:
                 xy = _grow(xy, n_xy + 2)
-            xy[n_xy, 0] = point % stride
-            xy[n_xy, 1] = point // stride
+            xy[n_xy] = point
             n_xy += 1
-            d = (d + turn) % 4
+            d = (d + turn) & 3
         if point == start_point and d == start_d:
             break
         steps += 1
@@ -244,8 +235,8 @@ def _walk(
 
 @_jit
 def trace_rings(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every ring of every region (label > 0) of :func:`label_regions`: (vertices (k, 2) int64
-    as (x=col, y=row) pixel corners, ring offsets, region of each ring).
+    """Every ring of every region (label > 0) of :func:`label_regions`: (vertices as grid point
+    indices ``row * (width + 2) + col`` of pixel corners, ring offsets, region of each ring).
 
     Rings follow pixel edges with the region on the right (rows down), with a vertex at each
     turn only, closed (last vertex = first). Rings are found in raster order, so the first
@@ -258,7 +249,7 @@ def trace_rings(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     flat = regions.ravel()
     top_done = np.zeros(flat.size, dtype=np.bool_)  # pixel's top edge traced (region below)
     bottom_done = np.zeros(flat.size, dtype=np.bool_)  # bottom edge traced (region above)
-    xy = np.empty((4 * (height + width) + 64, 2), dtype=np.int64)
+    xy = np.empty(4 * (height + width) + 64, dtype=np.int64)  # grid point index per vertex
     offsets = np.zeros(1024, dtype=np.int64)
     ring_region = np.empty(1024, dtype=np.int64)
     n_xy = 0
