@@ -3,18 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
 import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from flows import prefect_api, startup_trace
 from flows.cli_args import build_parser
 from flows.cli_errors import install_signal_handlers, report, report_exception
+from flows.cli_tools import (
+    cmd_backbones,
+    cmd_demo_scene,
+    cmd_import_checkpoint,
+    cmd_name_clusters,
+    cmd_server,
+)
 from pipeline.errors import InputError
+
+startup_trace.mark("cli imported")
+
+
+@contextlib.contextmanager
+def _flow_run() -> Iterator[None]:
+    """Around a command's flow call, once its imports are done: the garbage collector, paused
+    while torch, Prefect and Dask import (the console script; 0.6-0.9 s of a 3 s import
+    here), resumes with everything imported so far frozen; Prefect's API is ready."""
+    if _GC_PAUSED and not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+    with prefect_api.use_api():
+        yield
+
+
+_GC_PAUSED = False
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -76,30 +104,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
         infos = [open_raster_info(p, cfg.input.bands) for p in args.inputs]
         t = cfg.threshold
         check_classic(cfg.fit.method, cfg.fit.clusters, infos, t.index, t.nir_band, t.red_band)
-    result = fit_flow(
-        [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
-        clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,
-        backbone_overrides=dict(args.backbone_arg), embed_weights=args.embed_weights,
-        config=cfg.model_dump(mode="json"),
-        labels=[str(p) for p in args.labels] if args.labels else None,
-        label_ignore=list(args.label_ignore),
-    )
+    with _flow_run():
+        result = fit_flow(
+            [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
+            clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,
+            backbone_overrides=dict(args.backbone_arg), embed_weights=args.embed_weights,
+            config=cfg.model_dump(mode="json"),
+            labels=[str(p) for p in args.labels] if args.labels else None,
+            label_ignore=list(args.label_ignore),
+        )
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """`stego pretrain`: self-supervised pretraining of a backbone on the inputs."""
-    from flows.pretrain_flow import pretrain_flow
     from pipeline.io.files import ensure_output_dir
     from pipeline.io.raster import compute_scaling, open_raster_info
 
     cfg = _config(args)
-    for path in args.inputs:  # fail fast, before any flow starts
+    for path in args.inputs:  # fail fast, before torch and Prefect are imported
         compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
     ensure_output_dir(args.out)
-    result = pretrain_flow([str(p) for p in args.inputs], str(args.out),
-                           config=cfg.model_dump(mode="json"), fresh=args.fresh)
+    from flows.pretrain_flow import pretrain_flow
+
+    with _flow_run():
+        result = pretrain_flow([str(p) for p in args.inputs], str(args.out),
+                               config=cfg.model_dump(mode="json"), fresh=args.fresh)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -107,18 +138,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     """`stego segment`: segment one raster with a fitted model."""
     from pipeline.io.raster import open_raster_info
+    from pipeline.models.store import read_model_json
 
     cfg = _config(args)
     open_raster_info(args.input, cfg.input.bands)  # fail fast, before torch and Prefect load
-    from flows.segment_flow import segment
+    read_model_json(args.model)
+    startup_trace.mark("raster checked")
     from pipeline.segment.plan import check_segment_inputs
 
+    startup_trace.mark("torch imported")
     info, _, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
+    startup_trace.mark("model and output checked")
+    from flows.segment_flow import segment
+
+    startup_trace.mark("segment flow imported (Prefect, Dask)")
     if info.crs_wkt is None:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",
               file=sys.stderr)
     progress = "off" if args.quiet else ("json" if args.json else args.progress)
-    doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh, progress=progress)
+    with _flow_run():
+        startup_trace.mark("API ready")
+        doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
+                      progress=progress)
+        startup_trace.mark("flow finished")
     if args.json:
         print(json.dumps(doc, default=str))
     else:
@@ -135,34 +177,23 @@ def _print_outputs(doc: dict[str, Any]) -> None:
           f"polygons {doc['polygons'].get('polygons', '-')}")
 
 
-def cmd_demo_scene(args: argparse.Namespace) -> int:
-    """`stego demo-scene`: write the synthetic scene and its true labels."""
-    from pipeline.demo import write_demo_scene
-
-    if args.size < 64:
-        raise InputError("--size", "must be at least 64")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    image, labels = write_demo_scene(args.out, size=args.size, seed=args.seed)
-    print(f"image  {image}\nlabels {labels}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """`stego demo`: the whole mission offline on a generated scene, with a table."""
-    from flows.demo import DemoOptions, run_demo, table
-
     if args.size < 64:
         raise InputError("--size", "must be at least 64")
     if args.weights not in (None, "auto"):  # a given file or directory must exist
         if not Path(args.weights).exists():
             raise InputError(args.weights, "weights not found")
+    from flows.demo import DemoOptions, run_demo, table
+
     weights = None if args.weights in (None, "auto") else args.weights
     minutes = None if args.pretrain_steps else args.pretrain_minutes
     opts = DemoOptions(args.out, size=args.size, clusters=args.clusters, weights=weights,
                        pretrain_minutes=minutes, pretrain_steps=args.pretrain_steps,
                        stego_steps=args.steps, method=args.method,
                        progress="off" if args.quiet else "auto")
-    result = run_demo(opts)
+    with _flow_run():
+        result = run_demo(opts)
     label = "self-pretrained" if weights is None else "given weights"
     print(f"demo scene: {result['scene']} (true labels: {result['labels']})")
     print(f"backbone:   {result['weights']}")
@@ -173,60 +204,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    """`stego import-checkpoint`: an official STEGO checkpoint as a model directory."""
-    from pipeline.models.stego import stego_model_from_import
-    from pipeline.models.stego_checkpoint import import_stego_checkpoint
-    from pipeline.models.store import save_model
-
-    imported = import_stego_checkpoint(args.checkpoint)
-    model = stego_model_from_import(imported, str(args.checkpoint), dict(args.backbone_arg),
-                                    input_scale=args.input_scale, crf=args.crf)
-    save_model(model, args.out, {"imported_from": {
-        "path": str(args.checkpoint.resolve()), "hyperparameters": imported.hyperparameters}})
-    print(f"model {args.out}: {imported.backbone_name}, dim {imported.dim}, "
-          f"{imported.n_clusters} clusters")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """`stego evaluate`: score label rasters against ground truth."""
-    from flows.evaluate_flow import evaluate_flow
-
     if len(args.pairs) % 2:
         raise InputError("evaluate", "give PRED GT pairs (an even number of paths)")
     for path in args.pairs:
         if not Path(path).exists() and not path.startswith("/vsi"):
             raise InputError(path, "file not found")
     pairs = list(zip(args.pairs[::2], args.pairs[1::2], strict=True))
-    result = evaluate_flow(pairs, str(args.out), mapping=args.mapping, ignore=args.ignore,
-                           image=args.image, class_field=args.class_field)
+    from pipeline.evaluation.pairs import check_pairs
+
+    check_pairs(pairs, args.mapping, args.class_field, args.image)  # before torch and Prefect
+    from flows.evaluate_flow import evaluate_flow
+
+    with _flow_run():
+        result = evaluate_flow(pairs, str(args.out), mapping=args.mapping, ignore=args.ignore,
+                               image=args.image, class_field=args.class_field)
     m = result["metrics"]
     print(f"accuracy {m['accuracy']:.1f} %  mIoU {m['mIoU']:.1f} %  "
           f"(STEGO variant: accuracy {m['stego_variant']['accuracy']:.1f} %)")
     for name, path in result["files"].items():
         print(f"  {name:9s} {path}")
-    return 0
-
-
-def cmd_name_clusters(args: argparse.Namespace) -> int:
-    """`stego name-clusters`: give a model's clusters names and colours."""
-    from pipeline.evaluation import (
-        cluster_names_from_file,
-        cluster_names_from_metrics,
-        rename_model_classes,
-    )
-    from pipeline.models.store import read_model_json
-
-    n = len(read_model_json(args.model)["class_names"])
-    colors = None
-    if args.source.suffix == ".json":
-        names = cluster_names_from_metrics(args.source, n)
-    else:
-        names, colors = cluster_names_from_file(args.source, n)
-    rename_model_classes(args.model, names, colors)
-    for i, name in enumerate(names):
-        print(f"  {i}: {name}")
     return 0
 
 
@@ -237,33 +235,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, list(args.overrides)).model_dump(mode="json",
                                                                    exclude_unset=True)
-    serve_folder(args.name, args.cron, args.input_glob, str(args.model), str(args.out_root),
-                 cfg or None, timezone=args.timezone)
-    return 0
-
-
-def cmd_backbones(args: argparse.Namespace) -> int:
-    """`stego backbones`: the presets, and where this machine has their weights."""
-    from pipeline.models.presets import PRESETS, find_local
-
-    search = [*args.search, Path.cwd()]
-    if os.environ.get("STEGO_WEIGHTS_DIR"):
-        search.append(Path(os.environ["STEGO_WEIGHTS_DIR"]))
-    rows = [{**p.describe(), "here": find_local(p, search)} for p in PRESETS.values()]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'preset':<15} {'timm name':<37} {'patch':>5} {'dim':>5} {'prefix':>6} "
-          f"{'gsd m':>5}  {'mean / std':<38} licence")
-    for r in rows:
-        norm = "/".join(",".join(f"{v:.3f}" for v in r[k]) for k in ("mean", "std"))
-        print(f"{r['name']:<15} {r['timm_name']:<37} {r['patch']:>5} {r['dim']:>5} "
-              f"{r['prefix_tokens']:>6} {r['gsd']:>5g}  {norm:<38} {r['licence']}")
-    print("\nweights (--weights FILE takes the original file; --weights hub the timm copy):")
-    for r in rows:
-        print(f"  {r['name']:<15} {r['file']}\n  {'':<15} from {r['source']}\n"
-              f"  {'':<15} or {r['hub_repo']} on the Hugging Face hub\n"
-              f"  {'':<15} here: {r['here'] or 'no'}")
+    with _flow_run():
+        serve_folder(args.name, args.cron, args.input_glob, str(args.model),
+                     str(args.out_root), cfg or None, timezone=args.timezone)
     return 0
 
 
@@ -272,16 +246,20 @@ def cmd_run_deployment(args: argparse.Namespace) -> int:
     from flows.deploy import parse_params, trigger
 
     timeout = args.timeout if args.watch else 0
-    run = trigger(args.name, parse_params(args.param), timeout=timeout)
+    params = parse_params(args.param)
+    with _flow_run():
+        run = trigger(args.name, params, timeout=timeout)
     print(json.dumps(run, default=str))
     return 0 if not args.watch or run["state"] == "Completed" else 1
 
 
+TEMPORARY_SERVER_COMMANDS = {"fit", "pretrain", "segment", "evaluate", "demo"}
+API_COMMANDS = TEMPORARY_SERVER_COMMANDS | {"deploy", "run-deployment"}  # these two: a server
 COMMANDS = {"fit": cmd_fit, "pretrain": cmd_pretrain, "segment": cmd_segment,
             "demo-scene": cmd_demo_scene, "backbones": cmd_backbones,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,
-            "deploy": cmd_deploy, "run-deployment": cmd_run_deployment}
+            "deploy": cmd_deploy, "run-deployment": cmd_run_deployment, "server": cmd_server}
 
 
 def _prefect_defaults() -> None:
@@ -310,8 +288,10 @@ def _quiet_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `stego` console script; returns the exit code.
 
-    Called with ``argv=None`` (the console script) it also stops Prefect's temporary server
-    before printing an error, so that the ``error:`` line is the last line on stderr.
+    Called with ``argv=None`` (the console script) it also chooses the Prefect API before
+    Prefect loads (`stego server`, or a temporary server started early; see
+    flows/prefect_api.py), stops that temporary server before printing an error, so that the
+    ``error:`` line is the last line on stderr, and skips the final garbage collection.
     """
     parser = build_parser()
     release = argv is None
@@ -323,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         _prefect_defaults()
         _gdal_defaults()
         _openmp_defaults()
+        if release and args.command in API_COMMANDS:
+            _pause_gc()
+            # before Prefect loads: a running `stego server`, else a temporary server that
+            # starts now and comes up while the inputs are checked and torch/Prefect import
+            prefect_api.begin(temporary=args.command in TEMPORARY_SERVER_COMMANDS)
+            startup_trace.mark(f"api chosen ({prefect_api.RUN_API.mode})")
         if getattr(args, "quiet", False):
             _quiet_logging()
             warnings.simplefilter("ignore")
@@ -334,6 +320,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if release:
+            _exit_quickly()
+
+
+def _pause_gc() -> None:
+    global _GC_PAUSED
+    _GC_PAUSED = True
+    gc.disable()  # until _flow_run: imports make few cycles, and scanning them costs 25 %
+
+
+def _exit_quickly() -> None:
+    """No waiting on the way out: the temporary server gets SIGTERM and finishes on its own,
+    and the interpreter skips the last full garbage collection over everything torch, Prefect
+    and Dask allocated (3 s on a 256² run here, for memory the OS frees anyway)."""
+    prefect_api.close()
+    startup_trace.mark("main returned")
+    startup_trace.report()
+    gc.disable()
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,13 @@ EXAMPLES = {
     "run-deployment": """examples:
   stego run-deployment nightly
   stego run-deployment nightly --param input_glob='new/*.tif' --watch""",
+    "server": """examples:
+  stego server start            # a Prefect server in the background (~/.stego/server)
+  stego segment scene.tif --model models/px --out out/scene   # uses it: no start-up wait
+  stego server status           # running, its API URL, UI, pid and log; exit 3 when not
+  stego server stop
+  stego server start --port 4300 --no-ui --home /srv/stego-prefect
+  (runs find it through HOME/server.json; PREFECT_API_URL, when set, always wins)""",
     "demo": """examples:
   stego demo demo/                       # scene -> pretrain -> fit x3 -> segment -> evaluate
   stego demo demo/ --pretrain-minutes 10 # a longer pretraining
@@ -244,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="flow parameter override (YAML-typed)")
     rd.add_argument("--watch", action="store_true", help="wait for the run to finish")
     rd.add_argument("--timeout", type=float, help="seconds to wait with --watch")
+
+    srv = add("server", "A long-lived local Prefect server in the background that later stego "
+              "runs use (no temporary server to start per run).")
+    srv.add_argument("action", choices=["start", "stop", "status"])
+    srv.add_argument("--home", type=Path, help="its directory: state file, log, SQLite "
+                     "database (default $STEGO_SERVER_HOME, else ~/.stego/server)")
+    srv.add_argument("--port", type=int, help="start: port on 127.0.0.1 (default: a free one)")
+    srv.add_argument("--ui", action=argparse.BooleanOptionalAction, default=True,
+                     help="start: serve Prefect's web UI too (default on)")
+    srv.add_argument("--timeout", type=float, default=120.0,
+                     help="start: seconds to wait for it to answer (default 120)")
+    srv.add_argument("--json", action="store_true", help="print the state as JSON")
 
     demo = add("demo", "The whole mission offline: a demo scene, self-supervised pretraining "
                "on it, pixel-kmeans / feature-kmeans / STEGO fitted, segmented and scored.")

@@ -62,26 +62,27 @@ def install_signal_handlers() -> dict[int, Any]:
 
 
 def _release_prefect_server() -> None:
-    """Stop this process's temporary Prefect server now, flushing logs to it first, so that
-    its "Stopping temporary server" line comes before the error line instead of after it."""
-    server_module = sys.modules.get("prefect.server.api.server")
-    if server_module is None:
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler, APILogWorker
+    """Stop this process's temporary Prefect server now (the one `stego` started early, or
+    Prefect's own), flushing logs to it first, so that its "Stopping temporary server" line
+    comes before the error line instead of after it."""
+    from flows import prefect_api
 
-    for worker in (APILogWorker, EventsWorker):  # send what is queued while the API is up
-        try:
-            worker.drain_all(timeout=5)
-        except Exception:  # noqa: BLE001 - none running, or already stopped: nothing to send
-            pass
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in list(getattr(logger, "handlers", [])):
-            if isinstance(handler, APILogHandler):  # later lines would only fail to send
-                logger.removeHandler(handler)
-    for server in list(server_module.SubprocessASGIServer._instances.values()):
-        if getattr(server, "server_process", None) is not None:
-            server.stop()
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None and prefect_api.RUN_API.temporary is None:
+        return
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogHandler
+
+        prefect_api.drain_prefect_workers()  # send what is queued while the API is up
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for handler in list(getattr(logger, "handlers", [])):
+                if isinstance(handler, APILogHandler):  # later lines would only fail to send
+                    logger.removeHandler(handler)
+    if server_module is not None:
+        for server in list(server_module.SubprocessASGIServer._instances.values()):
+            if getattr(server, "server_process", None) is not None:
+                server.stop()
+    prefect_api.close()
     logging.shutdown()
 
 

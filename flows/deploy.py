@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from flows.batch_flow import segment_folder
 from pipeline.config import build_config
 from pipeline.errors import InputError
 from pipeline.io.files import ensure_output_dir
@@ -80,6 +79,8 @@ def build_deployment(name: str, cron: str | None, input_glob: str, model_dir: st
     if cron is not None:
         check_cron(cron, timezone)
     params = folder_parameters(input_glob, model_dir, out_root, config)
+    from flows.batch_flow import segment_folder  # Prefect, torch: only once the inputs are good
+
     schedule: dict[str, Any] = {}
     if cron is not None:
         from prefect.schedules import Cron
@@ -99,16 +100,20 @@ def serve_folder(name: str, cron: str | None, input_glob: str, model_dir: str, o
     Runs execute in subprocesses of this one. A cron schedule needs a Prefect server
     (PREFECT_API_URL); it is paused when serving stops and resumed when served again.
     """
-    from prefect.settings import PREFECT_API_URL
-
     check_name(name)
     if cron is not None:
+        from prefect.settings import PREFECT_API_URL
+
         check_cron(cron, timezone)
         if not PREFECT_API_URL.value():
             raise InputError("--cron", "schedules need a Prefect server, and PREFECT_API_URL is "
                              "not set: run `prefect server start`, then set PREFECT_API_URL="
                              "http://127.0.0.1:4200/api (omit --cron to serve on demand only)")
     params = folder_parameters(input_glob, model_dir, out_root, config)
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.batch_flow import segment_folder  # Prefect, torch: only once the inputs are good
+
     kwargs: dict[str, Any] = {}
     if cron is not None:
         from prefect.schedules import Cron

@@ -40,6 +40,21 @@ def _check_image(path: str, pred: PredReader) -> None:
         ds.close()
 
 
+def check_pairs(pairs: Sequence[tuple[str, str]], mapping: str | None = None,
+                class_field: str | None = None, image: str | None = None) -> None:
+    """The one-line InputError `evaluate` would raise on opening its inputs (mapping, PRED,
+    GT, their alignment, the image), without counting anything: the CLI's early check."""
+    load_mapping(mapping)
+    for i, (pred_path, gt_path) in enumerate(pairs):
+        pred = PredReader(pred_path)
+        try:
+            open_gt(str(gt_path), pred, class_field).close()
+            if image and i == 0:
+                _check_image(str(image), pred)
+        finally:
+            pred.close()
+
+
 def evaluate(
     pairs: list[EvalPair],
     *,

@@ -320,7 +320,8 @@ def test_an_error_inside_the_flow_is_the_last_line_also_in_json(feature_model, t
 
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_LOGGING_LEVEL="INFO")
+    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_LOGGING_LEVEL="INFO",
+               STEGO_SERVER_HOME=str(tmp_path / "no-stego-server"))  # a temporary server
     with socket.socket() as silent:  # accepts connections, never speaks
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
