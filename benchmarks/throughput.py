@@ -1,7 +1,13 @@
-"""End-to-end throughput of `stego segment` on generated demo scenes; prints one table.
+"""End-to-end throughput of `stego segment` on generated demo scenes and on real imagery (a
+mosaic of the NAIP tile in ../shared/data); prints one table.
 
     python benchmarks/throughput.py [--sizes 1024 2048] [--methods pixel-kmeans feature-kmeans]
         [--backbone vit_small_patch8_224.dino] [--workers 1] [--refine none regions]
+        [--naip-sizes 2048]
+
+Scenes: the generated demo scene at each ``--sizes`` and the NAIP mosaic at each
+``--naip-sizes`` (benchmarks/_naip_mosaic.py builds it at run time; skipped with a note when
+../shared is absent). Each scene kind gets its own model per method, fitted on that scene.
 
 Methods: pixel-kmeans, feature-kmeans, and the backbone-free threshold, region, edge; each
 is segmented once per ``--refine`` value (regions: superpixel refinement, issue 15).
@@ -25,6 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _naip_mosaic import naip_available, write_naip_mosaic  # noqa: E402
 from _table import print_table  # noqa: E402
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -74,6 +81,8 @@ def main() -> None:
                     help="tiling.block_size (small blocks give several workers work)")
     ap.add_argument("--refine", nargs="+", default=["none"], choices=["none", "regions"],
                     help="model.refine values, one row each")
+    ap.add_argument("--naip-sizes", type=int, nargs="*", default=[2048],
+                    help="sizes of the real-imagery NAIP mosaic (none: generated scenes only)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory")
     args = ap.parse_args()
 
@@ -83,34 +92,42 @@ def main() -> None:
     from pipeline.demo import write_demo_scene
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stego-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    scenes = [("demo", size, write_demo_scene(work / f"scene{size}.tif", size=size)[0])
+              for size in args.sizes]
+    if args.naip_sizes and not naip_available():
+        print("note: ../shared/data is not here: the NAIP mosaic rows are skipped")
+    elif args.naip_sizes:
+        scenes += [("NAIP", size, write_naip_mosaic(work / f"naip{size}.tif", size))
+                   for size in args.naip_sizes]
     rows = []
-    for size in args.sizes:
-        scene, _ = write_demo_scene(work / f"scene{size}.tif", size=size)
+    for kind, size, scene in scenes:
         for method, workers, refine in ((m, w, r) for m in args.methods for w in args.workers
                                         for r in args.refine):
             tiling = {"block_size": args.block_size} if args.block_size else {}
             cfg = RunConfig.model_validate({"dask": {"workers": workers}, "tiling": tiling,
                                             "model": {"refine": refine}})
-            mdir = work / f"model-{method}"
+            mdir = work / f"model-{method}-{kind}"
             if not (mdir / "model.json").exists():
                 fit_flow([str(scene)], str(mdir), method=method, clusters=5, weights="random",
                          backbone=args.backbone, config=cfg.model_dump(mode="json"))
-            out = work / f"out-{method}-{size}-{workers}-{refine}"
+            out = work / f"out-{method}-{kind}-{size}-{workers}-{refine}"
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 doc = segment(scene, mdir, out, cfg, fresh=True, progress=False)
                 wall = time.perf_counter() - t0
             t, c = doc["timings_s"], doc["counts"]
             mpx = size * size / 1e6
-            rows.append([method, refine, str(workers), f"{size}²", f"{wall:.1f}",
+            polygons = doc["polygons"].get("polygons", "-")
+            rows.append([kind, method, refine, str(workers), f"{size}²", f"{wall:.1f}",
                          f"{t['infer']:.1f}",
                          f"{c['model_seconds']:.1f}", f"{t['cog']:.2f}", f"{t['vectorize']:.2f}",
                          f"{mpx / t['infer']:.2f}", f"{mpx / max(c['model_seconds'], 1e-9):.2f}",
-                         f"{c['compute_amplification']:.2f}",
+                         f"{c['compute_amplification']:.2f}", str(polygons),
                          f"{rss.peak / 2**20:.0f}"])
-    head = ["method", "refine", "workers", "raster", "wall s", "infer s", "model s", "cog s",
-            "vector s",
-            "infer Mpx/s", "model-only Mpx/s", "amplif.", "peak RSS MiB"]
+    head = ["scene", "method", "refine", "workers", "raster", "wall s", "infer s", "model s",
+            "cog s", "vector s",
+            "infer Mpx/s", "model-only Mpx/s", "amplif.", "polygons", "peak RSS MiB"]
     print(f"\nmachine: {os.cpu_count()} CPU cores, block_size={args.block_size or 'default'}, "
           f"backbone={args.backbone} (random weights)")
     print_table(head, rows)

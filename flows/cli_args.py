@@ -50,7 +50,7 @@ EXAMPLES = {
   stego name-clusters models/potsdam --from eval/metrics.json
   stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}""",
     "deploy": """examples:
-  prefect server start &   export PREFECT_API_URL=http://127.0.0.1:4200/api
+  stego server start       # or: export PREFECT_API_URL=http://HOST:4200/api
   stego deploy --name nightly --cron "0 2 * * *" --input-glob 'scenes/*.tif' \\
       --model models/potsdam --out-root out/
   (serves until stopped; scenes already done with the same model and config are skipped)""",

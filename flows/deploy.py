@@ -106,9 +106,9 @@ def serve_folder(name: str, cron: str | None, input_glob: str, model_dir: str, o
 
         check_cron(cron, timezone)
         if not PREFECT_API_URL.value():
-            raise InputError("--cron", "schedules need a Prefect server, and PREFECT_API_URL is "
-                             "not set: run `prefect server start`, then set PREFECT_API_URL="
-                             "http://127.0.0.1:4200/api (omit --cron to serve on demand only)")
+            raise InputError("--cron", "schedules need a Prefect server, and none is running: "
+                             "run `stego server start` (or set PREFECT_API_URL to a server's "
+                             "API; omit --cron to serve on demand only)")
     params = folder_parameters(input_glob, model_dir, out_root, config)
     from prefect.settings import PREFECT_API_URL
 
@@ -126,8 +126,8 @@ def serve_folder(name: str, cron: str | None, input_glob: str, model_dir: str, o
           f"                    or:  prefect deployment run '{FLOW_NAME}/{name}'")
     if not PREFECT_API_URL.value():
         print("note: PREFECT_API_URL is not set: this uses a temporary local API (runs can be "
-              "triggered from this machine only); for the UI and schedules run `prefect server "
-              "start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+              "triggered from this machine only); for the UI and schedules run `stego server "
+              "start` (or set PREFECT_API_URL to a server's API)")
     segment_folder.serve(
         name=name, parameters=params, tags=["stego"], print_starting_message=False,
         description=f"stego segment-folder {params['input_glob']} -> {params['out_root']}",
