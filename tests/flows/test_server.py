@@ -168,6 +168,33 @@ def test_the_api_is_chosen_before_prefect_loads(tmp_path, fake_api):
     assert _gone(got["pid"])
 
 
+USE = """
+import json
+from flows import prefect_api
+prefect_api.begin(temporary=True)
+began, pid = prefect_api.RUN_API.mode, prefect_api.RUN_API.temporary.process.pid
+with prefect_api.use_api() as url:
+    pass
+print(json.dumps({"began": began, "mode": prefect_api.RUN_API.mode, "url": url, "pid": pid}))
+"""
+
+
+def test_an_api_url_in_prefect_toml_wins_once_prefect_loads(tmp_path):
+    """Settings files only Prefect reads (prefect.toml, .env) are honoured too: the early
+    temporary server is stopped and the run uses the configured API."""
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "prefect.toml").write_text('[api]\nurl = "http://127.0.0.1:9/api"\n')
+    env = _clean_env(tmp_path, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", USE], capture_output=True, text=True,
+                          cwd=work, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["began"] == "temporary" and got["mode"] == "user"
+    assert got["url"] == "http://127.0.0.1:9/api"
+    assert _gone(got["pid"])
+
+
 def _server_boots(prefect_home: Path) -> list[psutil.Process]:
     """Temporary server processes started with this PREFECT_HOME."""
     found = []
