@@ -32,44 +32,80 @@ def spatial_order(bounds: np.ndarray, group_size: int) -> np.ndarray:
 
 def write_geoparquet(source: Path, layer: str, out_path: Path,
                      row_group_size: int = ROW_GROUP_SIZE) -> Path:
-    """Convert ``layer`` of an OGR file into GeoParquet at ``out_path`` (atomic)."""
+    """Convert ``layer`` of an OGR file into GeoParquet at ``out_path`` (atomic), one row group
+    in memory at a time: the spatial order comes from the bounds alone, then each row group's
+    features are read by id and appended."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         raise RuntimeError("GeoParquet output needs pyarrow (pip install pyarrow)") from None
-    meta, _, geometry, fields = pyogrio.raw.read(source, layer=layer)
-    geoms = shapely.from_wkb(geometry)
-    bounds = shapely.bounds(geoms).reshape(-1, 4)
+    fids, bounds = pyogrio.read_bounds(source, layer=layer)
+    bounds = np.asarray(bounds, dtype=np.float64).T.reshape(-1, 4)
     order = spatial_order(bounds, row_group_size)
-    columns = {name: values[order] for name, values in zip(meta["fields"], fields, strict=True)}
-    columns["geometry"] = pa.array([geometry[i] for i in order], type=pa.binary())
-    columns["bbox"] = pa.StructArray.from_arrays(
-        [pa.array(bounds[order, i], type=pa.float64()) for i in range(4)],
-        names=["xmin", "ymin", "xmax", "ymax"])
-    table = pa.table(columns)
-    crs = None
-    if meta.get("crs"):
-        from pyproj import CRS
-
-        crs = CRS.from_user_input(meta["crs"]).to_json_dict()
-    names = {3: "Polygon", 6: "MultiPolygon"}
-    types = sorted(set(shapely.get_type_id(geoms).tolist()))
-    if set(types) - set(names):
-        raise ValueError(f"{source}: layer {layer!r} holds non-polygon geometries")
-    column = {
-        "encoding": "WKB", "crs": crs, "geometry_types": [names[t] for t in types],
-        "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
-    }
-    if len(geoms):
-        column["bbox"] = [float(bounds[:, 0].min()), float(bounds[:, 1].min()),
-                          float(bounds[:, 2].max()), float(bounds[:, 3].max())]
-    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
-    table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+    info = pyogrio.read_info(source, layer=layer)
+    types: set[int] = set()
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    writer = None
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size, write_statistics=True)
+        for start in range(0, max(len(order), 1), row_group_size):
+            rows = order[start:start + row_group_size]
+            table, group_types = _row_group(source, layer, fids[rows], bounds[rows], pa)
+            types |= group_types
+            if writer is None:
+                # the schema's metadata is taken from the footer's key-value pairs, where the
+                # geo key lands once every geometry type is known
+                writer = pq.ParquetWriter(tmp, table.schema, write_statistics=True,
+                                          store_schema=False)
+            writer.write_table(table, row_group_size=row_group_size)
+        if types - set(GEOMETRY_TYPES):
+            raise ValueError(f"{source}: layer {layer!r} holds non-polygon geometries")
+        geo = _geo_metadata(info.get("crs"), sorted(types), bounds)
+        writer.add_key_value_metadata({"geo": json.dumps(geo)})
+        writer.close()
+        writer = None
         os.replace(tmp, out_path)
     finally:
+        if writer is not None:
+            writer.close()
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+GEOMETRY_TYPES = {3: "Polygon", 6: "MultiPolygon"}
+
+
+def _row_group(source: Path, layer: str, fids: np.ndarray, bounds: np.ndarray, pa):
+    """One row group's Arrow table (features in the given order) and its geometry type ids."""
+    if len(fids):
+        meta, got, wkb, fields = pyogrio.raw.read(source, layer=layer, fids=fids,
+                                                  return_fids=True)
+        if not np.array_equal(got, fids):  # GDAL returns them in the asked order; check
+            raise ValueError(f"{source}: layer {layer!r} did not return features by id")
+    else:  # an empty layer still gets its columns
+        meta, _, wkb, fields = pyogrio.raw.read(source, layer=layer, max_features=0)
+    columns = {name: values for name, values in zip(meta["fields"], fields, strict=True)}
+    columns["geometry"] = pa.array(list(wkb), type=pa.binary())
+    columns["bbox"] = pa.StructArray.from_arrays(
+        [pa.array(bounds[:, i], type=pa.float64()) for i in range(4)],
+        names=["xmin", "ymin", "xmax", "ymax"])
+    types = set(shapely.get_type_id(shapely.from_wkb(wkb)).tolist()) if len(wkb) else set()
+    return pa.table(columns), types
+
+
+def _geo_metadata(crs_text: str | None, types: list[int], bounds: np.ndarray) -> dict:
+    """GeoParquet 1.1 ``geo`` metadata: WKB, CRS as PROJJSON, types, bbox covering."""
+    crs = None
+    if crs_text:
+        from pyproj import CRS
+
+        crs = CRS.from_user_input(crs_text).to_json_dict()
+    column = {
+        "encoding": "WKB", "crs": crs, "geometry_types": [GEOMETRY_TYPES[t] for t in types],
+        "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    if len(bounds):
+        column["bbox"] = [float(bounds[:, 0].min()), float(bounds[:, 1].min()),
+                          float(bounds[:, 2].max()), float(bounds[:, 3].max())]
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+

@@ -88,3 +88,41 @@ def test_spatial_order_is_a_permutation_and_deterministic():
     np.testing.assert_array_equal(a, b)
     assert sorted(a.tolist()) == list(range(1000))
     np.testing.assert_array_equal(spatial_order(bounds[:10], 50), np.arange(10))
+
+
+def test_rows_hold_the_same_features_and_attributes_as_the_layer_in_spatial_order(
+        polygons, tmp_path):
+    out = write_geoparquet(polygons, "polygons", tmp_path / "p.parquet", row_group_size=100)
+    table = pq.read_table(out)
+    _, _, wkb, fields = pyogrio.raw.read(polygons, layer="polygons")
+    bounds = shapely.bounds(shapely.from_wkb(wkb))
+    order = spatial_order(bounds, 100)
+    np.testing.assert_array_equal(np.asarray(table["class_id"]), fields[0][order])
+    assert table["geometry"].to_pylist() == [bytes(wkb[i]) for i in order]
+    np.testing.assert_allclose(np.asarray(table["bbox"].flatten()[0]), bounds[order, 0])
+
+
+def test_an_empty_layer_gives_a_valid_file_with_the_layer_columns(tmp_path):
+    from tests.schemas import geoparquet_errors
+
+    src = tmp_path / "empty.gpkg"
+    pyogrio.raw.write(src, geometry=np.empty(0, dtype=object),
+                      field_data=[np.empty(0, dtype=np.int64)], fields=["class_id"],
+                      geometry_type="Polygon", crs="EPSG:25833", layer="polygons")
+    out = write_geoparquet(src, "polygons", tmp_path / "e.parquet")
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and {"class_id", "geometry", "bbox"} <= set(table.column_names)
+    geo = json.loads(pq.read_schema(out).metadata[b"geo"])
+    assert geoparquet_errors(geo) == [] and geo["columns"]["geometry"]["geometry_types"] == []
+
+
+def test_a_layer_with_lines_is_refused_and_leaves_no_file(tmp_path):
+    src = tmp_path / "lines.gpkg"
+    pyogrio.raw.write(src, geometry=np.asarray(shapely.to_wkb([shapely.LineString([(0, 0),
+                                                                                    (1, 1)])]),
+                                               dtype=object),
+                      field_data=[np.zeros(1, dtype=np.int64)], fields=["class_id"],
+                      geometry_type="LineString", crs="EPSG:25833", layer="polygons")
+    with pytest.raises(ValueError, match="non-polygon"):
+        write_geoparquet(src, "polygons", tmp_path / "l.parquet")
+    assert list(tmp_path.glob("*.parquet*")) == [] and list(tmp_path.glob(".l.parquet*")) == []
