@@ -52,6 +52,11 @@ SHIFTS = {
     "calibrated 0.5/0.4/0.05": {"shifts": "calibrated", "attract_rand": 0.05},
     "calibrated 0.7/0.6/0.15": {"shifts": "calibrated", "attract_self": 0.7,
                                 "attract_knn": 0.6, "attract_rand": 0.15},
+    "calibrated 0.5/0.4/0.45": {"shifts": "calibrated", "attract_rand": 0.45},
+    "calibrated 0.4/0.3/0.2": {"shifts": "calibrated", "attract_self": 0.4,
+                               "attract_knn": 0.3, "attract_rand": 0.2},
+    "calibrated 0.6/0.5/0.3": {"shifts": "calibrated", "attract_self": 0.6,
+                               "attract_knn": 0.5, "attract_rand": 0.3},
 }
 
 
@@ -126,7 +131,7 @@ def sweep_recipes(steps: int, work: Path, only: list[str], seeds: list[int]) -> 
                  "train s"], rows)
 
 
-def sweep_shifts(weights: Path, steps: int, work: Path) -> None:
+def sweep_shifts(weights: Path, steps: int, work: Path, only: list[str]) -> None:
     from pipeline.config import RunConfig
     from pipeline.fit.methods import fit_stego
     from pipeline.models.backbone import resolve_backbone
@@ -134,6 +139,8 @@ def sweep_shifts(weights: Path, steps: int, work: Path) -> None:
     name, overrides = resolve_backbone("", str(weights), None)
     rows = []
     for label, change in SHIFTS.items():
+        if only and not any(o in label for o in only):
+            continue
         cfg = RunConfig.model_validate({"stego": {"steps": steps, **change}})
         model, stats = fit_stego(rasters([POTSDAM[0]]), 3, name, str(weights), overrides,
                                  cfg.fit, cfg.stego, work / "cache", log=lambda s: None)
@@ -152,7 +159,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="pretraining (100) or STEGO (500) steps")
     ap.add_argument("--weights", type=Path, help="shifts: the backbone directory to use")
     ap.add_argument("--only", nargs="*", default=[],
-                    help="recipes: run only those whose label contains one of these")
+                    help="run only the recipes or shifts whose label contains one of these")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="recipes: seeds")
     args = ap.parse_args()
     missing = [p for p in IMAGES if not p.exists()]
@@ -164,7 +171,7 @@ def main() -> None:
     else:
         if args.weights is None:
             raise SystemExit("shifts needs --weights BACKBONE_DIR")
-        sweep_shifts(args.weights, args.steps or 500, work)
+        sweep_shifts(args.weights, args.steps or 500, work, args.only)
 
 
 if __name__ == "__main__":
