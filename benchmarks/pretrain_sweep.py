@@ -57,6 +57,9 @@ SHIFTS = {
                                "attract_knn": 0.3, "attract_rand": 0.2},
     "calibrated 0.6/0.5/0.3": {"shifts": "calibrated", "attract_self": 0.6,
                                "attract_knn": 0.5, "attract_rand": 0.3},
+    # the head, not the shifts: longer training and a wider code (default shifts)
+    "default shifts, head 2000 steps": {"shifts": "calibrated", "steps": 2000},
+    "default shifts, code dim 128": {"shifts": "calibrated", "dim": 128},
 }
 
 

@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", default="auto", choices=["auto", *DEMO_METHOD_CHOICES],
                       help="whose full outputs go to DIR/output (auto: the best measured)")
     demo.add_argument("--clusters", type=int, default=5)
-    demo.add_argument("--steps", type=int, default=500, help="STEGO head training steps")
+    demo.add_argument("--steps", type=int, default=300,
+                      help="STEGO head training steps (default 300)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
