@@ -60,6 +60,8 @@ SHIFTS = {
     # the head, not the shifts: longer training and a wider code (default shifts)
     "default shifts, head 2000 steps": {"shifts": "calibrated", "steps": 2000},
     "default shifts, code dim 128": {"shifts": "calibrated", "dim": 128},
+    # more kNN partners: 256 crops of the image instead of 64 (a `fit` key)
+    "default shifts, 256 crops": {"shifts": "calibrated", "fit": {"crops": 256}},
 }
 
 
@@ -144,7 +146,9 @@ def sweep_shifts(weights: Path, steps: int, work: Path, only: list[str]) -> None
     for label, change in SHIFTS.items():
         if only and not any(o in label for o in only):
             continue
-        cfg = RunConfig.model_validate({"stego": {"steps": steps, **change}})
+        stego = {k: v for k, v in change.items() if k != "fit"}
+        cfg = RunConfig.model_validate({"stego": {"steps": steps, **stego},
+                                        "fit": change.get("fit", {})})
         model, stats = fit_stego(rasters([POTSDAM[0]]), 3, name, str(weights), overrides,
                                  cfg.fit, cfg.stego, work / "cache", log=lambda s: None)
         acc, miou = potsdam3(model)

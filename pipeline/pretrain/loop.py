@@ -40,14 +40,24 @@ def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) ->
     hold the valid mean so they carry no texture."""
     windows = sample_crop_windows(rasters, cfg.pool_crops, cfg.source_size, cfg.seed,
                                   cfg.max_nodata_fraction)
-    crops = [read_crop(rasters, w) for w in windows]
-    images = np.stack([c.image for c in crops])
-    valid = np.stack([c.valid for c in crops])
-    pixels = images.transpose(1, 0, 2, 3)[:, valid]  # (3, n_valid)
-    mean = pixels.mean(1)
-    std = np.maximum(pixels.std(1), 1e-3)
-    images = np.where(valid[:, None], images, mean[None, :, None, None]).astype(np.float32)
-    return CropPool(torch.from_numpy(images), tuple(round(float(v), 4) for v in mean),
+    size = cfg.source_size
+    images = torch.empty((len(windows), 3, size, size))
+    pool = images.numpy()  # filled in place: one copy of the pool, no stacked temporaries
+    sums, squares, count, holes = np.zeros(3), np.zeros(3), 0, []
+    for i, window in enumerate(windows):
+        crop = read_crop(rasters, window)
+        pool[i] = crop.image
+        pixels = crop.image[:, crop.valid].astype(np.float64)  # float64: no drift over 10^7
+        sums += pixels.sum(1)
+        squares += np.square(pixels).sum(1)
+        count += pixels.shape[1]
+        holes.append(~crop.valid)
+    mean = sums / count
+    std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0.0)), 1e-3)
+    for i, hole in enumerate(holes):
+        if hole.any():
+            pool[i][:, hole] = mean[:, None].astype(np.float32)
+    return CropPool(images, tuple(round(float(v), 4) for v in mean),
                     tuple(round(float(v), 4) for v in std))
 
 

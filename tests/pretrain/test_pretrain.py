@@ -13,9 +13,11 @@ import torch
 from flows.cli import main
 from pipeline.config import PretrainConfig
 from pipeline.errors import InputError
+from pipeline.io.crops import read_crop, sample_crop_windows
+from pipeline.io.raster import compute_scaling, open_raster_info
 from pipeline.pretrain.augment import ViewSpec, make_views
-from pipeline.pretrain.loop import CropPool, pretrain
-from tests.conftest import TINY_VIT
+from pipeline.pretrain.loop import CropPool, pretrain, read_pool
+from tests.conftest import TINY_VIT, write_raster
 
 TINY_ARGS = [a for k, v in TINY_VIT.items() for a in ("--backbone-arg", f"{k}={v}")]
 SMALL_RECIPE = ["--set", "pretrain.batch_size=4", "--set", "pretrain.pool_crops=8",
@@ -50,6 +52,27 @@ def tiny_recipe(**kw) -> PretrainConfig:
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_pool_is_normalised_by_its_valid_pixels_and_holes_hold_their_mean(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (3, 160, 160), dtype=np.uint8)
+    data[:, :40, :] = 255  # a nodata band across the top: bright, so it would bias the mean
+    path = write_raster(tmp_path / "holes.tif", data, nodata=255)
+    rasters = [(info, compute_scaling(info)) for info in [open_raster_info(str(path), None)]]
+    cfg = PretrainConfig(pool_crops=12, source_size=64, global_size=32, local_size=16,
+                         max_nodata_fraction=0.9)
+    pool = read_pool(rasters, cfg)
+    crops = [read_crop(rasters, w) for w in sample_crop_windows(rasters, 12, 64, cfg.seed, 0.9)]
+    valid = np.stack([c.valid for c in crops])
+    assert (~valid).any() and valid.any()
+    pixels = np.stack([c.image for c in crops]).transpose(1, 0, 2, 3)[:, valid].astype(np.float64)
+    assert pool.mean == pytest.approx(tuple(pixels.mean(1)), abs=1e-4)
+    assert pool.std == pytest.approx(tuple(pixels.std(1)), abs=1e-4)
+    holes = pool.images.numpy().transpose(1, 0, 2, 3)[:, ~valid]
+    assert np.allclose(holes, np.asarray(pool.mean)[:, None], atol=1e-4)
+    kept = pool.images.numpy().transpose(1, 0, 2, 3)[:, valid]
+    assert np.array_equal(kept, np.stack([c.image for c in crops]).transpose(1, 0, 2, 3)[:, valid])
 
 
 def test_views_are_seeded_augmented_crops_in_the_unit_range():
