@@ -45,7 +45,7 @@ def _config(opts: DemoOptions, backbone_dir: str | None) -> RunConfig:
     return RunConfig.model_validate({
         "fit": {"clusters": opts.clusters, "crops": 64, "crop_size": 224,
                 "weights": backbone_dir or "random"},
-        # STEGO with the dense CRF measured best on every labelled set (README, Quality)
+        # the dense CRF helped STEGO on LoveDA and the demo scene (README, Quality)
         "stego": {"steps": opts.stego_steps, "log_every": max(1, opts.stego_steps // 10),
                   "crf": True},
         "pretrain": pretrain,
