@@ -15,6 +15,8 @@ import shapely
 
 ROW_GROUP_SIZE = 8192  # polygons per row group: the unit a bbox filter can skip
 
+GEOMETRY_TYPES = {3: "Polygon", 6: "MultiPolygon"}  # shapely type ids GeoParquet names
+
 
 def spatial_order(bounds: np.ndarray, group_size: int) -> np.ndarray:
     """Row order putting nearby polygons in the same row group: the centres are cut into
@@ -72,8 +74,6 @@ def write_geoparquet(source: Path, layer: str, out_path: Path,
     return out_path
 
 
-GEOMETRY_TYPES = {3: "Polygon", 6: "MultiPolygon"}
-
 
 def _row_group(source: Path, layer: str, fids: np.ndarray, bounds: np.ndarray, pa):
     """One row group's Arrow table (features in the given order) and its geometry type ids."""
@@ -108,4 +108,3 @@ def _geo_metadata(crs_text: str | None, types: list[int], bounds: np.ndarray) ->
         column["bbox"] = [float(bounds[:, 0].min()), float(bounds[:, 1].min()),
                           float(bounds[:, 2].max()), float(bounds[:, 3].max())]
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
-

@@ -64,15 +64,16 @@ def test_the_pool_is_normalised_by_its_valid_pixels_and_holes_hold_their_mean(tm
                          max_nodata_fraction=0.9)
     pool = read_pool(rasters, cfg)
     crops = [read_crop(rasters, w) for w in sample_crop_windows(rasters, 12, 64, cfg.seed, 0.9)]
+    images = np.stack([c.image for c in crops]).transpose(1, 0, 2, 3)  # (band, crop, y, x)
     valid = np.stack([c.valid for c in crops])
     assert (~valid).any() and valid.any()
-    pixels = np.stack([c.image for c in crops]).transpose(1, 0, 2, 3)[:, valid].astype(np.float64)
+    pixels = images[:, valid].astype(np.float64)
     assert pool.mean == pytest.approx(tuple(pixels.mean(1)), abs=1e-4)
     assert pool.std == pytest.approx(tuple(pixels.std(1)), abs=1e-4)
     holes = pool.images.numpy().transpose(1, 0, 2, 3)[:, ~valid]
     assert np.allclose(holes, np.asarray(pool.mean)[:, None], atol=1e-4)
     kept = pool.images.numpy().transpose(1, 0, 2, 3)[:, valid]
-    assert np.array_equal(kept, np.stack([c.image for c in crops]).transpose(1, 0, 2, 3)[:, valid])
+    assert np.array_equal(kept, images[:, valid])
 
 
 def test_views_are_seeded_augmented_crops_in_the_unit_range():
