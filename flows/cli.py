@@ -146,11 +146,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     startup_trace.mark("raster checked")
     from pipeline.segment.plan import check_segment_inputs
 
-    startup_trace.mark("torch imported")
+    startup_trace.mark("segment plan imported")
     info, _, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
     startup_trace.mark("model and output checked")
     from flows.segment_flow import segment
 
+    if cfg.vectorize.enabled:  # numba and its cached kernels (1 s here) load now, while a
+        import pipeline.vectorize.kernels  # noqa: F401  # temporary server is still starting
     startup_trace.mark("segment flow imported (Prefect, Dask)")
     if info.crs_wkt is None:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",

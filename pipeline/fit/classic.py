@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from skimage.filters import threshold_multiotsu
 
 from pipeline.errors import InputError
@@ -75,7 +74,7 @@ def fit_threshold(
     if not 2 <= k <= MAX_THRESHOLD_CLASSES:
         raise ValueError(f"threshold fits 2 to {MAX_THRESHOLD_CLASSES} classes, got {k}")
     values = np.concatenate([
-        pixel_index(torch.from_numpy(c.image[None]), index, channels)[0].numpy()[c.valid]
+        pixel_index(c.image[None], index, channels)[0][c.valid]
         for c in crops])
     rng = np.random.default_rng(seed)
     if len(values) > sample_pixels:
@@ -87,7 +86,7 @@ def fit_threshold(
     thresholds = threshold_multiotsu(values, classes=k, nbins=nbins)
     lo, hi = np.percentile(values, [1, 99])
     softness = float(max(hi - lo, 1e-3) * SOFTNESS)
-    model = ThresholdModel(torch.from_numpy(np.asarray(thresholds, dtype=np.float32)), index,
+    model = ThresholdModel(np.asarray(thresholds, dtype=np.float32), index,
                            channels, bands, softness, default_class_names(k), default_colors(k))
     shares = np.bincount(np.digitize(values, thresholds, right=True), minlength=k) / len(values)
     return model, {"pixels_used": int(len(values)), "index": index,
@@ -123,8 +122,8 @@ def fit_regions(
                          f"{k} classes; sample more crops (fit.crops) or lower the tolerance")
     mean = feats.mean(0)
     scale = np.maximum(feats.std(0), 1e-6)
-    probe = cls(params, torch.zeros(k, feats.shape[1]), torch.from_numpy(mean),
-                torch.from_numpy(scale), 1.0, default_class_names(k), default_colors(k))
+    probe = cls(params, np.zeros((k, feats.shape[1])), mean, scale, 1.0,
+                default_class_names(k), default_colors(k))
     z = probe.standardise(feats)
     rng = np.random.default_rng(seed)
     # regions drawn by area: the classes describe what covers the scene, not noise specks
@@ -132,8 +131,8 @@ def fit_regions(
     centroids = euclidean_kmeans(z[picks], k, iterations, seed, n_init=n_init)
     d2 = ((z[picks, None, :] - centroids[None]) ** 2).sum(-1).min(1)
     sigma2 = float(max(d2.mean() / z.shape[1], 1e-6))
-    model = cls(params, torch.from_numpy(centroids).float(), torch.from_numpy(mean),
-                torch.from_numpy(scale), sigma2, default_class_names(k), default_colors(k))
+    model = cls(params, centroids, mean, scale, sigma2, default_class_names(k),
+                default_colors(k))
     return model, {"regions_found": int(len(feats)), "regions_sampled": sample_regions,
                    "mean_region_pixels": float(areas.mean()), "sigma2": sigma2,
                    "n_init": n_init, "kmeans_objective": euclidean_inertia(z[picks], centroids)}

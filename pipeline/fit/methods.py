@@ -40,7 +40,7 @@ def fit_pixel_kmeans(
     sigma2 = float(max(d2.min(1).mean() / 3.0, 1e-6))
     inertia = float(d2.min(1).astype(np.float64).sum())
     model = PixelKMeans(
-        torch.from_numpy(centroids).float(), sigma2, default_class_names(k), default_colors(k)
+        centroids.astype(np.float32), sigma2, default_class_names(k), default_colors(k)
     )
     return model, {"pixels_used": int(len(pixels)), "sigma2": sigma2, "n_init": n_init,
                    "kmeans_objective": inertia}

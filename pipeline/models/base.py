@@ -1,10 +1,11 @@
-"""The model interface the tiler, blender and writers rely on."""
+"""The model interface the tiler, blender and writers rely on (no torch: the NumPy methods
+run without it)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
+import numpy as np
 
 # A qualitative palette (colour-blind aware first entries) for clusters without names.
 PALETTE: list[tuple[int, int, int]] = [
@@ -25,18 +26,21 @@ def default_colors(n: int) -> list[tuple[int, int, int]]:
     return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
-class SegmentationModel(torch.nn.Module):
+class SegmentationModel:
     """Maps images (N, 3, H, W) in [0, 1] to class probabilities (N, K, H, W).
 
-    ``H`` and ``W`` must be multiples of ``patch_size``. Subclasses store their learned state as
-    tensors (for safetensors) and everything else in ``metadata()`` (for JSON).
+    ``H`` and ``W`` must be multiples of ``patch_size``. This base is for models computed with
+    NumPy on the CPU (``uses_torch`` False): ``predict`` takes and returns float32 arrays, and
+    state is saved as arrays. Models with a network subclass
+    :class:`pipeline.models.torch_model.TorchSegmentationModel` (tensors in and out), so a run
+    of a NumPy method never imports torch. Everything else goes in ``metadata()`` (JSON).
     """
 
     method: ClassVar[str] = ""
+    uses_torch: ClassVar[bool] = False
     patch_size: int = 1
 
     def __init__(self, class_names: list[str], colors: list[tuple[int, int, int]]) -> None:
-        super().__init__()
         if len(class_names) != len(colors):
             raise ValueError("one colour per class is required")
         self.class_names = list(class_names)
@@ -47,21 +51,44 @@ class SegmentationModel(torch.nn.Module):
         """Number of output classes (clusters)."""
         return len(self.class_names)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: Any) -> Any:
         """Class probabilities for a batch; implemented by subclasses."""
         raise NotImplementedError
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors saved in ``model.safetensors``."""
+    def state_tensors(self) -> dict[str, Any]:
+        """Arrays (tensors for torch models) saved in ``model.safetensors``."""
         raise NotImplementedError
 
     def metadata(self) -> dict[str, Any]:
         """Method-specific JSON metadata saved in ``model.json``."""
         return {}
 
+    def to(self, device: str) -> SegmentationModel:
+        """NumPy models run on the CPU whatever ``model.device`` says: a no-op."""
+        return self
+
+    def eval(self) -> SegmentationModel:
+        """NumPy models have no training mode: a no-op."""
+        return self
+
     @classmethod
     def from_saved(
-        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model_dir: str
+        cls, meta: dict[str, Any], tensors: dict[str, Any], model_dir: str
     ) -> SegmentationModel:
         """Rebuild from ``model.json`` and ``model.safetensors``."""
         raise NotImplementedError
+
+
+def softmax_neg_d2(d2: np.ndarray, sigma2: float, axis: int) -> np.ndarray:
+    """``softmax(-d2 / (2 sigma2))`` along ``axis``, float32, stable (min subtracted first)."""
+    logits = (d2.min(axis=axis, keepdims=True) - d2) / np.float32(2 * sigma2)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=axis, keepdims=True)
+    return logits.astype(np.float32, copy=False)
+
+
+def as_array(x: Any) -> np.ndarray:
+    """A float32 host array of a NumPy array or a (device) tensor of probabilities."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    return x.detach().float().cpu().numpy()

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.models import backbone as bb
-from pipeline.models.base import SegmentationModel
+from pipeline.models.torch_model import TorchSegmentationModel
 
 
-class FeatureKMeans(SegmentationModel):
+class FeatureKMeans(TorchSegmentationModel):
     """softmax(alpha * cos(feature, centroid)), upsampled bilinearly from patches to pixels.
 
     ``input_scale`` resamples images before the backbone (a preset's ground sampling

@@ -4,42 +4,54 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
+import numpy as np
 
-from pipeline.models.base import SegmentationModel
+from pipeline.models.base import SegmentationModel, softmax_neg_d2
 
 
 class PixelKMeans(SegmentationModel):
-    """Soft nearest-centroid assignment in colour space: softmax(-d^2 / (2 sigma^2))."""
+    """Soft nearest-centroid assignment in colour space: softmax(-d^2 / (2 sigma^2)).
+
+    Computed with NumPy on the CPU: a pixel-kmeans run does not import torch."""
 
     method: ClassVar[str] = "pixel-kmeans"
 
     def __init__(
         self,
-        centroids: torch.Tensor,
+        centroids: Any,
         sigma2: float,
         class_names: list[str],
         colors: list[tuple[int, int, int]],
     ) -> None:
         super().__init__(class_names, colors)
-        self.register_buffer("centroids", centroids.float())
+        self.centroids = np.array(centroids, dtype=np.float32)  # (K, bands)
+        if self.centroids.ndim != 2 or self.centroids.shape[0] != len(class_names):
+            raise ValueError(f"centroids must be ({len(class_names)}, bands), "
+                             f"not {self.centroids.shape}")
         self.sigma2 = float(sigma2)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-pixel probabilities; each pixel is independent of its neighbours."""
-        x = images.float().permute(0, 2, 3, 1)  # N,H,W,3
-        d2 = ((x[..., None, :] - self.centroids) ** 2).sum(-1)  # N,H,W,K
-        return torch.softmax(-d2 / (2 * self.sigma2), dim=-1).permute(0, 3, 1, 2)
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel probabilities (N, K, H, W); each pixel is independent of its neighbours."""
+        x = np.asarray(images, dtype=np.float32)
+        n, _, h, w = x.shape
+        d2 = np.zeros((n, self.n_classes, h, w), dtype=np.float32)
+        diff = np.empty((n, h, w), dtype=np.float32)
+        for k, centroid in enumerate(self.centroids):
+            for band, value in enumerate(centroid):
+                np.subtract(x[:, band], value, out=diff)
+                diff *= diff
+                d2[:, k] += diff
+        return softmax_neg_d2(d2, self.sigma2, axis=1)
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"centroids": self.centroids.detach().cpu().contiguous()}
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        return {"centroids": np.ascontiguousarray(self.centroids)}
 
     def metadata(self) -> dict[str, Any]:
         return {"sigma2": self.sigma2}
 
     @classmethod
     def from_saved(
-        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model_dir: str
+        cls, meta: dict[str, Any], tensors: dict[str, Any], model_dir: str
     ) -> PixelKMeans:
         return cls(tensors["centroids"], meta["params"]["sigma2"], meta["class_names"],
                    [tuple(c) for c in meta["colors"]])

@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from skimage.segmentation import slic
 
-from pipeline.models.base import SegmentationModel
+from pipeline.models.base import SegmentationModel, as_array
 
 REFINE_CHOICES = ("none", "regions")
 
@@ -17,21 +15,22 @@ REFINE_CHOICES = ("none", "regions")
 def superpixels(image: np.ndarray, pixels: int, compactness: float = 10.0) -> np.ndarray:
     """SLIC superpixels (H, W) int64 of an image (H, W, 3) in [0, 1], about ``pixels`` each
     (after a Gaussian of sigma 1, without which noise breaks them up into ragged pieces)."""
+    from skimage.segmentation import slic  # imports scipy.cluster (0.4 s): only when used
+
     h, w = image.shape[:2]
     n = max(1, round(h * w / max(pixels, 1)))
     return slic(image.astype(np.float64), n_segments=n, compactness=compactness, start_label=0,
                 channel_axis=-1, enforce_connectivity=True, sigma=1.0)
 
 
-def average_within(probs: torch.Tensor, segments: np.ndarray) -> torch.Tensor:
+def average_within(probs: np.ndarray, segments: np.ndarray) -> np.ndarray:
     """Probabilities (K, H, W) replaced by their mean over each segment of ``segments``."""
-    k = probs.shape[0]
-    seg = torch.from_numpy(segments.astype(np.int64).ravel()).to(probs.device)
+    seg = segments.astype(np.int64).ravel()
     n = int(seg.max()) + 1
-    flat = probs.reshape(k, -1).float()
-    sums = torch.zeros(k, n, device=probs.device).index_add_(1, seg, flat)
-    count = torch.bincount(seg, minlength=n).clamp_min(1)
-    return (sums / count)[:, seg].reshape(probs.shape)
+    count = np.maximum(np.bincount(seg, minlength=n), 1)
+    flat = np.asarray(probs, dtype=np.float32).reshape(probs.shape[0], -1)
+    means = np.stack([np.bincount(seg, weights=row, minlength=n) / count for row in flat])
+    return means.astype(np.float32)[:, seg].reshape(probs.shape)
 
 
 class RegionRefined(SegmentationModel):
@@ -39,7 +38,8 @@ class RegionRefined(SegmentationModel):
 
     Superpixels come from the tile alone and tiles lie on the global grid, so the result is
     seamless whatever the blocks. Superpixels follow colour edges, so an object larger than a
-    superpixel with its own colour keeps its own superpixels and its label.
+    superpixel with its own colour keeps its own superpixels and its label. Takes what the
+    inner model takes (tensors for a torch model) and returns NumPy probabilities.
     """
 
     def __init__(self, model: SegmentationModel, pixels: int = 64,
@@ -48,19 +48,20 @@ class RegionRefined(SegmentationModel):
         if pixels < 1:
             raise ValueError("refine superpixel size must be >= 1 pixel")
         self.inner = model
+        self.uses_torch = model.uses_torch  # type: ignore[misc]  # what the input must be
         self.pixels = int(pixels)
         self.compactness = float(compactness)
         self.method = model.method  # type: ignore[misc]
         self.patch_size = model.patch_size
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: Any) -> np.ndarray:
         """The inner model's probabilities, averaged within superpixels of each image."""
-        probs = self.inner.predict(images).float()
-        rgb = images.float().clamp(0, 1).cpu().numpy().transpose(0, 2, 3, 1)
-        return torch.stack([average_within(p, superpixels(im, self.pixels, self.compactness))
-                            for p, im in zip(probs, rgb, strict=True)])
+        probs = as_array(self.inner.predict(images))
+        rgb = np.clip(as_array(images), 0, 1).transpose(0, 2, 3, 1)
+        return np.stack([average_within(p, superpixels(im, self.pixels, self.compactness))
+                         for p, im in zip(probs, rgb, strict=True)])
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
+    def state_tensors(self) -> dict[str, Any]:
         return self.inner.state_tensors()
 
     def metadata(self) -> dict[str, Any]:

@@ -8,9 +8,8 @@ from dataclasses import asdict
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from pipeline.models.base import SegmentationModel
+from pipeline.models.base import SegmentationModel, softmax_neg_d2
 from pipeline.models.region_segmenters import (
     N_FEATURES,
     RegionParams,
@@ -34,20 +33,20 @@ class RegionModel(SegmentationModel):
     def __init__(
         self,
         params: RegionParams,
-        centroids: torch.Tensor,
-        feature_mean: torch.Tensor,
-        feature_scale: torch.Tensor,
+        centroids: Any,
+        feature_mean: Any,
+        feature_scale: Any,
         sigma2: float,
         class_names: list[str],
         colors: list[tuple[int, int, int]],
     ) -> None:
         super().__init__(class_names, colors)
-        if centroids.shape != (len(class_names), N_FEATURES):
+        self.centroids = np.array(centroids, dtype=np.float32)
+        if self.centroids.shape != (len(class_names), N_FEATURES):
             raise ValueError(f"centroids must be ({len(class_names)}, {N_FEATURES})")
         self.params = params
-        self.register_buffer("centroids", centroids.float())
-        self.register_buffer("feature_mean", feature_mean.float())
-        self.register_buffer("feature_scale", feature_scale.float())
+        self.feature_mean = np.array(feature_mean, dtype=np.float32)
+        self.feature_scale = np.array(feature_scale, dtype=np.float32)
         self.sigma2 = float(sigma2)
 
     def regions(self, image: np.ndarray) -> np.ndarray:
@@ -56,28 +55,24 @@ class RegionModel(SegmentationModel):
 
     def standardise(self, feats: np.ndarray) -> np.ndarray:
         """Region statistics in the classifier's space (standardised, weighted)."""
-        mean = self.feature_mean.cpu().numpy()
-        scale = self.feature_scale.cpu().numpy()
-        return (feats - mean) / scale * FEATURE_WEIGHTS
+        return (feats - self.feature_mean) / self.feature_scale * FEATURE_WEIGHTS
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel probabilities: each region's class scores spread over its pixels."""
         out = []
-        centroids = self.centroids.cpu().numpy().astype(np.float64)
-        for img in images.float().cpu().numpy():
+        centroids = self.centroids.astype(np.float64)
+        for img in np.asarray(images, dtype=np.float32):
             hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
             regions = self.regions(hwc)
             feats, _ = region_features(hwc, regions)
             z = self.standardise(feats).astype(np.float64)
             d2 = ((z[:, None, :] - centroids[None]) ** 2).sum(-1)
-            logits = -d2 / (2 * self.sigma2)
-            probs = np.exp(logits - logits.max(1, keepdims=True))
-            probs /= probs.sum(1, keepdims=True)
-            out.append(probs.astype(np.float32).T[:, regions])
-        return torch.from_numpy(np.stack(out)).to(images.device)
+            probs = softmax_neg_d2(d2, self.sigma2, axis=1)
+            out.append(probs.T[:, regions])
+        return np.stack(out)
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).detach().cpu().contiguous()
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(getattr(self, k))
                 for k in ("centroids", "feature_mean", "feature_scale")}
 
     def metadata(self) -> dict[str, Any]:
@@ -86,7 +81,7 @@ class RegionModel(SegmentationModel):
 
     @classmethod
     def from_saved(
-        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model_dir: str
+        cls, meta: dict[str, Any], tensors: dict[str, Any], model_dir: str
     ) -> RegionModel:
         p = meta["params"]
         return cls(RegionParams(**p["segmenter"]), tensors["centroids"],

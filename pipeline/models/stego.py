@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from pipeline.errors import InputError
 from pipeline.models import backbone as bb
-from pipeline.models.base import SegmentationModel
 from pipeline.models.stego_head import ClusterProbe, SegmentationHead
+from pipeline.models.torch_model import TorchSegmentationModel
 
 
-class StegoModel(SegmentationModel):
+class StegoModel(TorchSegmentationModel):
     """Class probabilities ``softmax(alpha * cos(code, centroid))`` at pixel resolution.
 
     Codes are upsampled bilinearly to the (resampled) tile before the probe, as STEGO's

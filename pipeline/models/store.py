@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 
-if TYPE_CHECKING:  # torch loads only when a model is saved or loaded, not to read model.json
+if TYPE_CHECKING:  # torch loads only for a torch model, never to read model.json
     from pipeline.models.base import SegmentationModel
 
 FORMAT_VERSION = 1
@@ -37,9 +37,17 @@ def _model_class(method: str) -> type[SegmentationModel]:
     return {"region": RegionGrowingModel, "edge": EdgeRegionModel}[method]
 
 
+def uses_torch(method: str) -> bool:
+    """Whether a method's model runs on torch (feature-kmeans, STEGO) or on NumPy alone."""
+    return _model_class(method).uses_torch
+
+
 def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any]) -> Path:
     """Write the model atomically (temp names, then rename); returns the directory."""
-    from safetensors.torch import save_file
+    if model.uses_torch:
+        from safetensors.torch import save_file
+    else:  # the same file format, written from NumPy arrays without importing torch
+        from safetensors.numpy import save_file
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -96,19 +104,24 @@ def model_hash(model_dir: Path) -> str:
 
 
 def load_model(model_dir: Path) -> SegmentationModel:
-    """Rebuild a model from its directory (safetensors + JSON only: nothing is unpickled)."""
+    """Rebuild a model from its directory (safetensors + JSON only: nothing is unpickled).
+
+    NumPy methods (pixel-kmeans, threshold, region, edge) load as arrays, without torch."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     meta = read_model_json(model_dir)
     tpath = Path(model_dir) / "model.safetensors"
     if not tpath.is_file():
         raise InputError(tpath, "model.safetensors missing")
+    cls = _model_class(meta["method"])
+    if cls.uses_torch:
+        from safetensors.torch import load_file
+    else:
+        from safetensors.numpy import load_file
     try:
         tensors = load_file(str(tpath))
     except (SafetensorError, OSError) as exc:
         raise InputError(tpath, f"corrupt model weights ({exc})") from None
-    cls = _model_class(meta["method"])
     try:
         model = cls.from_saved(meta, tensors, str(model_dir))
     except KeyError as exc:

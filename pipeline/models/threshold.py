@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
+import numpy as np
 
 from pipeline.models.base import SegmentationModel
 
@@ -12,51 +12,54 @@ INDICES = ("brightness", "ndvi", "exg")
 EPS = 1e-6
 
 
-def pixel_index(images: torch.Tensor, index: str, channels: dict[str, int]) -> torch.Tensor:
-    """The index (N, H, W) of images (N, 3, H, W) in [0, 1].
+def pixel_index(images: np.ndarray, index: str, channels: dict[str, int]) -> np.ndarray:
+    """The index (N, H, W) of images (N, 3, H, W) in [0, 1], float32.
 
     ``brightness`` is the mean of the three bands; ``ndvi`` is (NIR - red) / (NIR + red) with
     ``channels`` giving the positions of ``nir`` and ``red``; ``exg`` is excess green
     2g - r - b on chromatic coordinates (each band over the sum of the three, bands in
     R, G, B order), as Woebbecke et al. define it.
     """
-    x = images.float()
+    x = np.asarray(images, dtype=np.float32)
     if index == "brightness":
-        return x.mean(dim=1)
+        return x.mean(axis=1, dtype=np.float32)
     if index == "ndvi":
         nir, red = x[:, channels["nir"]], x[:, channels["red"]]
-        return (nir - red) / (nir + red).clamp_min(EPS)
+        return (nir - red) / np.maximum(nir + red, np.float32(EPS))
     if index == "exg":
-        chroma = x / x.sum(dim=1, keepdim=True).clamp_min(EPS)
+        chroma = x / np.maximum(x.sum(axis=1, keepdims=True), np.float32(EPS))
         return 2 * chroma[:, 1] - chroma[:, 0] - chroma[:, 2]
     raise ValueError(f"unknown index {index!r} (choose from {', '.join(INDICES)})")
 
 
-def interval_scores(values: torch.Tensor, thresholds: torch.Tensor, softness: float
-                    ) -> torch.Tensor:
+def interval_scores(values: np.ndarray, thresholds: np.ndarray, softness: float
+                    ) -> np.ndarray:
     """Class probabilities (N, K, H, W) for index values (N, H, W) and K-1 sorted thresholds.
 
     Class ``c`` is the interval ``(t[c-1], t[c]]`` (Otsu's ``value > t`` is the upper class);
     its score is ``-distance to the interval / softness``, so the argmax is exactly the
     interval holding the value and the confidence falls towards 1/2 at a threshold.
     """
-    t = thresholds.to(values.device, torch.float32)
-    inf = torch.full((1,), float("inf"), device=values.device)
-    low = torch.cat([-inf, t]).view(1, -1, 1, 1)
-    high = torch.cat([t, inf]).view(1, -1, 1, 1)
-    v = values[:, None]
-    dist = torch.relu(low - v) + torch.relu(v - high)
-    return torch.softmax(-dist / softness, dim=1)
+    t = np.asarray(thresholds, dtype=np.float32)
+    low = np.concatenate([[-np.inf], t]).astype(np.float32).reshape(1, -1, 1, 1)
+    high = np.concatenate([t, [np.inf]]).astype(np.float32).reshape(1, -1, 1, 1)
+    v = np.asarray(values, dtype=np.float32)[:, None]
+    dist = np.maximum(low - v, 0) + np.maximum(v - high, 0)
+    scores = (dist.min(axis=1, keepdims=True) - dist) / np.float32(softness)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores
 
 
 class ThresholdModel(SegmentationModel):
-    """K classes from K-1 thresholds on one index per pixel; each pixel is independent."""
+    """K classes from K-1 thresholds on one index per pixel; each pixel is independent
+    (NumPy on the CPU)."""
 
     method: ClassVar[str] = "threshold"
 
     def __init__(
         self,
-        thresholds: torch.Tensor,
+        thresholds: Any,
         index: str,
         channels: dict[str, int],
         bands: list[int],
@@ -67,21 +70,22 @@ class ThresholdModel(SegmentationModel):
         super().__init__(class_names, colors)
         if index not in INDICES:
             raise ValueError(f"unknown index {index!r}")
-        if thresholds.numel() != len(class_names) - 1:
+        thresholds = np.asarray(thresholds, dtype=np.float32).ravel()
+        if thresholds.size != len(class_names) - 1:
             raise ValueError("K classes need K-1 thresholds")
-        self.register_buffer("thresholds", thresholds.float().sort().values)
+        self.thresholds = np.sort(thresholds)
         self.index = index
         self.channels = {k: int(v) for k, v in channels.items()}
         self.bands = [int(b) for b in bands]
         self.softness = float(softness)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel class probabilities from the index and the thresholds."""
         values = pixel_index(images, self.index, self.channels)
         return interval_scores(values, self.thresholds, self.softness)
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"thresholds": self.thresholds.detach().cpu().contiguous()}
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        return {"thresholds": np.ascontiguousarray(self.thresholds)}
 
     def metadata(self) -> dict[str, Any]:
         return {"index": self.index, "channels": self.channels, "input_bands": self.bands,
@@ -90,7 +94,7 @@ class ThresholdModel(SegmentationModel):
 
     @classmethod
     def from_saved(
-        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], model_dir: str
+        cls, meta: dict[str, Any], tensors: dict[str, Any], model_dir: str
     ) -> ThresholdModel:
         p = meta["params"]
         return cls(tensors["thresholds"], p["index"], p["channels"], p["input_bands"],

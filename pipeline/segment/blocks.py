@@ -53,13 +53,13 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
     retried I/O error) restarts from its first unwritten chunk row. Because the tile grid is
     global, the rest of a block segments exactly as the whole block would.
     """
-    import torch
-
     from pipeline.segment.executor import cached_model
 
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
     model = cached_model(job.model_dir, job.model_hash, job.device, compile=job.compile)
+    if job.torch_threads and model.uses_torch:  # a NumPy model's run never imports torch
+        import torch
+
+        torch.set_num_threads(job.torch_threads)
     if job.crf is not None and hasattr(model, "crf"):
         model.crf = job.crf
     if hasattr(model, "use_linear_probe"):

@@ -1,19 +1,19 @@
-"""Chunked inference: one block = read with halo, batched tiles, blended scores, argmax."""
+"""Chunked inference: one block = read with halo, batched tiles, blended scores, argmax.
+
+torch is imported only for torch models: a NumPy model's run never loads it."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from pipeline.io.raster import RasterInfo, Scaling, read_window
 from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
-from pipeline.models.base import SegmentationModel
-from pipeline.models.device import precision_context
+from pipeline.models.base import SegmentationModel, as_array
 from pipeline.tiling import Block, TileGrid, blend_weights_2d, tiles_for_block
 
 
@@ -50,8 +50,12 @@ def auto_batch_size(model: SegmentationModel, tile: int, device: str,
                     precision: str = "auto", cpu_default: int = 4) -> int:
     """``tiling.batch_size: auto``: measure one small batch's peak memory on the GPU and fill
     60 % of the free memory; on CPU, ``cpu_default``."""
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") or not model.uses_torch:
         return cpu_default
+    import torch
+
+    from pipeline.models.device import precision_context
+
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
@@ -62,12 +66,25 @@ def auto_batch_size(model: SegmentationModel, tile: int, device: str,
     return choose_batch_size(free, per_tile)
 
 
-def _to_device(x: np.ndarray, device: str) -> torch.Tensor:
-    """Host batch to the device; through pinned memory (asynchronous copy) for CUDA."""
-    t = torch.from_numpy(x)
-    if device.startswith("cuda"):
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
+def _predictor(model: SegmentationModel, device: str, precision: str
+               ) -> Callable[[np.ndarray], np.ndarray]:
+    """Host batch -> host float32 probabilities. A torch model runs under inference mode and
+    its precision, its batch copied to the device through pinned memory (asynchronously) on
+    CUDA; a NumPy model is called as it is."""
+    if not model.uses_torch:
+        return lambda x: as_array(model.predict(x))
+    import torch
+
+    from pipeline.models.device import precision_context
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x)
+        if device.startswith("cuda"):
+            t = t.pin_memory().to(device, non_blocking=True)
+        with torch.inference_mode(), precision_context(precision, device):
+            return as_array(model.predict(t))
+
+    return predict
 
 
 def iter_block_slabs(
@@ -99,7 +116,7 @@ def iter_block_slabs(
     C0, C1 = block.col_off, block.col_off + block.width
     k = model.n_classes
     weights_np = blend_weights_2d(t, grid.overlap)
-    weights = torch.from_numpy(weights_np)
+    predict = _predictor(model, device, precision)
     acc = np.zeros((k, t, block.width), dtype=np.float32)  # rows [base, base + t)
     wsum = np.zeros((t, block.width), dtype=np.float32)
 
@@ -125,11 +142,9 @@ def iter_block_slabs(
                 batch = todo[j : j + batch_size]
                 x = np.stack([img[:, :, tc - c0 : tc - c0 + t] for tc in batch])
                 tm = time.perf_counter()
-                with torch.inference_mode(), precision_context(precision, device):
-                    probs = model.predict(_to_device(x, device))
-                probs = probs.float().cpu()
+                probs = predict(x)
                 stats.model_seconds += time.perf_counter() - tm
-                probs = (probs * weights).numpy()
+                probs *= weights_np
                 for tc, p in zip(batch, probs, strict=True):
                     x0, x1 = max(tc, C0), min(tc + t, C1)
                     if x1 <= x0:

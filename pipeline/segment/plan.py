@@ -28,8 +28,7 @@ from pipeline.io.raster import (
     metres_per_unit,
     open_raster_info,
 )
-from pipeline.models.device import resolve_device, resolved_precision
-from pipeline.models.store import load_model, model_hash, read_model_json
+from pipeline.models.store import load_model, model_hash, read_model_json, uses_torch
 from pipeline.segment.executor import check_scheduler
 from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks, snap_to_patch
 
@@ -134,11 +133,7 @@ def plan_segment(
                            tiling.block_size)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)
     input_id = input_checksum(input_path)
-    device = resolve_device(config.model.device)
-    # only a backbone runs under autocast; "auto" resolves per machine, so the store records
-    # what ran and a resume elsewhere never mixes bf16 and float32 blocks
-    precision = (resolved_precision(config.model.precision, device)
-                 if meta.get("backbone") else "fp32")
+    device, precision = _device_and_precision(meta, config, notes)
     ident = {
         "version": __version__,
         "input": input_id,
@@ -160,6 +155,25 @@ def plan_segment(
     )
     plan.timings["validate"] = time.perf_counter() - t0
     return plan
+
+
+def _device_and_precision(meta: dict[str, Any], config: RunConfig, notes: list[str]
+                          ) -> tuple[str, str]:
+    """Where the model runs and in which precision. NumPy methods run on the CPU in float32
+    without importing torch (a note says so when ``model.device`` asked for CUDA). Only a
+    backbone runs under autocast; "auto" resolves per machine, so the store records what ran
+    and a resume elsewhere never mixes bf16 and float32 blocks."""
+    if not uses_torch(meta["method"]):
+        if config.model.device.startswith("cuda"):
+            notes.append(f"model.device {config.model.device}: a {meta['method']} model runs "
+                         "on the CPU (NumPy)")
+        return "cpu", "fp32"
+    from pipeline.models.device import resolve_device, resolved_precision
+
+    device = resolve_device(config.model.device)
+    precision = (resolved_precision(config.model.precision, device)
+                 if meta.get("backbone") else "fp32")
+    return device, precision
 
 
 def pixel_area_m2(info: RasterInfo) -> float | None:

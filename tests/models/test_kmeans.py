@@ -169,7 +169,7 @@ def test_pixel_kmeans_keeps_the_best_of_n_init_and_reports_its_objective():
     assert stats["n_init"] == 10
     assert stats["kmeans_objective"] <= min(singles) * (1 + 1e-6)
     assert max(singles) > 1.5 * stats["kmeans_objective"]  # some single init failed
-    assert same_partition(nearest(colours, model.centroids.numpy()), planted)
+    assert same_partition(nearest(colours, model.centroids), planted)
 
 
 def test_stego_probe_refinement_never_ends_worse_with_more_inits():

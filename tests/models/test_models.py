@@ -28,11 +28,11 @@ def _images(n=2, h=48, w=64, seed=0):
 def test_save_load_round_trip_gives_identical_scores(request, fixture, tmp_path):
     model = load_model(request.getfixturevalue(fixture))
     again = load_model(save_model(model, tmp_path / "copy", {}))
-    x = _images()
-    p = model.predict(x)
-    torch.testing.assert_close(again.predict(x), p, rtol=0, atol=0)
+    x = _images() if model.uses_torch else _images().numpy()  # pixel-kmeans runs on NumPy
+    p = np.asarray(model.predict(x))
+    np.testing.assert_array_equal(np.asarray(again.predict(x)), p)
     assert p.shape == (2, model.n_classes, 48, 64)
-    torch.testing.assert_close(p.sum(1), torch.ones(2, 48, 64))
+    np.testing.assert_allclose(p.sum(1), np.ones((2, 48, 64)), rtol=1e-5)
 
 
 def test_model_files_are_json_and_safetensors_only(feature_model):

@@ -1,5 +1,6 @@
-"""Model files load only what their method needs: reading model.json imports no torch, and a
-pixel-kmeans model loads without timm/torchvision (2 s of a small run's start-up)."""
+"""Model files load only what their method needs: reading model.json imports no torch, and the
+NumPy methods (pixel-kmeans, threshold, region, edge) fit, load and segment without importing
+torch at all (2-3.5 s of a small run's start-up)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.models.store import METHODS, _model_class, read_model_json
+from pipeline.models.store import METHODS, _model_class, read_model_json, uses_torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,33 @@ def test_an_unknown_method_is_refused(tmp_path):
         read_model_json(tmp_path)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_only_the_network_methods_use_torch(method):
+    assert uses_torch(method) == (method in ("stego", "feature-kmeans"))
+
+
+def test_a_pixel_kmeans_segment_run_never_imports_torch(pixel_model, demo_scene, tmp_path):
+    """The CLI, the segment flow's modules, the plan, loading the model and segmenting a block
+    into the store: all without torch (a fresh interpreter, so nothing else imported it)."""
+    probe = (
+        "import sys\n"
+        "import flows.cli, flows.segment_flow\n"
+        "from pipeline.config import RunConfig\n"
+        "from pipeline.segment import blocks\n"
+        "from pipeline.segment.plan import plan_segment\n"
+        "cfg = RunConfig.model_validate({'tiling': {'tile_size': 64, 'overlap': 16,"
+        " 'block_size': 128, 'chunk_size': 64}, 'model': {'refine': 'regions'}})\n"
+        f"plan = plan_segment({str(demo_scene[0])!r}, {str(pixel_model)!r},"
+        f" {str(tmp_path / 'out')!r}, cfg)\n"
+        "store, todo = blocks.prepare_labels_store(plan)\n"
+        "stats = blocks.infer_and_write_block(todo[0], blocks.block_job(plan, store, 1))\n"
+        "print(stats['tiles'] > 0, plan.device, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.stdout.split() == ["True", "cpu", "False"], done.stderr
+
+
 def test_reading_and_loading_a_pixel_model_imports_only_what_it_needs(pixel_model):
     probe = (
         "import sys\n"
@@ -33,9 +61,8 @@ def test_reading_and_loading_a_pixel_model_imports_only_what_it_needs(pixel_mode
         f"read_model_json({str(pixel_model)!r})\n"
         "after_json = 'torch' in sys.modules\n"
         f"model = load_model({str(pixel_model)!r})\n"
-        "print(after_json, type(model).__name__, 'timm' in sys.modules,"
-        " 'torchvision' in sys.modules)\n"
+        "print(after_json, type(model).__name__, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
-    assert done.stdout.split() == ["False", "PixelKMeans", "False", "False"], done.stderr
+    assert done.stdout.split() == ["False", "PixelKMeans", "False"], done.stderr
