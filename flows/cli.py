@@ -38,6 +38,9 @@ def _flow_run() -> Iterator[None]:
     if _GC_PAUSED and not gc.isenabled():
         gc.freeze()
         gc.enable()
+    # Prefect imports this (0.2-0.3 s here) to serialize the first flow run's parameters: now,
+    # while a temporary server may still be starting, not on the run's clock
+    import fastapi.encoders  # noqa: F401
     with prefect_api.use_api():
         yield
 
@@ -151,8 +154,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     startup_trace.mark("model and output checked")
     from flows.segment_flow import segment
 
-    if cfg.vectorize.enabled:  # numba and its cached kernels (1 s here) load now, while a
-        import pipeline.vectorize.kernels  # noqa: F401  # temporary server is still starting
+    if cfg.vectorize.enabled:  # numba and the kernels' cached code (1.5 s here) load now,
+        # while a temporary server is still starting, not in the flow (vectorizing runs here)
+        from pipeline.vectorize.blocks import warm_up
+
+        warm_up()
     startup_trace.mark("segment flow imported (Prefect, Dask)")
     if info.crs_wkt is None:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",

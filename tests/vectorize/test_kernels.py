@@ -3,6 +3,10 @@ scikit-image, ring tracing (polygons) against GDAL's polygonize (rasterio.featur
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio.features
@@ -109,3 +113,21 @@ def test_a_region_touching_itself_at_a_corner_gives_a_valid_polygon(touching):
         assert len(ring.interiors) == 1 and ring.area == 11
     for (_, a), (_, b) in zip(canonical(ours), canonical(theirs), strict=True):
         assert a.equals(b)
+
+
+def test_warm_up_loads_every_kernel_a_run_calls():
+    """The CLI's warm-up (while a temporary server starts) leaves no kernel for the first real
+    vectorize to load: checked in a fresh interpreter, where nothing had called them."""
+    probe = (
+        "from pipeline.vectorize import kernels\n"
+        "from pipeline.vectorize.blocks import warm_up\n"
+        "public = [f for n, f in vars(kernels).items() if hasattr(f, 'signatures')"
+        " and not n.startswith('_')]\n"
+        "before = sum(len(f.signatures) for f in public)\n"
+        "warm_up()\n"
+        "print(len(public), before, min(len(f.signatures) for f in public))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    n, before, least = map(int, done.stdout.split())
+    assert n >= 4 and before == 0 and least >= 1, done.stderr
