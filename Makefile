@@ -21,7 +21,7 @@ demo: install
 
 ## the whole test suite (what CI runs); never downloads weights or data
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2
 
 lint: install
 	$(BIN)/ruff check pipeline flows tests benchmarks

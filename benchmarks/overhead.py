@@ -34,16 +34,19 @@ def model_only_seconds(model_dir: Path, tiles: int, tile: int, batch: int, devic
     """Seconds of ``predict`` alone over ``tiles`` tiles (after one warm-up batch)."""
     import torch
 
+    from pipeline.models.base import as_array
     from pipeline.models.device import precision_context
     from pipeline.models.store import load_model
 
     torch.set_num_threads(threads)
     model = load_model(model_dir).to(device)
     x = torch.rand(batch, 3, tile, tile, device=device)
+    if not model.uses_torch:  # pixel-kmeans and the classic methods take NumPy arrays
+        x = x.cpu().numpy()
 
     def step(n: int) -> None:
         with torch.inference_mode(), precision_context(precision, device):
-            model.predict(x[:n]).float().cpu()
+            as_array(model.predict(x[:n]))
 
     step(batch)
     if device.startswith("cuda"):

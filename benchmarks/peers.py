@@ -106,6 +106,7 @@ def run_torchgeo(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
+    from pipeline.models.base import as_array
     from pipeline.models.store import load_model
 
     t0 = time.perf_counter()
@@ -135,9 +136,9 @@ def run_torchgeo(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
         for b in loader:
             x = b["image"] / 255.0  # RasterDataset casts to float32; uint8 input
             tm = time.perf_counter()
-            probs = model.predict(x)
+            probs = as_array(model.predict(x if model.uses_torch else x.numpy()))
             t_model += time.perf_counter() - tm
-            best = probs.argmax(1).to(torch.uint8).numpy()
+            best = probs.argmax(1).astype(np.uint8)
             for bounds, lab in zip(b["bounds"], best, strict=True):
                 xs, ys = bounds[0], bounds[1]
                 c0 = round((xs.start - left) / xres)
@@ -163,6 +164,7 @@ def run_rasterio(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
     import torch
     from rasterio.windows import Window
 
+    from pipeline.models.base import as_array
     from pipeline.models.store import load_model
 
     t0 = time.perf_counter()
@@ -180,9 +182,9 @@ def run_rasterio(scene: Path, mdir: Path, out_path: Path, tile: int, stride: int
             x = torch.from_numpy(np.stack([img for _, img in pending]))
             tm = time.perf_counter()
             with torch.inference_mode(), _autocast(precision):
-                probs = model.predict(x)
+                probs = as_array(model.predict(x if model.uses_torch else x.numpy()))
             t_model += time.perf_counter() - tm
-            best = probs.argmax(1).to(torch.uint8).numpy()
+            best = probs.argmax(1).astype(np.uint8)
             for (w, _), lab in zip(pending, best, strict=True):
                 # centre region: drop half the overlap on every side that has a neighbour
                 y0 = 0 if w.row_off == 0 else half

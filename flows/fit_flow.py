@@ -13,7 +13,7 @@ from pipeline.errors import InputError
 from pipeline.fit.classic import check_classic, fit_regions, fit_threshold
 from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego, scale_crop
 from pipeline.fit.stego_train import plot_losses
-from pipeline.io.crops import read_crop, sample_crop_windows, sample_crops
+from pipeline.io.crops import read_crops, sample_crop_windows, sample_crops
 from pipeline.io.files import write_json_atomic
 from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
 from pipeline.models import METHODS
@@ -44,7 +44,7 @@ def sample(rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig, size: int,
         return sample_crops(rasters, f.crops, size, f.seed, f.max_nodata_fraction)
     windows = sample_crop_windows(rasters, f.crops, round(size / scale), f.seed,
                                   f.max_nodata_fraction)
-    return [scale_crop(read_crop(rasters, w), scale) for w in windows]
+    return [scale_crop(crop, scale) for crop in read_crops(rasters, windows)]
 
 
 @task(name="train-stego")

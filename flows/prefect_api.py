@@ -166,8 +166,8 @@ class RunAPI:
         if self.note:
             log.warning("%s; using a temporary server", self.note)
         if self.temporary is not None:
-            self.url = self.temporary.wait(
-                float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+            self.url = self.temporary.wait(startup_timeout(
+                float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())))
             log.info("Starting temporary server on http://127.0.0.1:%d (started %.1f s before "
                      "it was needed; `stego server start` keeps one running between runs)",
                      self.temporary.port, self.temporary.ready_at - self.temporary.started)
@@ -189,6 +189,21 @@ class RunAPI:
         if self.temporary is not None:
             self.temporary.stop()
             self.temporary = None
+
+
+PREFECT_STARTUP_TIMEOUT_DEFAULT = 20.0  # Prefect's own default for its temporary server
+STARTUP_TIMEOUT_S = 90.0
+
+
+def startup_timeout(setting: float) -> float:
+    """How long a run waits for its temporary server: the user's
+    ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` when set, else 90 s rather than
+    Prefect's 20 s. A first run creates the server's database, and on a busy 2-core machine
+    that and the server's 4 s import took over 20 s (a run that fails there only to
+    succeed when retried helps no one)."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        return setting
+    return STARTUP_TIMEOUT_S if setting == PREFECT_STARTUP_TIMEOUT_DEFAULT else setting
 
 
 def drain_prefect_workers(timeout: float = 5.0) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import InputError
-from pipeline.io.crops import Crop, CropWindow, read_crop, sample_crop_windows
+from pipeline.io.crops import Crop, CropWindow, read_crops, sample_crop_windows
 from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import build_backbone, describe_backbone, resample
 from pipeline.models.backbone import normalisation as normalisation_of
@@ -165,7 +165,7 @@ def fit_stego(
 
     @torch.no_grad()
     def compute(i0: int, i1: int) -> torch.Tensor:
-        imgs = torch.from_numpy(np.stack([read_crop(rasters, w).image for w in windows[i0:i1]]))
+        imgs = torch.from_numpy(np.stack([c.image for c in read_crops(rasters, windows[i0:i1])]))
         imgs = imgs.to(device)
         if native != size:
             imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False,

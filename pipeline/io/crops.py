@@ -3,6 +3,7 @@ skipped, seeded) and their scaled pixels with validity masks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,7 @@ def sample_crop_windows(
     areas = np.array([info.width * info.height for info, _ in rasters], dtype=np.float64)
     weights = areas / areas.sum()
     out: list[CropWindow] = []
+    checked: dict[tuple[int, int, int], bool] = {}  # a small raster draws the same window often
     attempts = 0
     while len(out) < n and attempts < 20 * n + 20:
         attempts += 1
@@ -54,9 +56,11 @@ def sample_crop_windows(
         info, _ = rasters[i]
         r = int(rng.integers(0, max(1, info.height - size + 1)))
         c = int(rng.integers(0, max(1, info.width - size + 1)))
-        if 1.0 - _valid_fraction(info, r, c, size) > max_nodata_fraction:
-            continue
-        out.append(CropWindow(i, r, c, size))
+        if (i, r, c) not in checked:
+            valid = _valid_fraction(info, r, c, size)
+            checked[(i, r, c)] = 1.0 - valid <= max_nodata_fraction
+        if checked[(i, r, c)]:
+            out.append(CropWindow(i, r, c, size))
     if not out:
         paths = ", ".join(info.path for info, _ in rasters)
         raise InputError(paths, "no crop with enough valid pixels to fit on (all nodata?)")
@@ -71,6 +75,21 @@ def _valid_fraction(info: RasterInfo, r: int, c: int, size: int) -> float:
     with rasterio.open(info.path) as ds:
         masks = ds.read_masks(list(info.bands), window=Window(c, r, w, h))
     return float(np.all(masks > 0, axis=0).mean())
+
+
+def read_crops(rasters: list[tuple[RasterInfo, Scaling]], windows: Iterable[CropWindow]
+               ) -> Iterator[Crop]:
+    """:func:`read_crop` of each window in order, reading a window drawn again (a raster
+    little larger than the crop) only once; every crop gets its own arrays."""
+    seen: dict[CropWindow, Crop] = {}
+    for w in windows:
+        if w in seen:
+            first = seen[w]
+            yield Crop(first.source, first.row_off, first.col_off, first.image.copy(),
+                       first.valid.copy())
+        else:
+            seen[w] = read_crop(rasters, w)
+            yield seen[w]
 
 
 def read_crop(rasters: list[tuple[RasterInfo, Scaling]], win: CropWindow) -> Crop:
@@ -89,4 +108,4 @@ def sample_crops(
 ) -> list[Crop]:
     """Draw and read ``n`` crops across all rasters, skipping mostly-nodata ones; seeded."""
     windows = sample_crop_windows(rasters, n, size, seed, max_nodata_fraction)
-    return [read_crop(rasters, w) for w in windows]
+    return list(read_crops(rasters, windows))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig
-from pipeline.io.crops import read_crop, sample_crop_windows
+from pipeline.io.crops import read_crops, sample_crop_windows
 from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import patch_size, tensor_hash
 from pipeline.pretrain import dino, ibot
@@ -44,8 +44,7 @@ def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) ->
     images = torch.empty((len(windows), 3, size, size))
     pool = images.numpy()  # filled in place: one copy of the pool, no stacked temporaries
     sums, squares, count, holes = np.zeros(3), np.zeros(3), 0, []
-    for i, window in enumerate(windows):
-        crop = read_crop(rasters, window)
+    for i, crop in enumerate(read_crops(rasters, windows)):
         pool[i] = crop.image
         pixels = crop.image[:, crop.valid].astype(np.float64)  # float64: no drift over 10^7
         sums += pixels.sum(1)

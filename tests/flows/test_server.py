@@ -289,3 +289,13 @@ def test_cold_then_stego_server_runs_share_the_task_cache(tmp_path, demo_scene, 
     assert _gone(state["pid"])
     after = _stego(["server", "status"], env)
     assert after.returncode == 3 and "not running" in after.stdout
+
+
+def test_a_run_waits_90_s_for_its_temporary_server_unless_the_user_set_a_timeout(monkeypatch):
+    from flows.prefect_api import startup_timeout
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert startup_timeout(20.0) == 90.0  # Prefect's default: too short on a busy machine
+    assert startup_timeout(45.0) == 45.0  # set in prefect.toml or a profile
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+    assert startup_timeout(20.0) == 20.0  # set explicitly, even to the default

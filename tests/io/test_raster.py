@@ -228,3 +228,21 @@ def test_input_identity_is_the_content_not_the_name_size_or_mtime(tmp_path):
         z.write(moved, "moved.tif")
     zipped = input_checksum(f"/vsizip/{tmp_path}/z.zip/moved.tif")
     assert zipped["kind"] == "sha256"
+
+
+def test_crops_drawn_again_are_read_once_and_get_their_own_arrays(tmp_path, monkeypatch):
+    """A raster the size of the crop has one window: 40 draws read it once, as 40 crops."""
+    import pipeline.io.crops as crops
+
+    data = np.random.default_rng(0).integers(0, 255, size=(3, 32, 32), dtype=np.uint8)
+    info = open_raster_info(write_raster(tmp_path / "small.tif", data))
+    rasters = [(info, compute_scaling(info))]
+    windows = crops.sample_crop_windows(rasters, 40, 32, seed=0)
+    reads = []
+    real = crops.read_crop
+    monkeypatch.setattr(crops, "read_crop", lambda r, w: reads.append(w) or real(r, w))
+    out = list(crops.read_crops(rasters, windows))
+    assert len(out) == 40 and len(reads) == 1
+    np.testing.assert_array_equal(out[0].image, out[39].image)
+    out[0].image[:] = 0  # one crop's pixels are not another's
+    assert out[39].image.any()
