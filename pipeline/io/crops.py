@@ -3,7 +3,8 @@ skipped, seeded) and their scaled pixels with validity masks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,19 +78,24 @@ def _valid_fraction(info: RasterInfo, r: int, c: int, size: int) -> float:
     return float(np.all(masks > 0, axis=0).mean())
 
 
-def read_crops(rasters: list[tuple[RasterInfo, Scaling]], windows: Iterable[CropWindow]
+def read_crops(rasters: list[tuple[RasterInfo, Scaling]], windows: Sequence[CropWindow]
                ) -> Iterator[Crop]:
     """:func:`read_crop` of each window in order, reading a window drawn again (a raster
-    little larger than the crop) only once; every crop gets its own arrays."""
-    seen: dict[CropWindow, Crop] = {}
+    little larger than the crop) only once; every crop gets its own arrays. Only windows still
+    to come again are held, so a pool of distinct windows is never held twice."""
+    left = Counter(windows)
+    held: dict[CropWindow, Crop] = {}
     for w in windows:
-        if w in seen:
-            first = seen[w]
+        left[w] -= 1
+        first = held.pop(w, None) if not left[w] else held.get(w)
+        if first is None:
+            crop = read_crop(rasters, w)
+            if left[w]:
+                held[w] = crop
+            yield crop
+        else:
             yield Crop(first.source, first.row_off, first.col_off, first.image.copy(),
                        first.valid.copy())
-        else:
-            seen[w] = read_crop(rasters, w)
-            yield seen[w]
 
 
 def read_crop(rasters: list[tuple[RasterInfo, Scaling]], win: CropWindow) -> Crop:

@@ -79,9 +79,10 @@ class SegmentationModel:
         raise NotImplementedError
 
 
-def softmax_neg_d2(d2: np.ndarray, sigma2: float, axis: int) -> np.ndarray:
-    """``softmax(-d2 / (2 sigma2))`` along ``axis``, float32, stable (min subtracted first)."""
-    logits = (d2.min(axis=axis, keepdims=True) - d2) / np.float32(2 * sigma2)
+def softmax_neg(d: np.ndarray, scale: float, axis: int) -> np.ndarray:
+    """``softmax(-d / scale)`` along ``axis``, float32, stable (the minimum subtracted first):
+    class probabilities from distances."""
+    logits = (d.min(axis=axis, keepdims=True) - d) / np.float32(scale)
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=axis, keepdims=True)
     return logits.astype(np.float32, copy=False)

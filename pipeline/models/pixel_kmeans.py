@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.models.base import SegmentationModel, softmax_neg_d2
+from pipeline.models.base import SegmentationModel, softmax_neg
 
 
 class PixelKMeans(SegmentationModel):
@@ -41,7 +41,7 @@ class PixelKMeans(SegmentationModel):
                 np.subtract(x[:, band], value, out=diff)
                 diff *= diff
                 d2[:, k] += diff
-        return softmax_neg_d2(d2, self.sigma2, axis=1)
+        return softmax_neg(d2, 2 * self.sigma2, axis=1)
 
     def state_tensors(self) -> dict[str, np.ndarray]:
         return {"centroids": np.ascontiguousarray(self.centroids)}

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.models.base import SegmentationModel, softmax_neg_d2
+from pipeline.models.base import SegmentationModel, softmax_neg
 from pipeline.models.region_segmenters import (
     N_FEATURES,
     RegionParams,
@@ -67,7 +67,7 @@ class RegionModel(SegmentationModel):
             feats, _ = region_features(hwc, regions)
             z = self.standardise(feats).astype(np.float64)
             d2 = ((z[:, None, :] - centroids[None]) ** 2).sum(-1)
-            probs = softmax_neg_d2(d2, self.sigma2, axis=1)
+            probs = softmax_neg(d2, 2 * self.sigma2, axis=1)
             out.append(probs.T[:, regions])
         return np.stack(out)
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.models.base import SegmentationModel
+from pipeline.models.base import SegmentationModel, softmax_neg
 
 INDICES = ("brightness", "ndvi", "exg")
 EPS = 1e-6
@@ -45,10 +45,7 @@ def interval_scores(values: np.ndarray, thresholds: np.ndarray, softness: float
     high = np.concatenate([t, [np.inf]]).astype(np.float32).reshape(1, -1, 1, 1)
     v = np.asarray(values, dtype=np.float32)[:, None]
     dist = np.maximum(low - v, 0) + np.maximum(v - high, 0)
-    scores = (dist.min(axis=1, keepdims=True) - dist) / np.float32(softness)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=1, keepdims=True)
-    return scores
+    return softmax_neg(dist, softness, axis=1)
 
 
 class ThresholdModel(SegmentationModel):
