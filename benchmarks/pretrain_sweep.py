@@ -44,6 +44,12 @@ RECIPES = {  # the DINO rows name their objective: the default became ibot after
     "default: ibot (dino + masked patch distillation)": {},
     "ibot, no grayscale views": {"grayscale_p": 0.0},
     "ibot, patch weight 2": {"patch_weight": 2.0},
+    # input normalisation (the pool's own mean/std is "default"): fixed values instead
+    "ibot, normalisation imagenet": {"normalisation": "imagenet"},
+    "ibot, normalisation = the old drifted float32 pool mean/std": {"normalisation": {
+        "mean": (0.2577, 0.2647, 0.2569), "std": (0.1178, 0.1181, 0.0934)}},
+    "ibot, normalisation none (mean 0, std 1)": {"normalisation": {
+        "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}},
 }
 SHIFTS = {
     "paper": {"shifts": "paper"},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -185,27 +187,46 @@ class RunConfig(Section):
     model: ModelRuntimeConfig = ModelRuntimeConfig()
 
 
-def _section_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys at the location of a validation error."""
-    current: type[BaseModel] = model
-    for part in loc[:-1]:
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel]]:
+    """The config keys along a validation error's location (pydantic's union-member tags such
+    as ``literal['pool']`` dropped) and the config section the last key belongs to."""
+    current: type[BaseModel] = RunConfig
+    names: list[str] = []
+    members: tuple[Any, ...] = ()  # the members of the union field just passed, if any
+    for part in loc:
+        tagged = [m for m in members if getattr(m, "__name__", None) == part]
+        if tagged and isinstance(tagged[0], type) and issubclass(tagged[0], BaseModel):
+            current, members = tagged[0], ()
+            continue
+        if members:  # a tag naming a non-model member of the union
+            members = ()
+            continue
+        names.append(str(part))
         field = current.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None) if field else None
+        ann = field.annotation if field is not None else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             current = ann
-        else:
-            break
-    return sorted(current.model_fields)
+        elif typing.get_origin(ann) in (typing.Union, types.UnionType):
+            members = typing.get_args(ann)
+    return names, current
 
 
 def _format_error(source: str, err: ValidationError) -> InputError:
-    first = err.errors()[0]
-    loc = tuple(first["loc"])
-    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    errors = err.errors()
+    # a value that fits no member of a union: prefer a member's own complaint (a mapping with
+    # a bad entry) over "not this type"; if there is none, say what each member wanted
+    specific = [e for e in errors
+                if not e["type"].endswith("_type") and e["type"] != "literal_error"]
+    first = specific[0] if len(errors) > 1 and specific else errors[0]
+    names, section = _walk(tuple(first["loc"]))
+    dotted = ".".join(names) or "(top level)"
     if first["type"] == "extra_forbidden":
-        valid = ", ".join(_section_keys(RunConfig, loc))
+        valid = ", ".join(sorted(_walk(tuple(first["loc"])[:-1])[1].model_fields))
         return InputError(source, f"unknown config key '{dotted}' (valid keys: {valid})")
     msg = str(first["msg"]).removeprefix("Value error, ")
+    if len(errors) > 1 and not specific:
+        wanted = dict.fromkeys(str(e["msg"]).removeprefix("Input should be ") for e in errors)
+        msg = "Input should be " + "; or ".join(wanted)
     return InputError(source, f"config key '{dotted}': {msg}")
 
 

@@ -100,6 +100,20 @@ class StegoConfig(Section):
     log_every: int = 50
 
 
+class Normalisation(Section):
+    """Fixed per-band mean and std (values in [0, 1]) for the pretraining inputs."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("every std must be > 0")
+        return v
+
+
 class PretrainConfig(Section):
     """Self-supervised DINO pretraining of a backbone (`stego pretrain`); CLI flags override."""
 
@@ -147,6 +161,12 @@ class PretrainConfig(Section):
     center_momentum: float = 0.9
     clip_grad: float = 3.0
     max_nodata_fraction: float = Field(default=0.1, description="skip crops with more nodata")
+    normalisation: Literal["pool", "imagenet"] | Normalisation = Field(
+        default="pool",
+        description="input mean/std the backbone learns with (and later runs with): pool: the "
+        "pool's own per-band mean and std; imagenet: DINO's ImageNet values; or {mean: [r, g, "
+        "b], std: [r, g, b]}",
+    )
     seed: int = 0
     checkpoint_every: int = Field(default=25, description="steps between checkpoints")
     log_every: int = 10

@@ -18,6 +18,7 @@ from pipeline.config import PretrainConfig
 from pipeline.io.crops import read_crops, sample_crop_windows
 from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.models.backbone import patch_size, tensor_hash
+from pipeline.models.presets import IMAGENET
 from pipeline.pretrain import dino, ibot
 from pipeline.pretrain.augment import ViewSpec, make_views
 from pipeline.pretrain.checkpoint import load_state, mark_interrupted, save_state
@@ -33,11 +34,23 @@ class CropPool:
     images: torch.Tensor
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    source: str = "the pretraining crops' valid pixels"
+
+
+def chosen_normalisation(cfg: PretrainConfig, pool_mean: np.ndarray, pool_std: np.ndarray
+                         ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """The mean, std and their source that ``cfg.normalisation`` asks for."""
+    if cfg.normalisation == "pool":
+        return (tuple(round(float(v), 4) for v in pool_mean),
+                tuple(round(float(v), 4) for v in pool_std), "the pretraining crops' valid pixels")
+    if cfg.normalisation == "imagenet":
+        return IMAGENET[0], IMAGENET[1], "ImageNet (DINO's own)"
+    return cfg.normalisation.mean, cfg.normalisation.std, "fixed in the recipe"
 
 
 def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) -> CropPool:
     """Seeded crops across all rasters (by area), mostly-nodata crops skipped; nodata pixels
-    hold the valid mean so they carry no texture."""
+    hold the valid mean so they carry no texture. Mean and std: ``cfg.normalisation``."""
     windows = sample_crop_windows(rasters, cfg.pool_crops, cfg.source_size, cfg.seed,
                                   cfg.max_nodata_fraction)
     size = cfg.source_size
@@ -56,8 +69,8 @@ def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) ->
     for i, hole in enumerate(holes):
         if hole.any():
             pool[i][:, hole] = mean[:, None].astype(np.float32)
-    return CropPool(images, tuple(round(float(v), 4) for v in mean),
-                    tuple(round(float(v), 4) for v in std))
+    norm_mean, norm_std, source = chosen_normalisation(cfg, mean, std)
+    return CropPool(images, norm_mean, norm_std, source)  # type: ignore[arg-type]
 
 
 def recipe_key(cfg: PretrainConfig, inputs: list[dict[str, Any]], device: str) -> str:
@@ -257,8 +270,7 @@ def backbone_description(nets: Nets, pool: CropPool, cfg: PretrainConfig, progre
     return {
         "timm_name": cfg.backbone,
         "overrides": dict(cfg.overrides),
-        "normalisation": {"mean": list(pool.mean), "std": list(pool.std),
-                          "source": "the pretraining crops' valid pixels"},
+        "normalisation": {"mean": list(pool.mean), "std": list(pool.std), "source": pool.source},
         "patch_size": patch_size(teacher),
         "feature_dim": int(teacher.num_features),
         "num_prefix_tokens": int(teacher.num_prefix_tokens),

@@ -76,6 +76,22 @@ def test_the_pool_is_normalised_by_its_valid_pixels_and_holes_hold_their_mean(tm
     assert np.array_equal(kept, images[:, valid])
 
 
+@pytest.mark.parametrize("choice,expected", [
+    ("imagenet", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    ({"mean": (0.25, 0.3, 0.35), "std": (0.1, 0.2, 0.3)}, ((0.25, 0.3, 0.35), (0.1, 0.2, 0.3))),
+])
+def test_the_recipe_can_fix_the_normalisation_instead_of_the_pools_own(tmp_path, choice,
+                                                                       expected):
+    data = np.random.default_rng(0).integers(0, 200, (3, 128, 128), dtype=np.uint8)
+    path = write_raster(tmp_path / "scene.tif", data)
+    rasters = [(info, compute_scaling(info)) for info in [open_raster_info(str(path), None)]]
+    small = {"pool_crops": 4, "source_size": 64, "global_size": 32, "local_size": 16}
+    own = read_pool(rasters, PretrainConfig(**small))
+    fixed = read_pool(rasters, PretrainConfig(normalisation=choice, **small))
+    assert (fixed.mean, fixed.std) == expected != (own.mean, own.std)
+    assert torch.equal(fixed.images, own.images)  # the crops themselves do not change
+
+
 def test_views_are_seeded_augmented_crops_in_the_unit_range():
     imgs = textures(4).images
     spec = ViewSpec(32, (0.2, 1.0), blur_p=0.5)
@@ -241,6 +257,12 @@ def test_bad_backbone_directories_are_one_line_errors(pretrained_dir, tmp_path):
     (["pretrain", "SCENE", "--out", "o", "--minutes", "-1"], "minutes must be > 0"),
     (["pretrain", "SCENE", "--out", "o", "--set", "pretrain.global_size=500"],
      "local_size <= global_size <= source_size"),
+    (["pretrain", "SCENE", "--out", "o", "--set", "pretrain.normalisation.mean=[0.3,0.3,0.3]",
+      "--set", "pretrain.normalisation.std=[0.1,0,0.1]"],
+     "config key 'pretrain.normalisation.std': every std must be > 0"),
+    (["pretrain", "SCENE", "--out", "o", "--set", "pretrain.normalisation=median"],
+     "config key 'pretrain.normalisation': Input should be 'pool' or 'imagenet'; or a valid "
+     "dictionary"),
 ])
 def test_bad_pretrain_input_is_one_line_with_exit_code_2(demo_scene, tmp_path, capsys, argv,
                                                          expected):
