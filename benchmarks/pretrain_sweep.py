@@ -46,6 +46,8 @@ RECIPES = {  # the DINO rows name their objective: the default became ibot after
     "ibot, patch weight 2": {"patch_weight": 2.0},
     # input normalisation (the pool's own mean/std is "default"): fixed values instead
     "ibot, normalisation imagenet": {"normalisation": "imagenet"},
+    "ibot, normalisation pool-shared (one mean/std for all bands)": {
+        "normalisation": "pool-shared"},
     "ibot, normalisation = the old drifted float32 pool mean/std": {"normalisation": {
         "mean": (0.2577, 0.2647, 0.2569), "std": (0.1178, 0.1181, 0.0934)}},
     "ibot, normalisation none (mean 0, std 1)": {"normalisation": {
@@ -134,11 +136,14 @@ def sweep_recipes(steps: int, work: Path, only: list[str], seeds: list[int]) -> 
                                backbone_description(nets, pool, cfg, progress, [], "cpu"))
             last = progress.history[-1]
             acc, miou = feature_kmeans_score(out)
-            rows.append([label, str(seed), str(steps), f"{last['teacher_entropy']:.2f}",
+            patch = f"{last['patch_entropy']:.2f} / {last['patch_batch_entropy']:.2f}" \
+                if "patch_entropy" in last else "-"
+            rows.append([label, str(seed), str(steps), f"{last['teacher_entropy']:.2f}", patch,
                          f"{acc:.1f}", f"{miou:.1f}", f"{progress.seconds:.0f}"])
             print(f"{label} seed {seed}: {acc:.1f} / {miou:.1f} ({out})", file=sys.stderr,
                   flush=True)
-    print_table(["recipe", "seed", "steps", "teacher entropy", "accuracy %", "mIoU %",
+    print_table(["recipe", "seed", "steps", "teacher entropy", "patch entropy / of the mean",
+                 "accuracy %", "mIoU %",
                  "train s"], rows)
 
 

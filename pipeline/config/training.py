@@ -161,11 +161,12 @@ class PretrainConfig(Section):
     center_momentum: float = 0.9
     clip_grad: float = 3.0
     max_nodata_fraction: float = Field(default=0.1, description="skip crops with more nodata")
-    normalisation: Literal["pool", "imagenet"] | Normalisation = Field(
+    normalisation: Literal["pool", "pool-shared", "imagenet"] | Normalisation = Field(
         default="pool",
         description="input mean/std the backbone learns with (and later runs with): pool: the "
-        "pool's own per-band mean and std; imagenet: DINO's ImageNet values; or {mean: [r, g, "
-        "b], std: [r, g, b]}",
+        "pool's own per-band mean and std; pool-shared: one mean and std over all its bands "
+        "(keeps the bands' balance); imagenet: DINO's ImageNet values; or {mean: [r, g, b], "
+        "std: [r, g, b]}",
     )
     seed: int = 0
     checkpoint_every: int = Field(default=25, description="steps between checkpoints")

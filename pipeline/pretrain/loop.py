@@ -43,6 +43,11 @@ def chosen_normalisation(cfg: PretrainConfig, pool_mean: np.ndarray, pool_std: n
     if cfg.normalisation == "pool":
         return (tuple(round(float(v), 4) for v in pool_mean),
                 tuple(round(float(v), 4) for v in pool_std), "the pretraining crops' valid pixels")
+    if cfg.normalisation == "pool-shared":  # one mean and std for all bands
+        mean = float(pool_mean.mean())
+        std = float(np.sqrt(np.mean(pool_std**2 + (pool_mean - mean) ** 2)))
+        return ((round(mean, 4),) * 3, (round(std, 4),) * 3,
+                "the pretraining crops' valid pixels, all bands together")
     if cfg.normalisation == "imagenet":
         return IMAGENET[0], IMAGENET[1], "ImageNet (DINO's own)"
     return cfg.normalisation.mean, cfg.normalisation.std, "fixed in the recipe"
@@ -149,6 +154,9 @@ def train_step(nets: Nets, pool: CropPool, cfg: PretrainConfig, step: int, total
     dino.ema_update(nets.teacher_head, nets.student_head, momentum)
     if masks is not None:
         assert nets.teacher_patch_head is not None and nets.patch_head is not None
+        k = t_patch.shape[-1]
+        row["patch_entropy"], row["patch_batch_entropy"] = dino.teacher_entropy(
+            t_patch.float().reshape(-1, k), nets.patch_center.reshape(1, k), t_temp)
         nets.patch_center = ibot.update_patch_center(nets.patch_center, t_patch.float(),
                                                      cfg.center_momentum)
         dino.ema_update(nets.teacher_patch_head, nets.patch_head, momentum)
@@ -253,8 +261,10 @@ def _train_loop(nets: Nets, pool: CropPool, cfg: PretrainConfig, work_dir: Path,
             eta = (progress.total - progress.step) / max(rate, 1e-9)
             progress.history.append({"step": progress.step, **row,
                                      "seconds": round(progress.seconds, 2)})
+            patches = (f" patch {row['patch_entropy']:.2f} (batch {row['patch_batch_entropy']:.2f})"
+                       if "patch_entropy" in row else "")
             log(f"step {progress.step}/{progress.total} loss {row['loss']:.4f} teacher entropy "
-                f"{row['teacher_entropy']:.2f} (batch {row['teacher_batch_entropy']:.2f}) "
+                f"{row['teacher_entropy']:.2f} (batch {row['teacher_batch_entropy']:.2f}){patches} "
                 f"{rate:.2f} steps/s ETA {_fmt_eta(eta)}")
         if progress.step - last_save >= cfg.checkpoint_every or progress.step == progress.total:
             save_state(work_dir, key, nets, gen, progress)

@@ -78,6 +78,7 @@ def test_the_pool_is_normalised_by_its_valid_pixels_and_holes_hold_their_mean(tm
 
 @pytest.mark.parametrize("choice,expected", [
     ("imagenet", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    ("pool-shared", None),  # one mean and std over all bands: checked against the pixels
     ({"mean": (0.25, 0.3, 0.35), "std": (0.1, 0.2, 0.3)}, ((0.25, 0.3, 0.35), (0.1, 0.2, 0.3))),
 ])
 def test_the_recipe_can_fix_the_normalisation_instead_of_the_pools_own(tmp_path, choice,
@@ -88,7 +89,11 @@ def test_the_recipe_can_fix_the_normalisation_instead_of_the_pools_own(tmp_path,
     small = {"pool_crops": 4, "source_size": 64, "global_size": 32, "local_size": 16}
     own = read_pool(rasters, PretrainConfig(**small))
     fixed = read_pool(rasters, PretrainConfig(normalisation=choice, **small))
-    assert (fixed.mean, fixed.std) == expected != (own.mean, own.std)
+    if expected is None:
+        pixels = own.images.numpy().astype(np.float64)
+        expected = ((round(pixels.mean(), 4),) * 3, (round(pixels.std(), 4),) * 3)
+    assert fixed.mean + fixed.std == pytest.approx(expected[0] + expected[1], abs=2e-4)
+    assert (fixed.mean, fixed.std) != (own.mean, own.std)
     assert torch.equal(fixed.images, own.images)  # the crops themselves do not change
 
 
@@ -184,7 +189,8 @@ def test_pretrain_writes_safetensors_and_a_description(pretrained_dir, demo_scen
     assert meta["inputs"][0]["path"] == str(Path(demo_scene[0]).resolve())
     assert len(meta["normalisation"]["mean"]) == 3 and min(meta["normalisation"]["std"]) > 0
     assert [h["step"] for h in meta["losses"]] == [1, 2, 3]
-    assert {"loss", "teacher_entropy"} <= set(meta["losses"][0])
+    assert {"loss", "teacher_entropy", "patch_entropy", "patch_batch_entropy"} <= set(
+        meta["losses"][0])
     assert meta["recipe"]["batch_size"] == 4 and meta["precision"] == "fp32"
 
 
@@ -261,8 +267,8 @@ def test_bad_backbone_directories_are_one_line_errors(pretrained_dir, tmp_path):
       "--set", "pretrain.normalisation.std=[0.1,0,0.1]"],
      "config key 'pretrain.normalisation.std': every std must be > 0"),
     (["pretrain", "SCENE", "--out", "o", "--set", "pretrain.normalisation=median"],
-     "config key 'pretrain.normalisation': Input should be 'pool' or 'imagenet'; or a valid "
-     "dictionary"),
+     "config key 'pretrain.normalisation': Input should be 'pool', 'pool-shared' or "
+     "'imagenet'; or a valid dictionary"),
 ])
 def test_bad_pretrain_input_is_one_line_with_exit_code_2(demo_scene, tmp_path, capsys, argv,
                                                          expected):
