@@ -50,6 +50,7 @@ RECIPES = {  # the DINO rows name their objective: the default became ibot after
         "normalisation": "pool-shared"},
     "ibot, normalisation = the old drifted float32 pool mean/std": {"normalisation": {
         "mean": (0.2577, 0.2647, 0.2569), "std": (0.1178, 0.1181, 0.0934)}},
+    "ibot, normalisation pool, offset 0.5 std": {"normalisation_offset": 0.5},
     "ibot, normalisation none (mean 0, std 1)": {"normalisation": {
         "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}},
 }

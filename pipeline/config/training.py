@@ -168,6 +168,11 @@ class PretrainConfig(Section):
         "(keeps the bands' balance); imagenet: DINO's ImageNet values; or {mean: [r, g, b], "
         "std: [r, g, b]}",
     )
+    normalisation_offset: float = Field(
+        default=0.0,
+        description="pool and pool-shared: subtract mean - offset * std instead of the mean, so "
+        "the normalised inputs sit this many std above zero rather than centred",
+    )
     seed: int = 0
     checkpoint_every: int = Field(default=25, description="steps between checkpoints")
     log_every: int = 10

@@ -40,14 +40,17 @@ class CropPool:
 def chosen_normalisation(cfg: PretrainConfig, pool_mean: np.ndarray, pool_std: np.ndarray
                          ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """The mean, std and their source that ``cfg.normalisation`` asks for."""
+    shift = cfg.normalisation_offset
+    note = f", offset {shift:g} std" if shift else ""
     if cfg.normalisation == "pool":
-        return (tuple(round(float(v), 4) for v in pool_mean),
-                tuple(round(float(v), 4) for v in pool_std), "the pretraining crops' valid pixels")
+        return (tuple(round(float(v), 4) for v in pool_mean - shift * pool_std),
+                tuple(round(float(v), 4) for v in pool_std),
+                f"the pretraining crops' valid pixels{note}")
     if cfg.normalisation == "pool-shared":  # one mean and std for all bands
         mean = float(pool_mean.mean())
         std = float(np.sqrt(np.mean(pool_std**2 + (pool_mean - mean) ** 2)))
-        return ((round(mean, 4),) * 3, (round(std, 4),) * 3,
-                "the pretraining crops' valid pixels, all bands together")
+        return ((round(mean - shift * std, 4),) * 3, (round(std, 4),) * 3,
+                f"the pretraining crops' valid pixels, all bands together{note}")
     if cfg.normalisation == "imagenet":
         return IMAGENET[0], IMAGENET[1], "ImageNet (DINO's own)"
     return cfg.normalisation.mean, cfg.normalisation.std, "fixed in the recipe"

@@ -76,22 +76,31 @@ def test_the_pool_is_normalised_by_its_valid_pixels_and_holes_hold_their_mean(tm
     assert np.array_equal(kept, images[:, valid])
 
 
-@pytest.mark.parametrize("choice,expected", [
-    ("imagenet", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
-    ("pool-shared", None),  # one mean and std over all bands: checked against the pixels
-    ({"mean": (0.25, 0.3, 0.35), "std": (0.1, 0.2, 0.3)}, ((0.25, 0.3, 0.35), (0.1, 0.2, 0.3))),
+def _pixel_stats(pool: CropPool, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+    pixels = pool.images.numpy().transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)
+    if shared:
+        return np.full(3, pixels.mean()), np.full(3, pixels.std())
+    return pixels.mean(1), pixels.std(1)
+
+
+@pytest.mark.parametrize("recipe,expected", [
+    ({"normalisation": "imagenet"}, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    ({"normalisation": {"mean": (0.25, 0.3, 0.35), "std": (0.1, 0.2, 0.3)}},
+     ((0.25, 0.3, 0.35), (0.1, 0.2, 0.3))),
+    ({"normalisation": "pool-shared"}, "shared"),  # one mean and std over all bands
+    ({"normalisation_offset": 0.5}, "offset"),  # mean - 0.5 std: inputs sit 0.5 std above 0
 ])
-def test_the_recipe_can_fix_the_normalisation_instead_of_the_pools_own(tmp_path, choice,
+def test_the_recipe_can_fix_the_normalisation_instead_of_the_pools_own(tmp_path, recipe,
                                                                        expected):
     data = np.random.default_rng(0).integers(0, 200, (3, 128, 128), dtype=np.uint8)
     path = write_raster(tmp_path / "scene.tif", data)
     rasters = [(info, compute_scaling(info)) for info in [open_raster_info(str(path), None)]]
     small = {"pool_crops": 4, "source_size": 64, "global_size": 32, "local_size": 16}
     own = read_pool(rasters, PretrainConfig(**small))
-    fixed = read_pool(rasters, PretrainConfig(normalisation=choice, **small))
-    if expected is None:
-        pixels = own.images.numpy().astype(np.float64)
-        expected = ((round(pixels.mean(), 4),) * 3, (round(pixels.std(), 4),) * 3)
+    fixed = read_pool(rasters, PretrainConfig(**recipe, **small))
+    if isinstance(expected, str):
+        mean, std = _pixel_stats(own, shared=expected == "shared")
+        expected = (tuple(mean - 0.5 * std if expected == "offset" else mean), tuple(std))
     assert fixed.mean + fixed.std == pytest.approx(expected[0] + expected[1], abs=2e-4)
     assert (fixed.mean, fixed.std) != (own.mean, own.std)
     assert torch.equal(fixed.images, own.images)  # the crops themselves do not change
