@@ -218,10 +218,10 @@ def _format_error(source: str, err: ValidationError) -> InputError:
     specific = [e for e in errors
                 if not e["type"].endswith("_type") and e["type"] != "literal_error"]
     first = specific[0] if len(errors) > 1 and specific else errors[0]
-    names, section = _walk(tuple(first["loc"]))
-    dotted = ".".join(names) or "(top level)"
+    loc = tuple(first["loc"])
+    dotted = ".".join(_walk(loc)[0]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        valid = ", ".join(sorted(_walk(tuple(first["loc"])[:-1])[1].model_fields))
+        valid = ", ".join(sorted(_walk(loc[:-1])[1].model_fields))
         return InputError(source, f"unknown config key '{dotted}' (valid keys: {valid})")
     msg = str(first["msg"]).removeprefix("Value error, ")
     if len(errors) > 1 and not specific:

@@ -25,6 +25,7 @@ from pipeline.pretrain.checkpoint import load_state, mark_interrupted, save_stat
 from pipeline.pretrain.nets import Nets, Progress, build_nets
 
 Log = Callable[[str], None]
+Triple = tuple[float, float, float]
 
 
 @dataclass
@@ -32,27 +33,32 @@ class CropPool:
     """Crops read once from the rasters (N, 3, S, S) in [0, 1], and their channel statistics."""
 
     images: torch.Tensor
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: Triple
+    std: Triple
     source: str = "the pretraining crops' valid pixels"
 
 
+def _triple(values: np.ndarray) -> Triple:
+    r, g, b = (round(float(v), 4) for v in np.broadcast_to(values, 3))
+    return r, g, b
+
+
 def chosen_normalisation(cfg: PretrainConfig, pool_mean: np.ndarray, pool_std: np.ndarray
-                         ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+                         ) -> tuple[Triple, Triple, str]:
     """The mean, std and their source that ``cfg.normalisation`` asks for."""
     shift = cfg.normalisation_offset
     note = f", offset {shift:g} std" if shift else ""
     if cfg.normalisation == "pool":
-        return (tuple(round(float(v), 4) for v in pool_mean - shift * pool_std),
-                tuple(round(float(v), 4) for v in pool_std),
+        return (_triple(pool_mean - shift * pool_std), _triple(pool_std),
                 f"the pretraining crops' valid pixels{note}")
     if cfg.normalisation == "pool-shared":  # one mean and std for all bands
-        mean = float(pool_mean.mean())
-        std = float(np.sqrt(np.mean(pool_std**2 + (pool_mean - mean) ** 2)))
-        return ((round(mean - shift * std, 4),) * 3, (round(std, 4),) * 3,
+        mean = pool_mean.mean()
+        std = np.sqrt(np.mean(pool_std**2 + (pool_mean - mean) ** 2))
+        return (_triple(mean - shift * std), _triple(std),
                 f"the pretraining crops' valid pixels, all bands together{note}")
     if cfg.normalisation == "imagenet":
-        return IMAGENET[0], IMAGENET[1], "ImageNet (DINO's own)"
+        return _triple(np.array(IMAGENET[0])), _triple(np.array(IMAGENET[1])), \
+            "ImageNet (DINO's own)"
     return cfg.normalisation.mean, cfg.normalisation.std, "fixed in the recipe"
 
 
@@ -78,7 +84,7 @@ def read_pool(rasters: list[tuple[RasterInfo, Scaling]], cfg: PretrainConfig) ->
         if hole.any():
             pool[i][:, hole] = mean[:, None].astype(np.float32)
     norm_mean, norm_std, source = chosen_normalisation(cfg, mean, std)
-    return CropPool(images, norm_mean, norm_std, source)  # type: ignore[arg-type]
+    return CropPool(images, norm_mean, norm_std, source)
 
 
 def recipe_key(cfg: PretrainConfig, inputs: list[dict[str, Any]], device: str) -> str:
