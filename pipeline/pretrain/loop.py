@@ -26,6 +26,7 @@ from pipeline.pretrain.nets import Nets, Progress, build_nets
 
 Log = Callable[[str], None]
 Triple = tuple[float, float, float]
+POOL_SOURCE = "the pretraining crops' valid pixels"
 
 
 @dataclass
@@ -35,7 +36,7 @@ class CropPool:
     images: torch.Tensor
     mean: Triple
     std: Triple
-    source: str = "the pretraining crops' valid pixels"
+    source: str = POOL_SOURCE
 
 
 def _triple(values: np.ndarray) -> Triple:
@@ -50,15 +51,14 @@ def chosen_normalisation(cfg: PretrainConfig, pool_mean: np.ndarray, pool_std: n
     note = f", offset {shift:g} std" if shift else ""
     if cfg.normalisation == "pool":
         return (_triple(pool_mean - shift * pool_std), _triple(pool_std),
-                f"the pretraining crops' valid pixels{note}")
+                f"{POOL_SOURCE}{note}")
     if cfg.normalisation == "pool-shared":  # one mean and std for all bands
         mean = pool_mean.mean()
         std = np.sqrt(np.mean(pool_std**2 + (pool_mean - mean) ** 2))
         return (_triple(mean - shift * std), _triple(std),
-                f"the pretraining crops' valid pixels, all bands together{note}")
+                f"{POOL_SOURCE}, all bands together{note}")
     if cfg.normalisation == "imagenet":
-        return _triple(np.array(IMAGENET[0])), _triple(np.array(IMAGENET[1])), \
-            "ImageNet (DINO's own)"
+        return IMAGENET[0], IMAGENET[1], "ImageNet (DINO's own)"
     return cfg.normalisation.mean, cfg.normalisation.std, "fixed in the recipe"
 
 
