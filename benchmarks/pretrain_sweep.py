@@ -33,16 +33,16 @@ POTSDAM = (DATA / "isprs_potsdam" / "images" / "2_10_0_0_512_512.png",
 POTSDAM3 = {1: 0, 5: 0, 2: 1, 6: 1, 3: 2, 4: 2}
 IMAGES = [POTSDAM[0], DATA / "loveda" / "images" / "0.png", DATA / "loveda" / "images" / "1.png",
           DATA / "naip_north_dakota" / "m_4709963_se_14_1_20200831.tif"]
-RECIPES = {  # every row names its objective; the default is ibot
+RECIPES = {  # every row names its objective; the default is dino
     "first try (160 px, 4096 protos, teacher 0.04->0.07)": {
         "objective": "dino", "source_size": 160, "global_scale": (0.4, 1.0), "out_dim": 4096,
         "teacher_temp": (0.04, 0.07)},
     "teacher 0.04, 1024 protos (160 px)": {
         "objective": "dino", "source_size": 160, "global_scale": (0.4, 1.0)},
-    "dino (256 px, global 25-100 %)": {"objective": "dino"},
+    "default: dino (256 px, global 25-100 %)": {"objective": "dino"},
     "dino, 384 px pool crops": {"objective": "dino", "source_size": 384},
     "dino, lr 2e-3": {"objective": "dino", "lr": 2e-3},
-    "default: ibot (dino + masked patch distillation)": {"objective": "ibot"},
+    "ibot (dino + masked patch distillation)": {"objective": "ibot"},
     "ibot, no grayscale views": {"objective": "ibot", "grayscale_p": 0.0},
     "ibot, patch weight 2": {"objective": "ibot", "patch_weight": 2.0},
     # input normalisation (the pool's own mean/std is "default"): fixed values instead

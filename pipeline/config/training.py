@@ -141,7 +141,7 @@ class PretrainConfig(Section):
     grayscale_p: float = Field(default=0.2, ge=0, le=1, description="share of grayscale views")
     out_dim: int = Field(default=1024, description="DINO prototypes")
     objective: Literal["dino", "ibot"] = Field(
-        default="ibot", description="dino: image-level self-distillation only; ibot: plus "
+        default="dino", description="dino: image-level self-distillation only; ibot: plus "
         "masked patch-token distillation (shapes the patch features k-means and STEGO use)")
     patch_weight: float = Field(default=1.0, ge=0, description="ibot: weight of the patch loss")
     patch_out_dim: int = Field(default=1024, description="ibot: patch prototypes")

@@ -63,6 +63,7 @@ def test_with_a_fixed_teacher_the_patch_loss_falls():
                       patch_out_dim=64)
     nets, progress = _run(cfg, textures(32))
     losses = [h["patch_loss"] for h in progress.history]
+    assert {"patch_entropy", "patch_batch_entropy"} <= set(progress.history[-1])
     assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.1
     assert nets.mask_token is not None and float(nets.mask_token.token.detach().abs().sum()) > 0
 

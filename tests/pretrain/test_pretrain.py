@@ -198,8 +198,9 @@ def test_pretrain_writes_safetensors_and_a_description(pretrained_dir, demo_scen
     assert meta["inputs"][0]["path"] == str(Path(demo_scene[0]).resolve())
     assert len(meta["normalisation"]["mean"]) == 3 and min(meta["normalisation"]["std"]) > 0
     assert [h["step"] for h in meta["losses"]] == [1, 2, 3]
-    assert {"loss", "teacher_entropy", "patch_entropy", "patch_batch_entropy"} <= set(
-        meta["losses"][0])
+    assert {"loss", "teacher_entropy", "teacher_batch_entropy"} <= set(meta["losses"][0])
+    assert meta["recipe"]["objective"] == "dino"  # the default: no patch head, no patch entropy
+    assert "patch_entropy" not in meta["losses"][0]
     assert meta["recipe"]["batch_size"] == 4 and meta["precision"] == "fp32"
 
 
