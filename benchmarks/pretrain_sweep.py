@@ -1,16 +1,20 @@
-"""Pretraining recipes and STEGO shifts on Potsdam-3, in-process; prints one table each.
+"""Pretraining recipes, STEGO shifts and feature variants on Potsdam-3, in-process.
 
     python benchmarks/pretrain_sweep.py recipes [--steps 100]
     python benchmarks/pretrain_sweep.py shifts --weights BACKBONE_DIR [--steps 500]
+    python benchmarks/pretrain_sweep.py features --weights BACKBONE_DIR [BACKBONE_DIR ...]
 
 ``recipes`` pretrains a backbone per recipe variant on the four real images in ../shared/data
 (the Potsdam crop, LoveDA tiles 0 and 1, the NAIP tile; bands 1-3) for ``--steps`` steps and
 scores feature-kmeans (64 crops, n_init 10) on Potsdam-3. ``shifts`` fits STEGO on Potsdam with
-each shift setting on one backbone. Scoring runs the model on the whole 512² crop in one pass
-(no tiling), Hungarian accuracy / mIoU, value 0 ignored, and prints each run's confusion
-matrix. Use several ``--seeds``: on one crop with three clusters the seed alone moves a recipe
-by up to 20 points (which minor mode takes a cluster). These are the sweeps behind the
-README's "How the defaults were chosen" and "DINO or ibot, 5 or 15 minutes".
+each shift setting on one backbone. ``features`` scores feature-kmeans on each backbone with
+other features than the last block's (centred, test-time augmented, two blocks, other input
+scales, colour appended) and, given several backbones, on their concatenated features.
+Scoring runs the model on the whole 512² crop in one pass (no tiling), Hungarian accuracy /
+mIoU, value 0 ignored, and prints each run's confusion matrix. Use several ``--seeds``: on
+one crop with three clusters the seed alone moves a recipe by up to 20 points (which minor
+mode takes a cluster). These are the sweeps behind the README's "How the defaults were
+chosen" and "DINO or ibot, 5 or 15 minutes".
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ RECIPES = {  # every row names its objective; the default is dino
     "dino, lr 2e-3": {"objective": "dino", "lr": 2e-3},
     "ibot (dino + masked patch distillation)": {"objective": "ibot"},
     "ibot, no grayscale views": {"objective": "ibot", "grayscale_p": 0.0},
+    "dino, no colour jitter or grayscale views": {
+        "objective": "dino", "jitter_p": 0.0, "grayscale_p": 0.0},
     "ibot, patch weight 2": {"objective": "ibot", "patch_weight": 2.0},
     # input normalisation (the pool's own mean/std is "default"): fixed values instead
     "ibot, normalisation imagenet": {"objective": "ibot", "normalisation": "imagenet"},
@@ -90,10 +96,8 @@ def rasters(paths: list[Path]) -> list:
 
 def potsdam3(model) -> tuple[float, float]:
     """Hungarian accuracy and mIoU % of ``model`` on the Potsdam crop, one pass."""
-    import numpy as np
     import rasterio
     import torch
-    from scipy.optimize import linear_sum_assignment
 
     from pipeline.io.raster import read_window
 
@@ -103,11 +107,19 @@ def potsdam3(model) -> tuple[float, float]:
         pred = model.eval().predict(torch.from_numpy(image)[None]).argmax(1)[0].numpy()
     with rasterio.open(POTSDAM[1]) as ds:
         raw = ds.read(1)
+    return _score(pred, raw)
+
+
+def _score(pred, raw) -> tuple[float, float]:
+    """Hungarian accuracy and mIoU % of a 3-cluster map against Potsdam's raw labels."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
     truth = np.full(raw.shape, -1)
     for value, cls in POTSDAM3.items():
         truth[raw == value] = cls
     keep = truth >= 0
-    conf = np.zeros((model.n_classes, 3), np.int64)
+    conf = np.zeros((3, 3), np.int64)
     np.add.at(conf, (pred[keep], truth[keep]), 1)
     print(f"confusion (clusters x road/car, building/clutter, vegetation): {conf.tolist()}",
           file=sys.stderr, flush=True)
@@ -181,13 +193,68 @@ def sweep_shifts(weights: Path, steps: int, work: Path, only: list[str]) -> None
                  "accuracy %", "mIoU %"], rows)
 
 
+def sweep_features(weights: list[Path], only: list[str]) -> None:
+    import numpy as np
+    import rasterio
+    import torch
+    from _feature_variants import VARIANTS, ensemble
+
+    from pipeline.fit.methods import fit_feature_kmeans
+    from pipeline.io.crops import sample_crops
+    from pipeline.io.raster import read_window
+    from pipeline.models.backbone import resolve_backbone
+
+    potsdam = rasters([POTSDAM[0]])
+    crops = torch.from_numpy(np.stack([c.image for c in sample_crops(potsdam, 64, 224, seed=0)]))
+    image = torch.from_numpy(read_window(*potsdam[0], 0, 0, 512, 512)[0])[None]
+    with rasterio.open(POTSDAM[1]) as ds:
+        raw = ds.read(1)
+    models = []
+    for w in weights:
+        name, overrides = resolve_backbone("", str(w), None)
+        model, _ = fit_feature_kmeans(sample_crops(potsdam, 4, 224, seed=0), 3, name, str(w),
+                                      overrides, 1, 0)
+        models.append(model.eval())
+    runs = [(str(w), label, *VARIANTS[label], m) for w, m in zip(weights, models, strict=True)
+            for label in VARIANTS if not only or any(o in label for o in only)]
+    if len(models) > 1:
+        runs.append((f"all {len(models)}", "concatenated (ensemble)", ensemble(models), False,
+                     models[0]))
+    rows = []
+    for source, label, features, centred, model in runs:
+        acc, miou = _variant_score(model, features, centred, crops, image, raw)
+        rows.append([source, label, f"{acc:.1f}", f"{miou:.1f}"])
+        print(f"{source} {label}: {acc:.1f} / {miou:.1f}", file=sys.stderr, flush=True)
+    print_table(["backbone", "features", "accuracy %", "mIoU %"], rows)
+
+
+def _variant_score(model, features, centred: bool, crops, image, raw) -> tuple[float, float]:
+    """Feature-kmeans with other features: fit on the crops, label the image, score."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.models.kmeans import spherical_kmeans
+
+    with torch.no_grad():
+        f = torch.cat([features(model, crops[i:i + 8]) for i in range(0, len(crops), 8)])
+        flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        mean = flat.mean(0) if centred else torch.zeros(flat.shape[1])
+        centroids = spherical_kmeans(flat - mean, 3, 50, 0, n_init=10)
+        g = F.normalize(features(model, image) - mean.view(1, -1, 1, 1), dim=1)
+        cos = torch.einsum("nchw,kc->nkhw", g, centroids)
+        cos = F.interpolate(cos, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return _score(cos.argmax(1)[0].numpy(), raw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["recipes", "shifts"])
+    ap.add_argument("what", choices=["recipes", "shifts", "features"])
     ap.add_argument("--steps", type=int, help="pretraining (100) or STEGO (500) steps")
-    ap.add_argument("--weights", type=Path, help="shifts: the backbone directory to use")
+    ap.add_argument("--weights", type=Path, nargs="+", default=[],
+                    help="shifts: the backbone directory to use; features: one or more")
     ap.add_argument("--only", nargs="*", default=[],
-                    help="run only the recipes or shifts whose label contains one of these")
+                    help="run only the recipes, shifts or features whose label contains one of "
+                    "these")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="recipes: seeds")
     args = ap.parse_args()
     missing = [p for p in IMAGES if not p.exists()]
@@ -196,10 +263,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stego-sweep-"))
     if args.what == "recipes":
         sweep_recipes(args.steps or 100, work, args.only, args.seeds)
+    elif args.what == "features":
+        if not args.weights:
+            raise SystemExit("features needs --weights BACKBONE_DIR [BACKBONE_DIR ...]")
+        sweep_features(args.weights, args.only)
     else:
-        if args.weights is None:
-            raise SystemExit("shifts needs --weights BACKBONE_DIR")
-        sweep_shifts(args.weights, args.steps or 500, work, args.only)
+        if len(args.weights) != 1:
+            raise SystemExit("shifts needs --weights BACKBONE_DIR (one)")
+        sweep_shifts(args.weights[0], args.steps or 500, work, args.only)
 
 
 if __name__ == "__main__":
