@@ -1,9 +1,10 @@
 """Feature-side variants of feature-kmeans, for ``pretrain_sweep.py features``.
 
-Each variant turns a backbone and images in [0, 1] into patch features (N, C, H/p, W/p); the
-sweep clusters the 64 crops' features with spherical k-means (n_init 10) and labels the whole
-Potsdam crop in one pass by the nearest centroid, upsampled bilinearly, exactly as
-feature-kmeans does, so only the features differ from the default row.
+Each variant turns a backbone (a timm ViT from :func:`build_backbone`) and images in [0, 1]
+into patch features (N, C, H/p, W/p); the sweep clusters the 64 crops' features with
+spherical k-means (n_init 10) and labels the whole Potsdam crop in one pass by the nearest
+centroid, upsampled bilinearly, exactly as feature-kmeans does, so only the features differ
+from the default row.
 """
 
 from __future__ import annotations
@@ -13,50 +14,48 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline.models.backbone import patch_features, resample
+from pipeline.models.backbone import normalisation, patch_features, patch_size, resample
 
 Features = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
-def _plain(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def _normalised(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalisation(net))
+    return (images - mean) / std
+
+
+def _plain(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The default: last block after the final norm."""
-    return patch_features(model.backbone, (images - model.mean) / model.std)
+    return patch_features(net, _normalised(net, images))
 
 
 def _at_scale(scale: float) -> Features:
     """The backbone run on images resampled by ``scale``, features resized to the default grid."""
-    def run(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        p = model.patch_size
+    def run(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        p = patch_size(net)
         h, w = images.shape[-2:]
         small = resample(images, scale)
         small = small[..., : small.shape[-2] // p * p, : small.shape[-1] // p * p]
-        f = _plain(model, small)
+        f = _plain(net, small)
         return F.interpolate(f, size=(h // p, w // p), mode="bilinear", align_corners=False)
     return run
 
 
-def _last_blocks(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def _last_blocks(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The last two blocks' tokens, each after the final norm, concatenated."""
-    net = model.backbone
-    x = net._pos_embed(net.patch_embed((images - model.mean) / model.std))
-    outs = []
-    for i, block in enumerate(net.blocks):
-        x = block(x)
-        if i >= len(net.blocks) - 2:
-            outs.append(net.norm(x)[:, net.num_prefix_tokens:])
-    n, _, h, w = images.shape
-    p = model.patch_size
-    return torch.cat(outs, -1).reshape(n, h // p, w // p, -1).permute(0, 3, 1, 2)
+    blocks = net.forward_intermediates(_normalised(net, images), indices=2, norm=True,
+                                       output_fmt="NCHW", intermediates_only=True)
+    return torch.cat(blocks, 1)
 
 
-def _d4_mean(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def _d4_mean(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Features averaged over the 8 flips and 90° rotations (test-time augmentation)."""
     total = 0
     for k in range(4):
         for flip in (False, True):
             x = torch.rot90(images, k, (2, 3))
             x = torch.flip(x, (3,)) if flip else x
-            f = _plain(model, x)
+            f = _plain(net, x)
             f = torch.flip(f, (3,)) if flip else f
             total = total + torch.rot90(f, -k, (2, 3))
     return total / 8
@@ -64,9 +63,9 @@ def _d4_mean(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def _with_colour(weight: float) -> Features:
     """Unit-length features with the patch's mean normalised colour appended at ``weight``."""
-    def run(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        colour = F.avg_pool2d((images - model.mean) / model.std, model.patch_size) / 3 ** 0.5
-        return torch.cat([F.normalize(_plain(model, images), dim=1), weight * colour], 1)
+    def run(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        colour = F.avg_pool2d(_normalised(net, images), patch_size(net)) / 3 ** 0.5
+        return torch.cat([F.normalize(_plain(net, images), dim=1), weight * colour], 1)
     return run
 
 
@@ -85,8 +84,8 @@ VARIANTS: dict[str, tuple[Features, bool]] = {
 }
 
 
-def ensemble(models: list[torch.nn.Module]) -> Features:
+def ensemble(nets: list[torch.nn.Module]) -> Features:
     """Unit-length default features of several backbones, concatenated."""
     def run(_: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.normalize(_plain(m, images), dim=1) for m in models], 1)
+        return torch.cat([F.normalize(_plain(n, images), dim=1) for n in nets], 1)
     return run

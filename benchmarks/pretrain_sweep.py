@@ -199,36 +199,31 @@ def sweep_features(weights: list[Path], only: list[str]) -> None:
     import torch
     from _feature_variants import VARIANTS, ensemble
 
-    from pipeline.fit.methods import fit_feature_kmeans
     from pipeline.io.crops import sample_crops
     from pipeline.io.raster import read_window
-    from pipeline.models.backbone import resolve_backbone
+    from pipeline.models.backbone import build_backbone
 
-    potsdam = rasters([POTSDAM[0]])
-    crops = torch.from_numpy(np.stack([c.image for c in sample_crops(potsdam, 64, 224, seed=0)]))
-    image = torch.from_numpy(read_window(*potsdam[0], 0, 0, 512, 512)[0])[None]
+    (info, scaling), = rasters([POTSDAM[0]])
+    crops = sample_crops([(info, scaling)], 64, 224, seed=0)
+    crops = torch.from_numpy(np.stack([c.image for c in crops]))
+    image = read_window(info, scaling, 0, 0, info.height, info.width)[0]
+    image = torch.from_numpy(image)[None]
     with rasterio.open(POTSDAM[1]) as ds:
         raw = ds.read(1)
-    models = []
-    for w in weights:
-        name, overrides = resolve_backbone("", str(w), None)
-        model, _ = fit_feature_kmeans(sample_crops(potsdam, 4, 224, seed=0), 3, name, str(w),
-                                      overrides, 1, 0)
-        models.append(model.eval())
-    runs = [(str(w), label, *VARIANTS[label], m) for w, m in zip(weights, models, strict=True)
+    nets = [build_backbone("", str(w))[0] for w in weights]
+    runs = [(str(w), label, *VARIANTS[label], net) for w, net in zip(weights, nets, strict=True)
             for label in VARIANTS if not only or any(o in label for o in only)]
-    if len(models) > 1:
-        runs.append((f"all {len(models)}", "concatenated (ensemble)", ensemble(models), False,
-                     models[0]))
+    if len(nets) > 1:
+        runs.append((f"all {len(nets)}", "concatenated (ensemble)", ensemble(nets), False, None))
     rows = []
-    for source, label, features, centred, model in runs:
-        acc, miou = _variant_score(model, features, centred, crops, image, raw)
+    for source, label, features, centred, net in runs:
+        acc, miou = _variant_score(net, features, centred, crops, image, raw)
         rows.append([source, label, f"{acc:.1f}", f"{miou:.1f}"])
         print(f"{source} {label}: {acc:.1f} / {miou:.1f}", file=sys.stderr, flush=True)
     print_table(["backbone", "features", "accuracy %", "mIoU %"], rows)
 
 
-def _variant_score(model, features, centred: bool, crops, image, raw) -> tuple[float, float]:
+def _variant_score(net, features, centred: bool, crops, image, raw) -> tuple[float, float]:
     """Feature-kmeans with other features: fit on the crops, label the image, score."""
     import torch
     import torch.nn.functional as F
@@ -236,11 +231,11 @@ def _variant_score(model, features, centred: bool, crops, image, raw) -> tuple[f
     from pipeline.models.kmeans import spherical_kmeans
 
     with torch.no_grad():
-        f = torch.cat([features(model, crops[i:i + 8]) for i in range(0, len(crops), 8)])
+        f = torch.cat([features(net, crops[i:i + 8]) for i in range(0, len(crops), 8)])
         flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
         mean = flat.mean(0) if centred else torch.zeros(flat.shape[1])
         centroids = spherical_kmeans(flat - mean, 3, 50, 0, n_init=10)
-        g = F.normalize(features(model, image) - mean.view(1, -1, 1, 1), dim=1)
+        g = F.normalize(features(net, image) - mean.view(1, -1, 1, 1), dim=1)
         cos = torch.einsum("nchw,kc->nkhw", g, centroids)
         cos = F.interpolate(cos, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return _score(cos.argmax(1)[0].numpy(), raw)
