@@ -94,8 +94,8 @@ def rasters(paths: list[Path]) -> list:
             (open_raster_info(str(p), [1, 2, 3]) for p in paths)]
 
 
-def potsdam3(model) -> tuple[float, float]:
-    """Hungarian accuracy and mIoU % of ``model`` on the Potsdam crop, one pass."""
+def _potsdam() -> tuple:
+    """The whole Potsdam crop as a (1, 3, H, W) tensor in [0, 1], and its raw label values."""
     import rasterio
     import torch
 
@@ -103,10 +103,17 @@ def potsdam3(model) -> tuple[float, float]:
 
     info, scaling = rasters([POTSDAM[0]])[0]
     image, _ = read_window(info, scaling, 0, 0, info.height, info.width)
-    with torch.no_grad():
-        pred = model.eval().predict(torch.from_numpy(image)[None]).argmax(1)[0].numpy()
     with rasterio.open(POTSDAM[1]) as ds:
-        raw = ds.read(1)
+        return torch.from_numpy(image)[None], ds.read(1)
+
+
+def potsdam3(model) -> tuple[float, float]:
+    """Hungarian accuracy and mIoU % of ``model`` on the Potsdam crop, one pass."""
+    import torch
+
+    image, raw = _potsdam()
+    with torch.no_grad():
+        pred = model.eval().predict(image).argmax(1)[0].numpy()
     return _score(pred, raw)
 
 
@@ -195,21 +202,15 @@ def sweep_shifts(weights: Path, steps: int, work: Path, only: list[str]) -> None
 
 def sweep_features(weights: list[Path], only: list[str]) -> None:
     import numpy as np
-    import rasterio
     import torch
     from _feature_variants import VARIANTS, ensemble
 
     from pipeline.io.crops import sample_crops
-    from pipeline.io.raster import read_window
     from pipeline.models.backbone import build_backbone
 
-    (info, scaling), = rasters([POTSDAM[0]])
-    crops = sample_crops([(info, scaling)], 64, 224, seed=0)
+    crops = sample_crops(rasters([POTSDAM[0]]), 64, 224, seed=0)
     crops = torch.from_numpy(np.stack([c.image for c in crops]))
-    image = read_window(info, scaling, 0, 0, info.height, info.width)[0]
-    image = torch.from_numpy(image)[None]
-    with rasterio.open(POTSDAM[1]) as ds:
-        raw = ds.read(1)
+    image, raw = _potsdam()
     nets = [build_backbone("", str(w))[0] for w in weights]
     runs = [(str(w), label, *VARIANTS[label], net) for w, net in zip(weights, nets, strict=True)
             for label in VARIANTS if not only or any(o in label for o in only)]
