@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from pipeline.config.classic import RegionsConfig, ThresholdConfig
+from pipeline.config.classifier import ClassifierConfig
 from pipeline.config.section import Section
 from pipeline.config.training import FitConfig, PretrainConfig, StegoConfig
 from pipeline.errors import InputError
@@ -183,6 +184,7 @@ class RunConfig(Section):
     threshold: ThresholdConfig = ThresholdConfig()
     regions: RegionsConfig = RegionsConfig()
     stego: StegoConfig = StegoConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     pretrain: PretrainConfig = PretrainConfig()
     model: ModelRuntimeConfig = ModelRuntimeConfig()
 

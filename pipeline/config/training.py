@@ -14,7 +14,7 @@ class FitConfig(Section):
     """Sampling and clustering for `stego fit` (CLI flags override these)."""
 
     method: Literal["stego", "pixel-kmeans", "feature-kmeans", "threshold", "region",
-                    "edge"] = "stego"
+                    "edge", "classifier"] = "stego"
     clusters: int = Field(default=5, description="classes (clusters) to discover")
     backbone: str = Field(default="vit_small_patch8_224.dino",
                           description="a preset (`stego backbones`) or a timm model name")

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation.accuracy import sample_accuracy
+from pipeline.accuracy import sample_accuracy
 
 approx = pytest.approx
 
