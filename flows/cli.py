@@ -93,9 +93,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """`stego fit`: fit a model on crops of the inputs (no labels)."""
     from pipeline.io.raster import compute_scaling, open_raster_info
 
+    if args.samples and args.method is None:
+        args.method = "classifier"
     cfg = _config(args)
     if not 2 <= cfg.fit.clusters <= 254:
         raise InputError("--clusters", "must be between 2 and 254")
+    if (cfg.fit.method == "classifier") != bool(args.samples):
+        raise InputError("--samples", "--method classifier needs --samples, and --samples "
+                         "needs --method classifier (the default with --samples)")
     for path in args.inputs:  # fail fast, before torch and Prefect are even imported
         compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
     from flows.fit_flow import fit_flow
@@ -115,6 +120,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             config=cfg.model_dump(mode="json"),
             labels=[str(p) for p in args.labels] if args.labels else None,
             label_ignore=list(args.label_ignore),
+            samples=[str(s) for s in args.samples] if args.samples else None,
+            class_field=args.class_field, class_table=args.classes,
         )
     print(json.dumps(result, indent=2))
     return 0

@@ -20,7 +20,10 @@ EXAMPLES = {
   stego fit scene.tif --method region --clusters 5 --out models/srg   # or --method edge
   stego fit a.tif b.tif --method feature-kmeans --weights dino_deitsmall8_pretrain.pth \\
       --clusters 6 --out models/dino
-  stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r""",
+  stego fit naip.tif --bands 1,2,3 --method feature-kmeans --weights random --out models/r
+  stego fit scene.tif --samples clicks.gpkg --class-field class --out models/mine  # few labels
+  stego fit a.tif b.tif --samples rois.shp footprints.gpkg=building --out models/mine
+  stego fit scene.tif --samples truth.tif --classes classes.csv --out models/mine""",
     "pretrain": """examples:
   stego pretrain scene.tif --out backbones/scene            # 5 minutes (the default budget)
   stego pretrain a.tif b.tif --minutes 60 --out backbones/site
@@ -71,7 +74,8 @@ EXAMPLES = {
 }
 
 
-METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge")
+METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge",
+                  "classifier")
 DEMO_METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans")  # what `stego demo` fits
 
 
@@ -133,12 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    fit = add("fit", "Fit an unsupervised segmentation model on one or more rasters.")
+    fit = add("fit", "Fit a segmentation model on one or more rasters: unsupervised, or in "
+              "your classes from a few samples (--samples).")
     fit.add_argument("inputs", nargs="+", help="rasters GDAL can open")
     fit.add_argument("--method", choices=METHOD_CHOICES,
                      help="stego (default), or a baseline: pixel-kmeans, feature-kmeans, "
                      "threshold (multi-level Otsu on an index), region (seeded region "
-                     "growing), edge (Canny edges closed into regions)")
+                     "growing), edge (Canny edges closed into regions), classifier (your "
+                     "classes from --samples; the default with --samples)")
     fit.add_argument("--clusters", type=int, help="number of classes (default 5)")
     fit.add_argument("--weights", help="backbone weights: auto (default), hub, random or a "
                      "local file (stego, feature-kmeans)")
@@ -157,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "indices) to train a linear probe on the codes; the head never sees them")
     fit.add_argument("--label-ignore", type=_int_list, default=[],
                      help="label values to ignore, e.g. 0")
+    fit.add_argument("--samples", nargs="+", metavar="SAMPLES",
+                     help="training samples in your classes (method classifier): points or "
+                     "polygons in any vector GDAL reads, or a label raster (nodata = "
+                     "unlabelled); FILE=NAME gives every feature of FILE the class NAME")
+    fit.add_argument("--class-field", help="--samples: the class attribute (integer or text; "
+                     "default: a common name such as class, Classname, C_ID)")
+    fit.add_argument("--classes", metavar="TABLE",
+                     help="--samples: CSV or YAML class table: value,name[,color]")
     _add_config_args(fit)
 
     pre = add("pretrain", "Self-supervised DINO pretraining of a ViT backbone on your rasters.")

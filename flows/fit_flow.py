@@ -12,10 +12,12 @@ from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
 from pipeline.fit.classic import check_classic, fit_regions, fit_threshold
 from pipeline.fit.methods import fit_feature_kmeans, fit_pixel_kmeans, fit_stego, scale_crop
+from pipeline.fit.samples_fit import fit_classifier
 from pipeline.fit.stego_train import plot_losses
 from pipeline.io.crops import read_crops, sample_crop_windows, sample_crops
 from pipeline.io.files import write_json_atomic
 from pipeline.io.raster import RasterInfo, Scaling, compute_scaling, open_raster_info
+from pipeline.io.samples import SampleSet, parse_sample_spec, read_samples
 from pipeline.models import METHODS
 from pipeline.models.backbone import DEFAULT_BACKBONE, resolve_backbone
 from pipeline.models.device import resolve_device, resolved_precision
@@ -32,6 +34,45 @@ def open_inputs(inputs: list[str], cfg: RunConfig) -> list[tuple[RasterInfo, Sca
         info = open_raster_info(path, cfg.input.bands)
         out.append((info, compute_scaling(info, cfg.input.percentiles)))
     return out
+
+
+# the classifier's backbone when no --weights is given: an untrained tiny ViT (no download,
+# fast), whose features measured best offline (README "Few labels")
+CLASSIFIER_BACKBONE = ("vit_small_patch8_224", {"depth": 4, "embed_dim": 192, "num_heads": 3})
+
+
+@task(name="read-samples")
+def load_samples(samples: list[str], rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig,
+                 class_field: str | None, class_table: str | None) -> SampleSet:
+    """The analyst's samples on every raster's grid (errors name the file and the problem)."""
+    c = cfg.classifier
+    result = read_samples([parse_sample_spec(s) for s in samples], [i for i, _ in rasters],
+                          class_field, class_table=class_table,
+                          min_pixels_per_class=c.min_pixels_per_class,
+                          max_pixels_per_feature=c.max_pixels_per_feature, seed=c.seed)
+    logger = get_run_logger()
+    for w in result.warnings:
+        logger.warning(w)
+    counts = ", ".join(f"{n} {k}" for n, k in zip(result.classes.names,
+                                                   result.pixel_counts().tolist(), strict=True))
+    logger.info("samples: %s labelled pixels", counts)
+    return result
+
+
+@task(name="fit-classifier")
+def train_classifier(rasters: list[tuple[RasterInfo, Scaling]], samples: SampleSet,
+                     backbone: str, weights: str, overrides: dict[str, Any] | None,
+                     embed: bool, cfg: RunConfig, scale: float) -> tuple[Any, dict[str, Any]]:
+    """Features of the labelled pixels on segment's tiles, hold-out accuracy, final head."""
+    logger = get_run_logger()
+    device = resolve_device(cfg.model.device)
+    batch = cfg.tiling.batch_size if isinstance(cfg.tiling.batch_size, int) else 4
+    tiling = {"tile_size": cfg.tiling.tile_size, "overlap": cfg.tiling.overlap,
+              "block_size": cfg.tiling.block_size, "batch_size": batch}
+    return fit_classifier(rasters, samples, backbone, weights, overrides, cfg.fit,
+                          cfg.classifier, tiling, device=device,
+                          precision=resolved_precision(cfg.model.precision, device),
+                          embed_backbone=embed, input_scale=scale, log=logger.info)
 
 
 @task(name="sample-crops")
@@ -92,8 +133,12 @@ def fit_flow(
     config: dict[str, Any] | None = None,
     labels: list[str] | None = None,
     label_ignore: list[int] | None = None,
+    samples: list[str] | None = None,
+    class_field: str | None = None,
+    class_table: str | None = None,
 ) -> dict[str, Any]:
-    """Fit an unsupervised model on the inputs and write MODEL_DIR/model.{json,safetensors}."""
+    """Fit a model on the inputs and write MODEL_DIR/model.{json,safetensors}: unsupervised,
+    or (``samples``, method ``classifier``) a classifier in the analyst's classes."""
     logger = get_run_logger()
     cfg = build_config(config or {})
     if method not in METHODS:
@@ -101,10 +146,19 @@ def fit_flow(
         raise InputError("--method", f"unknown method '{method}' (choose from {choices})")
     if clusters < 2 or clusters > 254:
         raise InputError("--clusters", "must be between 2 and 254")
+    if (method == "classifier") != bool(samples):
+        raise InputError("--samples", "the classifier needs --samples, and --samples needs "
+                         "--method classifier (the default with --samples)")
     t0 = time.perf_counter()
     rasters = open_inputs(inputs, cfg)
+    sample_set = (load_samples(samples, rasters, cfg, class_field, class_table)
+                  if samples else None)
+    if method == "classifier" and weights == "auto" and backbone == DEFAULT_BACKBONE \
+            and not backbone_overrides:
+        backbone, backbone_overrides = CLASSIFIER_BACKBONE[0], dict(CLASSIFIER_BACKBONE[1])
+        weights = "random"
     scale, gsd = (gsd_input_scale(backbone, cfg.fit.gsd, [info for info, _ in rasters])
-                  if method in ("stego", "feature-kmeans") else (None, None))
+                  if method in ("stego", "feature-kmeans", "classifier") else (None, None))
     if scale is not None:
         cfg.stego.input_scale = scale
         logger.info("ground sampling distance: %s", gsd)
@@ -120,6 +174,9 @@ def fit_flow(
         files["loss_curve"] = str(plot_losses(history, out / "loss.png"))
         files["training_log"] = str(write_json_atomic(out / "training.json",
                                                       {"history": history, **stats}))
+    elif method == "classifier":
+        model, stats = train_classifier(rasters, sample_set, backbone, weights,
+                                        backbone_overrides, embed_weights, cfg, scale or 1.0)
     else:
         crops = sample(rasters, cfg, cfg.fit.crop_size,
                        scale if method == "feature-kmeans" and scale else 1.0)
@@ -150,10 +207,14 @@ def fit_flow(
             else None,
             "regions": cfg.regions.model_dump(mode="json") if method in ("region", "edge")
             else None,
+            "classifier": cfg.classifier.model_dump(mode="json") if method == "classifier"
+            else None,
             "seconds": time.perf_counter() - t0,
             **stats,
         }
     }
+    if method == "classifier":
+        extra["accuracy"] = extra["fit"].pop("accuracy")
     path = save_model(model, out, extra)
     logger.info("model written to %s", path)
     return {"model_dir": str(path), "method": method, "clusters": model.n_classes,

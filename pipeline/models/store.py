@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch loads only for a torch model, never to read model.jso
     from pipeline.models.base import SegmentationModel
 
 FORMAT_VERSION = 1
-METHODS = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge")
+METHODS = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge", "classifier")
 
 
 def _model_class(method: str) -> type[SegmentationModel]:
@@ -29,6 +29,9 @@ def _model_class(method: str) -> type[SegmentationModel]:
     if method == "stego":
         from pipeline.models.stego import StegoModel
         return StegoModel
+    if method == "classifier":
+        from pipeline.models.classifier import SampleClassifier
+        return SampleClassifier
     if method == "threshold":
         from pipeline.models.threshold import ThresholdModel
         return ThresholdModel
@@ -60,7 +63,7 @@ def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any])
         "params": model.metadata(),
         **extra,
     }
-    if hasattr(model, "backbone_info"):
+    if getattr(model, "backbone_info", None):
         meta["backbone"] = model.backbone_info
     tmp_t = model_dir / f".model.safetensors.tmp-{os.getpid()}"
     tmp_j = model_dir / f".model.json.tmp-{os.getpid()}"

@@ -64,6 +64,7 @@ def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str,
             "method": meta["method"], "class_names": meta["class_names"],
             "colors": meta["colors"], "backbone": meta.get("backbone"),
             "weights": (meta.get("backbone") or {}).get("weights"),
+            "accuracy": meta.get("accuracy"),  # the classifier's hold-out, from `fit`
         },
         "device": plan.device,
         "precision": plan.precision,
