@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import logging
@@ -11,13 +10,14 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from flows import prefect_api, startup_trace
 from flows.cli_args import build_parser
 from flows.cli_errors import install_signal_handlers, report, report_exception
+from flows.cli_run import flow_run, pause_gc
+from flows.cli_samples import cmd_suggest, evaluate_samples
 from flows.cli_tools import (
     cmd_backbones,
     cmd_demo_scene,
@@ -30,22 +30,6 @@ from pipeline.errors import InputError
 startup_trace.mark("cli imported")
 
 
-@contextlib.contextmanager
-def _flow_run() -> Iterator[None]:
-    """Around a command's flow call, once its imports are done: the garbage collector, paused
-    while torch, Prefect and Dask import (the console script; 0.6-0.9 s of a 3 s import
-    here), resumes with everything imported so far frozen; Prefect's API is ready."""
-    if _GC_PAUSED and not gc.isenabled():
-        gc.freeze()
-        gc.enable()
-    # Prefect imports this (0.2-0.3 s here) to serialize the first flow run's parameters: now,
-    # while a temporary server may still be starting, not on the run's clock
-    import fastapi.encoders  # noqa: F401
-    with prefect_api.use_api():
-        yield
-
-
-_GC_PAUSED = False
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -112,7 +96,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         infos = [open_raster_info(p, cfg.input.bands) for p in args.inputs]
         t = cfg.threshold
         check_classic(cfg.fit.method, cfg.fit.clusters, infos, t.index, t.nir_band, t.red_band)
-    with _flow_run():
+    with flow_run():
         result = fit_flow(
             [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
             clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,
@@ -138,7 +122,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     ensure_output_dir(args.out)
     from flows.pretrain_flow import pretrain_flow
 
-    with _flow_run():
+    with flow_run():
         result = pretrain_flow([str(p) for p in args.inputs], str(args.out),
                                config=cfg.model_dump(mode="json"), fresh=args.fresh)
     print(json.dumps(result, indent=2))
@@ -171,7 +155,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"warning: {args.input}: raster has no CRS; outputs will have none either",
               file=sys.stderr)
     progress = "off" if args.quiet else ("json" if args.json else args.progress)
-    with _flow_run():
+    with flow_run():
         startup_trace.mark("API ready")
         doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
                       progress=progress)
@@ -207,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        pretrain_minutes=minutes, pretrain_steps=args.pretrain_steps,
                        stego_steps=args.steps, method=args.method,
                        progress="off" if args.quiet else "auto")
-    with _flow_run():
+    with flow_run():
         result = run_demo(opts)
     label = "self-pretrained" if weights is None else "given weights"
     print(f"demo scene: {result['scene']} (true labels: {result['labels']})")
@@ -221,6 +205,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """`stego evaluate`: score label rasters against ground truth."""
+    if args.samples:
+        return evaluate_samples(args)
     if len(args.pairs) % 2:
         raise InputError("evaluate", "give PRED GT pairs (an even number of paths)")
     for path in args.pairs:
@@ -232,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_pairs(pairs, args.mapping, args.class_field, args.image)  # before torch and Prefect
     from flows.evaluate_flow import evaluate_flow
 
-    with _flow_run():
+    with flow_run():
         result = evaluate_flow(pairs, str(args.out), mapping=args.mapping, ignore=args.ignore,
                                image=args.image, class_field=args.class_field)
     m = result["metrics"]
@@ -250,7 +236,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, list(args.overrides)).model_dump(mode="json",
                                                                    exclude_unset=True)
-    with _flow_run():
+    with flow_run():
         serve_folder(args.name, args.cron, args.input_glob, str(args.model),
                      str(args.out_root), cfg or None, timezone=args.timezone)
     return 0
@@ -262,18 +248,19 @@ def cmd_run_deployment(args: argparse.Namespace) -> int:
 
     timeout = args.timeout if args.watch else 0
     params = parse_params(args.param)
-    with _flow_run():
+    with flow_run():
         run = trigger(args.name, params, timeout=timeout)
     print(json.dumps(run, default=str))
     return 0 if not args.watch or run["state"] == "Completed" else 1
 
 
-TEMPORARY_SERVER_COMMANDS = {"fit", "pretrain", "segment", "evaluate", "demo"}
+TEMPORARY_SERVER_COMMANDS = {"fit", "pretrain", "segment", "evaluate", "demo", "suggest"}
 API_COMMANDS = TEMPORARY_SERVER_COMMANDS | {"deploy", "run-deployment"}  # these two: a server
 COMMANDS = {"fit": cmd_fit, "pretrain": cmd_pretrain, "segment": cmd_segment,
             "demo-scene": cmd_demo_scene, "backbones": cmd_backbones,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,
+            "suggest": cmd_suggest,
             "deploy": cmd_deploy, "run-deployment": cmd_run_deployment, "server": cmd_server}
 
 
@@ -319,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         _gdal_defaults()
         _openmp_defaults()
         if release and args.command in API_COMMANDS:
-            _pause_gc()
+            pause_gc()
             # before Prefect loads: a running `stego server`, else a temporary server that
             # starts now and comes up while the inputs are checked and torch/Prefect import
             prefect_api.begin(temporary=args.command in TEMPORARY_SERVER_COMMANDS)
@@ -337,12 +324,6 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler)
         if release:
             _exit_quickly()
-
-
-def _pause_gc() -> None:
-    global _GC_PAUSED
-    _GC_PAUSED = True
-    gc.disable()  # until _flow_run: imports make few cycles, and scanning them costs 25 %
 
 
 def _exit_quickly() -> None:

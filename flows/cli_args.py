@@ -48,7 +48,12 @@ EXAMPLES = {
     "evaluate": """examples:
   stego evaluate out/labels.tif potsdam_label.tif --mapping potsdam3 --ignore 0 --out eval/
   stego evaluate a/labels.tif a_gt.tif b/labels.zarr b_gt.tif --out eval/   # one matrix
-  stego evaluate out/labels.tif buildings.gpkg --out eval/   # vector ground truth""",
+  stego evaluate out/labels.tif buildings.gpkg --out eval/   # vector ground truth
+  stego evaluate out/ --samples validation.gpkg --class-field class --design stratified \
+      --out eval/     # accuracy.json/.md: error matrix, user's/producer's, areas ± 95 %""",
+    "suggest": """examples:
+  stego suggest out/ --n 30 --out next.gpkg    # fill in 'class' in QGIS, then:
+  stego fit scene.tif --samples clicks.gpkg next.gpkg --class-field class --out models/v2""",
     "name-clusters": """examples:
   stego name-clusters models/potsdam --from eval/metrics.json
   stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}""",
@@ -239,8 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ground-truth values to leave out (e.g. 0)")
     ev.add_argument("--class-field", help="vector ground truth: the class attribute")
     ev.add_argument("--image", help="the input image, shown in preview.png")
+    ev.add_argument("--samples", nargs="+", metavar="SAMPLES",
+                    help="validation samples (points/polygons or a label raster, as `fit "
+                    "--samples` reads them); then PRED is one segment output directory or "
+                    "labels.tif, and the report is a remote-sensing accuracy assessment")
+    ev.add_argument("--design", choices=["none", "simple", "stratified"], default="none",
+                    help="--samples: how they were drawn; stratified (by map class) or simple "
+                    "random adds area-weighted accuracy and class areas with 95 %% intervals "
+                    "(Olofsson et al. 2014); none (e.g. hand-drawn): plain counts")
+    ev.add_argument("--classes", metavar="TABLE", help="--samples: value,name[,color] table")
     ev.add_argument("--out", required=True, type=Path, help="report directory")
     ev.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+    sg = add("suggest", "Points where a run's model is least certain, spread over the scene "
+             "and its classes: a layer to label in QGIS and pass back to `fit --samples`.")
+    sg.add_argument("run", type=Path, help="a `stego segment` output directory")
+    sg.add_argument("--n", type=int, default=30, help="points to suggest (default 30)")
+    sg.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
+    sg.add_argument("--seed", type=int, default=0, help="breaks ties (default 0)")
+    sg.add_argument("--class-field", default="class",
+                    help="name of the empty field to fill in (default class)")
+    sg.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
     nc = add("name-clusters", "Give a model's clusters class names (and colours).")
     nc.add_argument("model", type=Path, help="model directory")

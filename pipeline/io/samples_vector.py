@@ -123,6 +123,13 @@ def read_layer(path: str, class_field: str | None, fixed_class: str | None) -> V
     else:
         assert cfield is not None
         values = _class_values(path, fids, data[cfield], cfield)
+        labelled = np.array([v is not None for v in values], dtype=bool)
+        if not labelled.all():  # e.g. `stego suggest` points the analyst left unlabelled
+            warnings.append(f"{path}: {int((~labelled).sum())} feature(s) with an empty "
+                            f"{cfield!r} skipped (unlabelled)")
+            values = [v for v in values if v is not None]
+            fids, geoms = fids[labelled], geoms[labelled]
+            data = {k: v[labelled] for k, v in data.items()}
         index: dict[Any, int] = {}
         entry = np.fromiter((index.setdefault(v, len(index)) for v in values),
                             dtype=np.int64, count=len(values))
@@ -240,6 +247,7 @@ def _check_geometries(path: str, fids: np.ndarray, wkb: np.ndarray,
 
 
 def _class_values(path: str, fids: np.ndarray, raw: np.ndarray, cfield: str) -> list[Any]:
+    """The class value of each feature; None where it is empty (unlabelled)."""
     if raw.dtype.kind in "iu":
         return raw.tolist()
     cache: dict[Any, Any] = {}
@@ -252,9 +260,6 @@ def _class_values(path: str, fids: np.ndarray, raw: np.ndarray, cfield: str) -> 
             parsed = class_value(v)
         except ValueError as exc:
             raise InputError(path, f"feature {fids[i]}: {exc} in {cfield!r}") from None
-        if parsed is None:
-            raise InputError(path, f"feature {fids[i]} has an empty class value in "
-                                   f"{cfield!r}")
         out.append(parsed)
     return out
 

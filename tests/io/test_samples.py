@@ -484,11 +484,13 @@ def test_error_invalid_geometry_names_the_feature(tmp_path, raster):
         read_samples(specs(path), [raster], None)
 
 
-def test_error_empty_class_value_names_the_feature(tmp_path, raster):
+def test_features_with_an_empty_class_are_skipped_with_a_warning(tmp_path, raster):
+    """`stego suggest` layers come back with the points the analyst could not name empty."""
     path = points_layer(raster, tmp_path / "p.geojson",
                         **{"class": np.array(["w", "w", None, "f", "f", "f"], dtype=object)})
-    with pytest.raises(InputError, match="feature 2 has an empty class value in 'class'"):
-        read_samples(specs(path), [raster], None)
+    got = read_samples(specs(path), [raster], None, min_pixels_per_class=1)
+    assert got.pixel_counts().sum() == 5
+    assert any("1 feature(s) with an empty 'class' skipped" in w for w in got.warnings)
 
 
 def test_error_samples_outside_every_raster(tmp_path, raster):
