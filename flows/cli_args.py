@@ -56,7 +56,8 @@ EXAMPLES = {
   stego fit scene.tif --samples clicks.gpkg next.gpkg --class-field class --out models/v2""",
     "name-clusters": """examples:
   stego name-clusters models/potsdam --from eval/metrics.json
-  stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}""",
+  stego name-clusters models/potsdam --from names.yaml   # {0: roads, 1: [roofs, "#c83c28"]}
+  stego name-clusters models/potsdam --from clicks.gpkg --class-field class""",
     "deploy": """examples:
   stego server start       # or: export PREFECT_API_URL=http://HOST:4200/api
   stego deploy --name nightly --cron "0 2 * * *" --input-glob 'scenes/*.tif' \\
@@ -269,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     nc = add("name-clusters", "Give a model's clusters class names (and colours).")
     nc.add_argument("model", type=Path, help="model directory")
     nc.add_argument("--from", dest="source", required=True, type=Path,
-                    help="metrics.json from `stego evaluate`, or a YAML/CSV cluster -> name file")
+                    help="metrics.json from `stego evaluate`, a YAML/CSV cluster -> name file, "
+                    "or samples (points/polygons/label raster): each cluster takes the class "
+                    "most of its samples have")
+    nc.add_argument("--class-field", help="samples: the class attribute")
+    nc.add_argument("--image", nargs="+", type=Path, default=[], metavar="IN.tif",
+                    help="samples: rasters they lie on (default: those the model was fit on)")
     nc.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
     dep = add("deploy", "Serve a scheduled deployment that segments every new scene in a folder.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from pipeline.errors import InputError
@@ -41,6 +42,16 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_samples(source: Path, class_field: str | None) -> bool:
+    """Whether `name-clusters --from` names samples (a vector layer, a label raster, or any
+    file with --class-field) rather than a metrics.json or a YAML/CSV names file."""
+    from pipeline.evaluation.ground_truth import VECTOR_SUFFIXES
+
+    suffix = source.suffix.lower()
+    return class_field is not None or suffix in VECTOR_SUFFIXES - {".json"} or \
+        suffix in (".tif", ".tiff", ".vrt", ".img", ".png")
+
+
 def cmd_name_clusters(args: argparse.Namespace) -> int:
     """`stego name-clusters`: give a model's clusters names and colours."""
     from pipeline.models.store import read_model_json
@@ -53,7 +64,16 @@ def cmd_name_clusters(args: argparse.Namespace) -> int:
     )
 
     colors = None
-    if args.source.suffix == ".json":
+    if is_samples(args.source, args.class_field):
+        from pipeline.evaluation.naming import names_from_votes
+        from pipeline.segment.at_samples import cluster_votes
+
+        votes, sset = cluster_votes(args.model, [str(args.source)], args.class_field,
+                                    images=[str(p) for p in args.image] or None)
+        names, notes = names_from_votes(votes, sset.classes.names)
+        for note in [*sset.warnings, *notes]:
+            print(f"note: {note}", file=sys.stderr)
+    elif args.source.suffix == ".json":
         names = cluster_names_from_metrics(args.source, n)
     else:
         names, colors = cluster_names_from_file(args.source, n)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import InputError
 from pipeline.io.files import write_atomic
 
@@ -143,3 +145,38 @@ def rename_model_classes(
                           for i, c in enumerate(colors)]
     text = json.dumps(meta, indent=2, default=str)
     return write_atomic(path, lambda p: p.write_text(text))
+
+
+def names_from_votes(
+    votes: np.ndarray, class_names: Sequence[str], min_share: float = 0.5,
+) -> tuple[list[str], list[str]]:
+    """Cluster names by majority vote of labelled samples: ``votes[k, c]`` = sample pixels of
+    class ``c`` that cluster ``k`` holds. A cluster no sample falls in keeps ``cluster k``;
+    one whose majority holds less than ``min_share`` of its samples still takes the majority
+    but is reported as contested; a class winning several clusters names them ``tree``,
+    ``tree 2``, ... Returns (names, report lines)."""
+    names: list[str] = []
+    notes: list[str] = []
+    used: dict[str, int] = {}
+    for k, row in enumerate(np.asarray(votes)):
+        total = int(row.sum())
+        if total == 0:
+            names.append(f"cluster {k}")
+            notes.append(f"cluster {k}: no sample falls in it; it keeps its name")
+            continue
+        c = int(np.argmax(row))
+        share = row[c] / total
+        base = str(class_names[c])
+        used[base] = used.get(base, 0) + 1
+        names.append(base if used[base] == 1 else f"{base} {used[base]}")
+        if share < min_share:
+            split = ", ".join(f"{class_names[j]} {int(v)}" for j, v in enumerate(row) if v)
+            notes.append(f"cluster {k}: several classes claim it ({split}); named "
+                         f"{names[-1]!r} by majority ({100 * share:.0f} %)")
+    for c, name in enumerate(class_names):
+        if name not in used:
+            notes.append(f"class {name!r}: no cluster has it as majority "
+                         f"({int(np.asarray(votes)[:, c].sum())} sample pixels)")
+        elif used[name] > 1:
+            notes.append(f"class {name!r} names {used[name]} clusters")
+    return names, notes

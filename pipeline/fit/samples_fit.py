@@ -15,21 +15,13 @@ from pipeline.accuracy import sample_accuracy
 from pipeline.config.classifier import ClassifierConfig
 from pipeline.config.training import FitConfig
 from pipeline.errors import InputError
-from pipeline.io.raster import RasterInfo, Scaling, read_window
+from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.io.samples import SampleSet
+from pipeline.models.at_pixels import values_at_pixels
 from pipeline.models.backbone import build_backbone, describe_backbone
 from pipeline.models.base import default_colors
 from pipeline.models.classifier import SampleClassifier, forest_tensors
-from pipeline.models.device import precision_context
 from pipeline.models.forest import forest_arrays
-from pipeline.tiling import grid_for_raster, snap_to_patch
-
-
-def owner_tiles(index: np.ndarray, origin: int, stride: int, overlap: int) -> np.ndarray:
-    """Along one axis, the tile whose core (the tile less half the overlap each side) holds
-    each pixel: the tile that weighs most in the blend at that pixel."""
-    core0 = origin + overlap // 2
-    return (index - core0) // stride
 
 
 @torch.no_grad()
@@ -40,34 +32,13 @@ def sample_features(
 ) -> np.ndarray:
     """Features (n, D) of every labelled pixel, in ``samples.per_raster`` order, each from
     the segment tile that owns it (same grid, padding and precision as `segment`)."""
-    tile, overlap = snap_to_patch(tile, overlap, model.patch_size)
-    chunks = []
     t0 = time.perf_counter()
-    n_tiles = 0
-    for (info, scaling), rs in zip(rasters, samples.per_raster, strict=True):
-        feats = np.zeros((len(rs.rows), model.feature_dim), dtype=np.float32)
-        grid = grid_for_raster(tile, overlap, info.height, info.width, block_size)
-        kr = owner_tiles(rs.rows, grid.origin, grid.stride, overlap)
-        kc = owner_tiles(rs.cols, grid.origin, grid.stride, overlap)
-        keys, inverse = np.unique(np.stack([kr, kc], 1), axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        for j in range(0, len(keys), batch_size):
-            batch = keys[j:j + batch_size]
-            imgs = [read_window(info, scaling, grid.tile_origin(int(a)),
-                                grid.tile_origin(int(b)), tile, tile)[0] for a, b in batch]
-            x = torch.from_numpy(np.stack(imgs)).to(device)
-            with precision_context(precision, device):
-                f = model.pixel_features(x).float().cpu().numpy()
-            for i, (a, b) in enumerate(batch):
-                sel = np.flatnonzero(inverse == j + i)
-                r = rs.rows[sel] - grid.tile_origin(int(a))
-                c = rs.cols[sel] - grid.tile_origin(int(b))
-                feats[sel] = f[i][:, r, c].T
-        n_tiles += len(keys)
-        chunks.append(feats)
-    log(f"features of {sum(len(c) for c in chunks)} labelled pixels from {n_tiles} tiles "
+    x, n_tiles = values_at_pixels(model.pixel_features, model.feature_dim, model.patch_size,
+                                  rasters, [(rs.rows, rs.cols) for rs in samples.per_raster],
+                                  tile, overlap, block_size, batch_size, device, precision)
+    log(f"features of {len(x)} labelled pixels from {n_tiles} tiles "
         f"({time.perf_counter() - t0:.1f} s)")
-    return np.concatenate(chunks)
+    return x
 
 
 def holdout_mask(classes: np.ndarray, groups: np.ndarray, share: float, seed: int) -> np.ndarray:
