@@ -17,7 +17,7 @@ from flows import prefect_api, startup_trace
 from flows.cli_args import build_parser
 from flows.cli_errors import install_signal_handlers, report, report_exception
 from flows.cli_run import flow_run, pause_gc
-from flows.cli_samples import cmd_suggest, evaluate_samples
+from flows.cli_samples import cmd_sample_points, cmd_suggest, evaluate_samples
 from flows.cli_tools import (
     cmd_backbones,
     cmd_demo_scene,
@@ -260,7 +260,7 @@ COMMANDS = {"fit": cmd_fit, "pretrain": cmd_pretrain, "segment": cmd_segment,
             "demo-scene": cmd_demo_scene, "backbones": cmd_backbones,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,
-            "suggest": cmd_suggest,
+            "suggest": cmd_suggest, "sample-points": cmd_sample_points,
             "deploy": cmd_deploy, "run-deployment": cmd_run_deployment, "server": cmd_server}
 
 

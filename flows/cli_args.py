@@ -51,6 +51,9 @@ EXAMPLES = {
   stego evaluate out/labels.tif buildings.gpkg --out eval/   # vector ground truth
   stego evaluate out/ --samples validation.gpkg --class-field class --design stratified \
       --out eval/     # accuracy.json/.md: error matrix, user's/producer's, areas ± 95 %""",
+    "sample-points": """examples:
+  stego sample-points out/ --per-class 50 --out validation.gpkg
+  stego evaluate out/ --samples validation.gpkg --design stratified --out eval/""",
     "suggest": """examples:
   stego suggest out/ --n 30 --out next.gpkg    # fill in 'class' in QGIS, then:
   stego fit scene.tif --samples clicks.gpkg next.gpkg --class-field class --out models/v2""",
@@ -82,7 +85,8 @@ EXAMPLES = {
 
 METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans", "threshold", "region", "edge",
                   "classifier")
-DEMO_METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans")  # what `stego demo` fits
+# what `stego demo` fits
+DEMO_METHOD_CHOICES = ("stego", "pixel-kmeans", "feature-kmeans", "classifier")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -267,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="name of the empty field to fill in (default class)")
     sg.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
+    sp = add("sample-points", "A stratified random validation sample of a map (strata: its "
+             "classes), to label blind and score with `evaluate --samples --design stratified`.")
+    sp.add_argument("run", type=Path, help="a `stego segment` output directory or labels.tif")
+    sp.add_argument("--per-class", type=int, default=50,
+                    help="points per map class (default 50; Olofsson et al. advise 50-100)")
+    sp.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--class-field", default="class", help="the empty field to fill in")
+
     nc = add("name-clusters", "Give a model's clusters class names (and colours).")
     nc.add_argument("model", type=Path, help="model directory")
     nc.add_argument("--from", dest="source", required=True, type=Path,
@@ -309,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--json", action="store_true", help="print the state as JSON")
 
     demo = add("demo", "The whole mission offline: a demo scene, self-supervised pretraining "
-               "on it, pixel-kmeans / feature-kmeans / STEGO fitted, segmented and scored.")
+               "on it, pixel-kmeans / feature-kmeans / STEGO fitted, and a classifier from 20 "
+               "points per class, segmented and scored.")
     demo.add_argument("out", type=Path, help="demo directory")
     demo.add_argument("--size", type=int, default=2560, help="scene pixels per side")
     demo.add_argument("--weights", help="a DINO weights file or a backbone directory to use "

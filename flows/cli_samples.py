@@ -64,3 +64,32 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for name, k in result["per_predicted_class"].items():
         print(f"  {k:4d} where the map says {name}")
     return 0
+
+
+def cmd_sample_points(args: argparse.Namespace) -> int:
+    """`stego sample-points`: a stratified random validation sample of a map."""
+    if args.per_class < 2:
+        raise InputError("--per-class", "must be at least 2 (variances need two per stratum)")
+    import numpy as np
+    import rasterio
+
+    from pipeline.evaluation.sample_eval import resolve_map
+    from pipeline.io.sample_points import stratified_points, write_points
+
+    path, _ = resolve_map(args.run)
+    if path.suffix == ".zarr":
+        raise InputError(path, "give the run directory or its labels.tif")
+    rows, cols, values = stratified_points(path, args.per_class, args.seed)
+    with rasterio.open(path) as ds:
+        transform, crs = tuple(ds.transform)[:6], ds.crs.to_wkt() if ds.crs else None
+    order = np.random.default_rng(args.seed).permutation(len(rows))  # ids do not reveal strata
+    rows, cols = rows[order], cols[order]
+    fields = {"id": np.arange(1, len(rows) + 1, dtype=np.int32),
+              args.class_field: np.array([None] * len(rows), dtype=object)}
+    out = write_points(args.out, rows, cols, transform, crs, fields, layer="validation")
+    counts = np.bincount(values)
+    print(f"{len(rows)} points in {out} ({', '.join(str(c) for c in counts[counts > 0])} per "
+          f"map class): fill in '{args.class_field}' without looking at the map, then\n"
+          f"  stego evaluate {args.run} --samples {out} --class-field {args.class_field} "
+          "--design stratified --out eval/")
+    return 0

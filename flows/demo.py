@@ -1,5 +1,6 @@
 """`stego demo`: the whole mission offline on a generated scene. Scene -> `pretrain` (unless
-weights are given) -> `fit` (pixel-kmeans, feature-kmeans, STEGO) -> `segment` -> `evaluate`
+weights are given) -> `fit` (pixel-kmeans, feature-kmeans, STEGO; and the few-labels
+classifier from 20 points per class drawn from the scene's truth) -> `segment` -> `evaluate`
 against the scene's true labels, and one table comparing the methods."""
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from flows.pretrain_flow import pretrain_flow
 from flows.segment_flow import segment
 from pipeline.config import RunConfig
 from pipeline.demo import write_demo_scene
+from pipeline.demo.write import write_truth_points
 
-METHODS = ("pixel-kmeans", "feature-kmeans", "stego")
+METHODS = ("pixel-kmeans", "feature-kmeans", "stego", "classifier")
+POINTS_PER_CLASS = 20  # the simulated analyst's clicks for the few-labels row
 
 
 @dataclass
@@ -78,11 +81,15 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         weights = str(out / "backbone")
     cfg = _config(opts, weights)
     rows = []
+    clicks = write_truth_points(labels, out / "clicks.gpkg", POINTS_PER_CLASS)
     for method in METHODS:
         model_dir = out / "models" / method
-        _timed(f"fit {method}", lambda m=method, d=model_dir: fit_flow(
-            [str(image)], str(d), method=m, clusters=opts.clusters, weights=weights,
-            config=cfg.model_dump(mode="json")))
+        few = method == "classifier"  # its default backbone: the untrained tiny ViT
+        _timed(f"fit {method}", lambda m=method, d=model_dir, f=few: fit_flow(
+            [str(image)], str(d), method=m, clusters=opts.clusters,
+            weights="auto" if f else weights,
+            config=cfg.model_dump(mode="json"), samples=[str(clicks)] if f else None,
+            class_field="class" if f else None))
         seg_dir = out / "compare" / method
         seg_cfg = cfg.model_copy(deep=True)
         seg_cfg.vectorize.enabled = False
@@ -105,7 +112,9 @@ def table(rows: list[dict[str, Any]], weights_label: str) -> str:
     """The comparison as a Markdown table."""
     names = {"pixel-kmeans": "pixel-kmeans",
              "feature-kmeans": f"feature-kmeans ({weights_label})",
-             "stego": f"STEGO + CRF ({weights_label})"}
+             "stego": f"STEGO + CRF ({weights_label})",
+             "classifier": f"few labels: {POINTS_PER_CLASS} points per class, classifier "
+                           "(untrained tiny ViT)"}
     lines = ["| method | accuracy % | mIoU % |", "|---|---|---|"]
     lines += [f"| {names[r['method']]} | {r['accuracy']:.1f} | {r['mIoU']:.1f} |" for r in rows]
     return "\n".join(lines)

@@ -109,3 +109,16 @@ def write_demo_scene(path: Path, size: int = 2560, seed: int = 0) -> tuple[Path,
             ):
                 leftover.unlink(missing_ok=True)
     return image_path, labels_path
+
+
+def write_truth_points(labels_path: Path, out: Path, per_class: int = 20, seed: int = 0,
+                       field: str = "class") -> Path:
+    """``per_class`` random points of each true class of a demo scene, as a GeoPackage with
+    the class name in ``field``: the clicks of a simulated analyst (`stego demo`)."""
+    from pipeline.io.sample_points import stratified_points, write_points
+
+    rows, cols, values = stratified_points(labels_path, per_class, seed, ignore=[NODATA_LABEL])
+    with rasterio.open(labels_path) as ds:
+        transform, crs = tuple(ds.transform)[:6], ds.crs.to_wkt()
+    names = np.array([DEMO_CLASSES[v] for v in values.tolist()], dtype=object)
+    return write_points(out, rows, cols, transform, crs, {field: names})
