@@ -114,11 +114,14 @@ def write_demo_scene(path: Path, size: int = 2560, seed: int = 0) -> tuple[Path,
 def write_truth_points(labels_path: Path, out: Path, per_class: int = 20, seed: int = 0,
                        field: str = "class") -> Path:
     """``per_class`` random points of each true class of a demo scene, as a GeoPackage with
-    the class name in ``field``: the clicks of a simulated analyst (`stego demo`)."""
+    the class name in ``field`` and its colour in ``color``: the clicks of a simulated analyst
+    (`stego demo`)."""
     from pipeline.io.sample_points import stratified_points, write_points
 
     rows, cols, values = stratified_points(labels_path, per_class, seed, ignore=[NODATA_LABEL])
     with rasterio.open(labels_path) as ds:
         transform, crs = tuple(ds.transform)[:6], ds.crs.to_wkt()
     names = np.array([DEMO_CLASSES[v] for v in values.tolist()], dtype=object)
-    return write_points(out, rows, cols, transform, crs, {field: names})
+    colors = np.array(["#{:02x}{:02x}{:02x}".format(*DEMO_COLORS[v]) for v in values.tolist()],
+                      dtype=object)
+    return write_points(out, rows, cols, transform, crs, {field: names, "color": colors})
