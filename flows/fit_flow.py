@@ -209,6 +209,8 @@ def fit_flow(
             else None,
             "classifier": cfg.classifier.model_dump(mode="json") if method == "classifier"
             else None,
+            # the tiles the labelled pixels' features came from: segment with the same ones
+            "tiling": cfg.tiling.model_dump(mode="json") if method == "classifier" else None,
             "seconds": time.perf_counter() - t0,
             **stats,
         }

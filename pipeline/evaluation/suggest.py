@@ -180,13 +180,17 @@ def suggest_points(
     exclude: Sequence[tuple[int, int]] = (),
     min_spacing: float | None = None,
     class_names: Sequence[str] | None = None,
+    interior: int = 0,
 ) -> SuggestedPoints:
     """Pick ``n`` pixels to label next: least confident, spread over cells and classes.
 
     ``blocks`` yields ``(row_off, col_off, labels, confidence)`` (uint8, nodata 255) covering
     the ``height`` x ``width`` map in any order; ``cell`` is the grid cell side in pixels
     (default: :func:`cell_size`); cells holding an ``exclude`` pixel (row, col) are skipped;
-    ``min_spacing`` (pixels) keeps picks at least that far apart. Deterministic for a seed.
+    ``min_spacing`` (pixels) keeps picks at least that far apart; ``interior`` > 0 takes
+    only pixels whose (2·interior+1)² window is one predicted class, ranked by the window's
+    mean confidence: uncertain *areas* an analyst can name, not class edges (see
+    :func:`interior_block`). Deterministic for a seed.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -199,10 +203,28 @@ def suggest_points(
         raise ValueError(f"cell must be >= 1 pixel, got {cell}")
     minima = _CellMinima(height, width, n_classes, cell, seed, exclude)
     for row_off, col_off, labels, conf in blocks:
+        if interior > 0:
+            labels, conf = interior_block(labels, conf, interior)
         minima.add(int(row_off), int(col_off), labels, conf)
     names = [str(s) for s in class_names] if class_names else []
     names += [f"class {i}" for i in range(len(names), n_classes)]
     return _round_robin(minima, n, _Spacing(min_spacing), names)
+
+
+def interior_block(labels: np.ndarray, conf: np.ndarray, radius: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A block with class edges removed (labels set to nodata where the (2r+1)² window holds
+    another class or nodata) and confidence averaged over that window. Windows stop at the
+    block's edge (blocks are thousands of pixels; the effect is a few pixels wide)."""
+    from scipy import ndimage
+
+    size = 2 * radius + 1
+    lab = labels.astype(np.int16)
+    same = (ndimage.maximum_filter(lab, size, mode="nearest")
+            == ndimage.minimum_filter(lab, size, mode="nearest")) & (labels != NODATA)
+    mean = ndimage.uniform_filter(conf.astype(np.float32), size, mode="nearest")
+    out_conf = np.where(same, np.rint(mean), NODATA).astype(np.uint8)
+    return np.where(same, labels, NODATA).astype(np.uint8), out_conf
 
 
 def _round_robin(minima: _CellMinima, n: int, spacing: _Spacing,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from pipeline.config.classifier import ClassifierConfig
 from pipeline.config.training import FitConfig
 from pipeline.errors import InputError
 from pipeline.io.raster import RasterInfo, Scaling
-from pipeline.io.samples import SampleSet
+from pipeline.io.samples import RasterSamples, SampleSet
 from pipeline.models.at_pixels import values_at_pixels
 from pipeline.models.backbone import build_backbone, describe_backbone
 from pipeline.models.base import default_colors
@@ -39,6 +40,30 @@ def sample_features(
     log(f"features of {len(x)} labelled pixels from {n_tiles} tiles "
         f"({time.perf_counter() - t0:.1f} s)")
     return x
+
+
+def cap_pixels(samples: SampleSet, max_pixels: int, seed: int) -> SampleSet:
+    """At most ``max_pixels`` labelled pixels over all rasters: a seeded uniform subset,
+    every class keeping at least one pixel of each of its groups where it can."""
+    total = sum(len(rs.rows) for rs in samples.per_raster)
+    if total <= max_pixels:
+        return samples
+    rng = np.random.default_rng(seed)
+    groups = np.concatenate([rs.groups for rs in samples.per_raster])
+    keys = rng.random(total)
+    _, first = np.unique(groups[np.argsort(keys)], return_index=True)
+    keys[np.argsort(keys)[first]] = -1.0  # one pixel of every group first
+    keep = np.zeros(total, dtype=bool)
+    keep[np.argsort(keys)[:max_pixels]] = True
+    per_raster, start = [], 0
+    for rs in samples.per_raster:
+        k = keep[start:start + len(rs.rows)]
+        start += len(rs.rows)
+        per_raster.append(RasterSamples(rs.raster, rs.rows[k], rs.cols[k], rs.classes[k],
+                                        rs.groups[k]))
+    warnings = [*samples.warnings, f"{total} labelled pixels; a seeded {max_pixels} of them "
+                "used (classifier.max_pixels)"]
+    return replace(samples, per_raster=per_raster, warnings=warnings)
 
 
 def holdout_mask(classes: np.ndarray, groups: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -97,6 +122,7 @@ def fit_classifier(
 ) -> tuple[SampleClassifier, dict[str, Any]]:
     """Features of the labelled pixels, the hold-out accuracy, then the final head on all."""
     t0 = time.perf_counter()
+    samples = cap_pixels(samples, cfg.max_pixels, cfg.seed)
     names = samples.classes.names
     colors = [c if c is not None else d for c, d in
               zip(samples.classes.colors, default_colors(len(names)), strict=True)]
