@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--n", type=int, default=30, help="points to suggest (default 30)")
     sg.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
     sg.add_argument("--seed", type=int, default=0, help="breaks ties (default 0)")
+    sg.add_argument("--interior", type=int, default=3, metavar="PX",
+                    help="only points PX pixels or more inside one predicted class, ranked "
+                    "by the mean confidence around them: uncertain areas, not class edges "
+                    "(default 3; 0: any pixel)")
     sg.add_argument("--class-field", default="class",
                     help="name of the empty field to fill in (default class)")
     sg.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")

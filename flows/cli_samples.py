@@ -51,6 +51,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     """`stego suggest`: where to label next."""
     if args.n < 1:
         raise InputError("--n", "must be at least 1")
+    if args.interior < 0:
+        raise InputError("--interior", "must be 0 or more pixels")
     from pipeline.evaluation.suggest import read_run_blocks
 
     read_run_blocks(args.run)  # fail fast with a clear error, before Prefect
@@ -58,7 +60,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     with flow_run():
         result = suggest_flow(str(args.run), str(args.out), n=args.n, seed=args.seed,
-                              class_field=args.class_field)
+                              class_field=args.class_field, interior=args.interior)
     print(f"{result['points']} points to label in {result['path']} (fill in "
           f"'{args.class_field}', then pass it to `stego fit --samples`)")
     for name, k in result["per_predicted_class"].items():

@@ -71,7 +71,7 @@ def write_points(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x, y = Affine(*transform[:6]) * (cols + 0.5, rows + 0.5)
+    x, y = Affine(*transform[:6]) @ (cols + 0.5, rows + 0.5)
     wkb = shapely.to_wkb(shapely.points(np.asarray(x), np.asarray(y)))
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:

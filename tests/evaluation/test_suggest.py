@@ -72,6 +72,23 @@ def test_points_land_in_a_planted_low_confidence_region(c0):
     assert all("in its 8x8 px cell" in text for text in p.reason)
 
 
+def test_interior_points_go_to_uncertain_areas_not_to_class_edges():
+    """Class edges are always uncertain (and unlabelled in many truths): with ``interior``,
+    the points go to a planted area the model is unsure of, not to the edge pixels."""
+    labels = np.zeros((96, 96), dtype=np.uint8)
+    labels[:, 48:] = 1
+    conf = np.full((96, 96), 240, dtype=np.uint8)
+    conf[:, 47:49] = 10  # the edge between the two classes: least confident pixels
+    conf[10:30, 10:30] = 120  # an area the model is unsure of
+    conf[60:80, 60:80] = 120
+    edge = suggest_points([(0, 0, labels, conf)], 96, 96, 2, 4, cell=8)
+    assert set(edge.cols.tolist()) <= {47, 48}
+    inner = suggest_points([(0, 0, labels, conf)], 96, 96, 2, 4, cell=8, interior=3)
+    for r, c in zip(inner.rows.tolist(), inner.cols.tolist(), strict=True):
+        assert (10 <= r < 30 and 10 <= c < 30) or (60 <= r < 80 and 60 <= c < 80), (r, c)
+    assert set(inner.predicted.tolist()) == {0, 1}
+
+
 def test_points_are_spread_one_per_cell_and_over_every_quadrant():
     labels = np.zeros((64, 64), np.uint8)
     conf = np.full((64, 64), 100, np.uint8)  # uniform: nothing but the spreading decides
