@@ -41,7 +41,7 @@ def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
 def test_unknown_sections_are_named_with_the_valid_ones(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("tilling: {}\n")
-    with pytest.raises(InputError, match="valid keys: dask, fit, input, model, output"):
+    with pytest.raises(InputError, match="valid keys: classifier, dask, fit, input, model, output"):
         load_config(path)
 
 

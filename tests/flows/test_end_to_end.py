@@ -15,6 +15,7 @@ import rasterio
 from rasterio.features import rasterize
 
 from flows.cli import main
+from pipeline.demo import DEMO_CLASSES
 from pipeline.io.zarr_store import open_labels
 
 SMALL = """
@@ -309,15 +310,19 @@ def test_the_demo_command_runs_the_whole_path_offline(prefect_harness, tmp_path,
     assert rows[0] == "| method | accuracy % | mIoU % |"
     methods = [r.split("|")[1].strip() for r in rows[1:]]
     assert methods == ["pixel-kmeans", "feature-kmeans (self-pretrained)",
-                       "STEGO + CRF (self-pretrained)"]
+                       "STEGO + CRF (self-pretrained)",
+                       "few labels: 20 points per class, classifier (untrained tiny ViT)"]
     assert all(0 <= float(r.split("|")[2]) <= 100 for r in rows[1:])
     assert "labels.tif" in captured.out
     d = tmp_path / "d"
     assert json.loads((d / "backbone" / "backbone.json").read_text())["steps"] == 2
     names = sorted(p.name for p in (d / "output").iterdir())
     assert {"labels.tif", "labels.zarr", "polygons.gpkg", "run.json"} <= set(names)
-    for method in ("pixel-kmeans", "feature-kmeans", "stego"):
+    for method in ("pixel-kmeans", "feature-kmeans", "stego", "classifier"):
         assert (d / "compare" / method / "evaluation" / "metrics.json").exists()
+    few = json.loads((d / "models" / "classifier" / "model.json").read_text())
+    assert few["class_names"] == sorted(DEMO_CLASSES)  # the analyst's names, from the points
+    assert few["fit"]["samples"]["pixels_per_class"] == dict.fromkeys(sorted(DEMO_CLASSES), 20)
     stego_model = json.loads((d / "models" / "stego" / "model.json").read_text())
     assert stego_model["backbone"]["weights"]["source"] == "directory"
     assert stego_model["params"]["crf"] is True

@@ -29,7 +29,7 @@ def test_an_unknown_method_is_refused(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_only_the_network_methods_use_torch(method):
-    assert uses_torch(method) == (method in ("stego", "feature-kmeans"))
+    assert uses_torch(method) == (method in ("stego", "feature-kmeans", "classifier"))
 
 
 def test_a_pixel_kmeans_segment_run_never_imports_torch(pixel_model, demo_scene, tmp_path):
