@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the input's TIFF date tag, else the processing time)")
     seg.add_argument("--refine", choices=["none", "regions"],
                      help="regions: average class probabilities within superpixels before "
-                     "blending (any method; default: model.refine, none)")
+                     "blending (any method; default: model.refine, else the model's own: "
+                     "regions for the few-labels classifier, none for the others)")
     _add_config_args(seg)
 
     bbs = add("backbones", "List the backbone presets (--backbone NAME): timm name, patch, "

@@ -160,9 +160,11 @@ class ModelRuntimeConfig(Section):
         "with native bf16 (AVX512-BF16/AMX), else float32"
     )
     compile: bool = Field(default=False, description="torch.compile the backbone (GPU runs)")
-    refine: Literal["none", "regions"] = Field(
-        default="none", description="regions: average class probabilities within SLIC "
-        "superpixels of each tile before blending (object-based clean-up, any method)")
+    refine: Literal["none", "regions"] | None = Field(
+        default=None, description="regions: average class probabilities within SLIC "
+        "superpixels of each tile before blending (object-based clean-up, any method); "
+        "null: the model's own (regions for the few-labels classifier, where it measured "
+        "better; none for the others)")
     refine_pixels: int = Field(default=64, ge=4, description="refine: mean superpixel area "
                                "in pixels")
     probe: Literal["cluster", "linear"] = Field(

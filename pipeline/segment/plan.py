@@ -128,6 +128,9 @@ def plan_segment(
                      f"snapped to {tile} / {overlap}, multiples of the model's patch {patch}")
         config = config.model_copy(deep=True)
         config.tiling.tile_size, config.tiling.overlap = tile, overlap
+    if config.model.refine is None:  # the model's own default
+        config = config.model_copy(deep=True)
+        config.model.refine = (meta.get("params") or {}).get("refine", "none")
     tiling = config.tiling
     grid = grid_for_raster(tiling.tile_size, tiling.overlap, info.height, info.width,
                            tiling.block_size)

@@ -1,0 +1,141 @@
+"""few_labels.py's timing: `stego fit --samples` (pipeline.fit.samples_fit.fit_classifier) on a
+generated demo scene with 20 points per class in a GeoPackage, and segment throughput of the
+classifier against feature-kmeans on the same tiny backbone (544² tiles, float32, CPU)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+TILE = 544
+
+
+def write_points(path: Path, labels: np.ndarray, transform, crs: str, names: list[str],
+                 per_class: int, seed: int) -> int:
+    """A GeoPackage of ``per_class`` random points per class (pixel centres), field ``class``."""
+    import pyogrio
+    import shapely
+
+    rng = np.random.default_rng(seed)
+    pts, cls = [], []
+    for k, name in enumerate(names):
+        rows, cols = np.nonzero(labels == k)
+        if not len(rows):
+            continue
+        for i in rng.choice(len(rows), min(per_class, len(rows)), replace=False):
+            x, y = transform * (cols[i] + 0.5, rows[i] + 0.5)
+            pts.append(shapely.Point(x, y))
+            cls.append(name)
+    pyogrio.raw.write(str(path), geometry=shapely.to_wkb(np.array(pts, dtype=object)),
+                      field_data=[np.array(cls, dtype=object)], fields=["class"],
+                      geometry_type="Point", crs=crs)
+    return len(pts)
+
+
+def _fit(rasters, samples, backbone_features: bool, log: list[str]):
+    from flows.fit_flow import CLASSIFIER_BACKBONE
+    from pipeline.config import RunConfig
+    from pipeline.config.classifier import ClassifierConfig
+    from pipeline.fit.samples_fit import fit_classifier
+
+    cfg = RunConfig()
+    tiling = {"tile_size": cfg.tiling.tile_size, "overlap": cfg.tiling.overlap,
+              "block_size": cfg.tiling.block_size,
+              "batch_size": cfg.tiling.batch_size if isinstance(cfg.tiling.batch_size, int)
+              else 4}
+    t0 = time.perf_counter()
+    model, stats = fit_classifier(
+        rasters, samples, CLASSIFIER_BACKBONE[0], "random", dict(CLASSIFIER_BACKBONE[1]),
+        cfg.fit, ClassifierConfig(backbone_features=backbone_features), tiling,
+        device="cpu", precision="fp32", log=log.append)
+    return model, stats, time.perf_counter() - t0
+
+
+def fit_rows(work: Path, size: int, per_class: int = 20, seed: int = 0):
+    """Fit the default classifier (and one without backbone) on a ``size``² demo scene;
+    returns the table rows and the fitted default model and a few 544² tiles."""
+    import rasterio
+
+    from pipeline.demo import DEMO_CLASSES, DEMO_CRS, write_demo_scene
+    from pipeline.io.raster import compute_scaling, open_raster_info, read_window
+    from pipeline.io.samples import parse_sample_spec, read_samples
+
+    t0 = time.perf_counter()
+    image, labels_path = write_demo_scene(work / f"fit_{size}.tif", size=size, seed=seed)
+    with rasterio.open(labels_path) as ds:
+        labels, transform = ds.read(1), ds.transform
+    gpkg = work / f"points_{size}.gpkg"
+    n = write_points(gpkg, labels, transform, DEMO_CRS, list(DEMO_CLASSES), per_class, seed)
+    print(f"  timing: {size}² demo scene and {n} points written in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    info = open_raster_info(str(image))
+    rasters = [(info, compute_scaling(info))]
+    t1 = time.perf_counter()
+    samples = read_samples([parse_sample_spec(str(gpkg))], [info], "class", seed=0,
+                           max_pixels_per_feature=200)
+    t_read = time.perf_counter() - t1
+    rows, models = [], {}
+    for label, with_backbone in (("default classifier (RGB + local + tiny ViT, trees 100)",
+                                  True), ("RGB + local only, trees 100", False)):
+        log: list[str] = []
+        model, stats, wall = _fit(rasters, samples, with_backbone, log)
+        models[with_backbone] = model
+        t = stats["timings_s"]
+        tiles = next((m.split(" from ")[1].split()[0] for m in log if " from " in m), "?")
+        acc = stats["accuracy"]["overall_accuracy"] if stats["accuracy"] else float("nan")
+        rows.append([f"fit: {label}", f"{size}²", str(n), tiles, f"{t_read:.2f}",
+                     f"{t['features']:.1f}", f"{t['train']:.2f}", f"{wall:.1f}",
+                     f"{100 * acc:.1f}"])
+        print(f"  timing: {rows[-1]}", flush=True)
+    scaling = rasters[0][1]
+    offsets = [(0, 0), (size // 2, size // 2), (size - TILE, 0)]
+    tiles = [read_window(info, scaling, r, c, TILE, TILE)[0] for r, c in offsets]
+    return rows, models, tiles
+
+
+def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> list[list[str]]:
+    """Seconds per 544² tile and per megapixel of model input for each model, float32, CPU,
+    one tile per call (the best of ``repeats`` passes over the tiles, after a warm-up)."""
+    import torch
+
+    from pipeline.config.classifier import ClassifierConfig
+    from pipeline.fit.samples_fit import train_head
+    from pipeline.models.classifier import SampleClassifier
+    from pipeline.models.feature_kmeans import FeatureKMeans
+    from pipeline.models.refine import RegionRefined
+
+    default, local = models[True], models[False]
+    k = len(default.class_names)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, default.feature_dim)).astype(np.float32)  # speed only
+    linear = SampleClassifier(default.backbone, default.backbone_info, "linear",
+                              train_head(x, np.arange(200) % k, k,
+                                         ClassifierConfig(head="linear")),
+                              default.class_names, default.colors, default.local_radii)
+    torch.manual_seed(0)
+    kmeans = FeatureKMeans(default.backbone, default.backbone_info,
+                           torch.randn(k, int(default.backbone.num_features)),
+                           default.class_names, default.colors)
+    cands = [("classifier default (trees 100)", default),
+             ("classifier, head linear", linear),
+             ("classifier, RGB + local only (trees 100)", local),
+             ("classifier default + --refine regions (SLIC 64 px)", RegionRefined(default, 64)),
+             ("feature-kmeans (same tiny ViT, random centroids)", kmeans)]
+    rows = []
+    batch = [torch.from_numpy(t)[None] for t in tiles]
+    for label, model in cands:
+        if hasattr(model, "eval"):
+            model.eval()
+        with torch.no_grad():
+            model.predict(batch[0])
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for b in batch:
+                    model.predict(b)
+                best = min(best, (time.perf_counter() - t0) / len(batch))
+        rows.append([label, f"{best:.2f}", f"{best / (TILE * TILE) * 1e6:.2f}"])
+        print(f"  timing: {rows[-1]}", flush=True)
+    return rows
