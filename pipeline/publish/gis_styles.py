@@ -193,13 +193,20 @@ def _fill_symbol(name: str, rgb: Sequence[int]) -> ET.Element:
         "outline_width_unit": "MM",
         "style": "solid",
     }
+    return symbol_element("fill", "SimpleFill", name, props)
+
+
+def symbol_element(kind: str, layer_class: str, name: str, props: dict[str, str]) -> ET.Element:
+    """A QGIS ``<symbol>`` of one symbol layer (``fill``/``SimpleFill``,
+    ``marker``/``SimpleMarker``, ...) with ``props`` in both the new ``Option`` map and the
+    older ``prop`` form, so every QGIS 3 reads it."""
     symbol = ET.Element("symbol", {
-        "type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0",
+        "type": kind, "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0",
         "frame_rate": "10", "is_animated": "0",
     })
     _data_defined(symbol)
     layer = ET.SubElement(symbol, "layer", {
-        "class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0",
+        "class": layer_class, "enabled": "1", "locked": "0", "pass": "0",
     })
     options = ET.SubElement(layer, "Option", {"type": "Map"})
     for key, value in props.items():

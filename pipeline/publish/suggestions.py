@@ -26,10 +26,10 @@ from affine import Affine
 from pipeline.io.files import write_text_atomic
 from pipeline.publish.gis_styles import (
     QGIS_VERSION,
-    _data_defined,
     _qgis_color,
     _serialize,
     add_gpkg_layer_style,
+    symbol_element,
 )
 
 TO_LABEL_RGB = (255, 0, 255)  # magenta: stands out on imagery and on every class palette
@@ -98,21 +98,7 @@ def _marker(name: str, rgb: Sequence[int], size_mm: float) -> ET.Element:
         "outline_width_unit": "MM", "scale_method": "diameter", "size": f"{size_mm:g}",
         "size_unit": "MM", "vertical_anchor_point": "1",
     }
-    symbol = ET.Element("symbol", {
-        "type": "marker", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0",
-        "frame_rate": "10", "is_animated": "0",
-    })
-    _data_defined(symbol)
-    layer = ET.SubElement(symbol, "layer", {
-        "class": "SimpleMarker", "enabled": "1", "locked": "0", "pass": "0",
-    })
-    options = ET.SubElement(layer, "Option", {"type": "Map"})
-    for key, value in props.items():
-        ET.SubElement(options, "Option", {"name": key, "type": "QString", "value": value})
-    for key, value in props.items():
-        ET.SubElement(layer, "prop", {"k": key, "v": value})
-    _data_defined(layer)
-    return symbol
+    return symbol_element("marker", "SimpleMarker", name, props)
 
 
 def _labeling(root: ET.Element) -> None:
