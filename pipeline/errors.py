@@ -10,3 +10,8 @@ class InputError(Exception):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        """Pickle as (path, problem), without cause or context: an error raised on a Dask
+        worker reaches the client as the same one-line InputError (exit 2)."""
+        return (type(self), (self.path, self.problem))

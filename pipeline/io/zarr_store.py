@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import uuid
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
 from pipeline.tiling import Block, block_grid_shape
 
 RESUME = "_resume"  # sub-group of the partial store with the per-block bookkeeping
+RUN_TOKEN = "run_token"  # the partial store's current run; writers of another run are fenced
 LAYOUT = "stego-labels/2"  # bumped when the store's layout changes: older partials are rebuilt
 ZLIB_LEVEL = 6
 
@@ -125,6 +127,7 @@ def prepare_store(
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
     path = partial_path(final)
     if path.exists() and not fresh and _resumable(path, fingerprint, zarr_format):
+        _new_token(path)
         return path, True
     if path.exists():
         shutil.rmtree(path)
@@ -183,7 +186,33 @@ def prepare_store(
             "spatial:shape": [height, width],
         }
     )
+    _new_token(path)
     return path, False
+
+
+class StaleRunError(RuntimeError):
+    """A block of an earlier run (its client gone) tried to write into a later run's store."""
+
+
+def _new_token(path: Path) -> None:
+    """Give the store a new run token: every writer holding an older one is fenced off."""
+    zarr.open_group(str(path), mode="r+").attrs[RUN_TOKEN] = uuid.uuid4().hex
+
+
+def store_token(path: Path) -> str | None:
+    """The run token writers of this run must hold (None: the store is gone or unfenced)."""
+    try:
+        return zarr.open_group(str(path), mode="r").attrs.get(RUN_TOKEN)
+    except Exception:  # noqa: BLE001 - a missing or half-deleted store has no token
+        return None
+
+
+def check_token(path: Path, token: str | None) -> None:
+    """Raise :class:`StaleRunError` unless the store still belongs to ``token``'s run (read
+    from disk right before each write: a rerun renews the token when it takes the store)."""
+    if token is not None and store_token(path) != token:
+        raise StaleRunError(f"{path}: another run has taken this store; this block's "
+                            "writes are dropped")
 
 
 def _create_resume_arrays(group: zarr.Group, zarr_format: int, nr: int, nc: int,
@@ -205,8 +234,11 @@ def done_blocks(path: Path) -> set[tuple[int, int]]:
     return {(int(r), int(c)) for r, c in zip(*np.nonzero(done), strict=True)}
 
 
-def write_block(path: Path, out: BlockOutput, confidence: bool = True) -> None:
-    """Write a block's region (chunk-aligned, so no locks), then mark it done."""
+def write_block(path: Path, out: BlockOutput, confidence: bool = True,
+                token: str | None = None) -> None:
+    """Write a block's region (chunk-aligned, so no locks), then mark it done; with a run
+    ``token``, only while the store still belongs to that run."""
+    check_token(path, token)
     b = out.block
     region = (slice(b.row_off, b.row_off + b.height), slice(b.col_off, b.col_off + b.width))
     group = zarr.open_group(str(path), mode="r+")
@@ -232,7 +264,9 @@ class BlockWriter:
     """
 
     def __init__(self, path: Path, block: Block, start_row: int, chunk: int,
-                 confidence: bool = True) -> None:
+                 confidence: bool = True, token: str | None = None) -> None:
+        self.path, self.token = path, token
+        check_token(path, token)
         self.group = zarr.open_group(str(path), mode="r+")
         self.block, self.chunk, self.confidence = block, chunk, confidence
         self.next_row = start_row  # first core row not yet written
@@ -256,6 +290,7 @@ class BlockWriter:
         b = self.block
         if self.next_row != b.height:
             raise RuntimeError(f"block {b.key}: {self.next_row} of {b.height} rows written")
+        check_token(self.path, self.token)
         self.group[f"{RESUME}/block_done"][b.row, b.col] = 1
 
     def _write(self, n: int) -> None:
@@ -264,6 +299,7 @@ class BlockWriter:
         b = self.block
         y0 = b.row_off + self.next_row
         region = (slice(y0, y0 + n), slice(b.col_off, b.col_off + b.width))
+        check_token(self.path, self.token)
         self.group["labels"][region] = labels[:n]
         if self.confidence:
             self.group["confidence"][region] = conf[:n]
@@ -278,7 +314,9 @@ def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
     group = zarr.open_group(str(path), mode="r+")
     if RESUME in group:
         del group[RESUME]
-    group.attrs.update({"status": "complete", **summary})
+    attrs = dict(group.attrs)
+    attrs.pop(RUN_TOKEN, None)  # a finished store is the same bytes whichever run made it
+    group.attrs.put({**attrs, "status": "complete", **summary})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         zarr.consolidate_metadata(str(path))

@@ -14,7 +14,13 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.io.raster import RasterInfo, Scaling
-from pipeline.io.zarr_store import BlockWriter, block_rows_done, done_blocks, prepare_store
+from pipeline.io.zarr_store import (
+    BlockWriter,
+    block_rows_done,
+    done_blocks,
+    prepare_store,
+    store_token,
+)
 from pipeline.models.refine import with_refinement
 from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.segment.plan import SegmentPlan
@@ -44,6 +50,7 @@ class BlockJob:
     precision: str = "fp32"
     compile: bool = False
     chunk: int = 512
+    run_token: str | None = None  # the store's run when the job was made (stale-write fence)
 
 
 def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
@@ -71,7 +78,8 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         t0 = time.perf_counter()
         start = block_rows_done(Path(job.store), block)
         rest = replace(block, row_off=block.row_off + start, height=block.height - start)
-        writer = BlockWriter(Path(job.store), block, start, job.chunk, job.confidence)
+        writer = BlockWriter(Path(job.store), block, start, job.chunk, job.confidence,
+                             token=job.run_token)
         stats = BlockStats(class_counts=np.zeros(model.n_classes, dtype=np.int64))
         if rest.height > 0:
             for slab in iter_block_slabs(model, job.info, job.scaling, job.grid, rest, batch,
@@ -133,5 +141,5 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
         refine=plan.config.model.refine, refine_pixels=plan.config.model.refine_pixels,
         io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
         precision=plan.precision, compile=plan.config.model.compile,
-        chunk=plan.config.tiling.chunk_size,
+        chunk=plan.config.tiling.chunk_size, run_token=store_token(store),
     )

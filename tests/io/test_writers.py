@@ -268,3 +268,47 @@ def test_a_rerun_writes_the_same_store_bytes(tmp_path, fmt):
     time.sleep(1.1)  # gzip header times have a one-second resolution
     second, _ = _finished(tmp_path / "b", fmt)
     assert digest(first) == digest(second)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_a_block_of_an_earlier_run_cannot_write_into_a_later_runs_store(tmp_path, fmt):
+    """The stale-write fence: a block whose client died keeps running; a rerun (here with
+    another model: another fingerprint) takes the store, and every later write of the orphan
+    is refused, so the rerun's store holds only the rerun's labels."""
+    from pipeline.io.zarr_store import BlockWriter, StaleRunError, store_token
+
+    old = _labels(seed=1)
+    new = _labels(seed=2)
+    final, path, _ = _store(tmp_path, old, fmt=fmt)
+    block = plan_blocks(*old.shape, 128)[0]
+    orphan = BlockWriter(path, block, 0, 64, token=store_token(path))
+    core = old[:block.height, :block.width]
+    orphan.add(core[:64], _confidence(core[:64]))  # the first chunk row lands (its own run)
+    _store(tmp_path, new, fingerprint="another model", fmt=fmt)  # the rerun takes the store
+    with pytest.raises(StaleRunError, match="another run has taken this store"):
+        orphan.add(core[64:], _confidence(core[64:]))
+    with pytest.raises(StaleRunError):
+        orphan.finish()
+    with pytest.raises(StaleRunError):  # a retried attempt of the orphan is refused at once
+        BlockWriter(path, block, 64, 64, token=orphan.token)
+    for b in plan_blocks(*new.shape, 128):
+        c = new[b.row_off:b.row_off + b.height, b.col_off:b.col_off + b.width]
+        write_block(path, BlockOutput(b, c, _confidence(c)), token=store_token(path))
+    finalize_store(path, final, {})
+    np.testing.assert_array_equal(open_labels(final)[:], new)
+    import zarr
+
+    assert "run_token" not in zarr.open_group(str(final), mode="r").attrs
+
+
+def test_a_resumed_run_fences_the_blocks_of_the_run_it_resumes(tmp_path):
+    """Same fingerprint: the resumed run takes over, and the killed run's blocks stop."""
+    from pipeline.io.zarr_store import BlockWriter, StaleRunError, store_token
+
+    lab = _labels()
+    final, path, _ = _store(tmp_path, lab)
+    token = store_token(path)
+    assert _store(tmp_path, lab)[2] is True  # resumed
+    assert store_token(path) != token
+    with pytest.raises(StaleRunError):
+        BlockWriter(path, plan_blocks(*lab.shape, 128)[0], 0, 64, token=token)
