@@ -129,6 +129,10 @@ class DaskConfig(Section):
     scheduler_address: str | None = Field(
         default=None, description="connect to an existing Dask scheduler instead"
     )
+    host: str = Field(
+        default="127.0.0.1", description="where the embedded LocalCluster (scheduler, workers, "
+        "dashboards) listens; 127.0.0.1: this machine only. 0.0.0.0 opens the unauthenticated "
+        "dashboard (task names, paths, logs) to the network")
     connect_timeout: float = Field(
         default=20.0, gt=0, allow_inf_nan=False,
         description="seconds to reach the scheduler; an unreachable one is refused within this")

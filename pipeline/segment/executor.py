@@ -131,11 +131,16 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
         return
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    processes = cfg.workers > 1 if cfg.processes == "auto" else cfg.processes
     cluster = LocalCluster(
         n_workers=cfg.workers,
         threads_per_worker=cfg.threads_per_worker,
-        processes=cfg.workers > 1 if cfg.processes == "auto" else cfg.processes,
-        dashboard_address=":0",
+        processes=processes,
+        # every listener on cfg.host (loopback by default): the scheduler and workers (an
+        # in-process worker uses no network), the dashboard and each worker's HTTP server
+        **({"host": cfg.host} if processes else {}),
+        dashboard_address=f"{cfg.host}:0",
+        worker_dashboard_address=f"{cfg.host}:0",
         silence_logs=logging.ERROR,
         resources=resources or None,
     )
