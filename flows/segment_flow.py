@@ -15,7 +15,7 @@ from pipeline.io.files import write_json_atomic
 from pipeline.io.geoparquet import write_geoparquet
 from pipeline.io.lock import output_lock
 from pipeline.io.zarr_store import finalize_store, open_labels
-from pipeline.publish.gis_styles import write_styles
+from pipeline.publish.gis_styles import add_gpkg_layer_style, polygon_qml, write_styles
 from pipeline.publish.preview import class_histogram, write_preview
 from pipeline.publish.stac import (
     acquisition_datetime,
@@ -128,6 +128,9 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
     # GeoParquet is converted from a GeoPackage (GDAL here has no Parquet driver)
     direct = final if vec.format != "parquet" else final.with_name(f".{final.stem}.gpkg")
     driver = {"gpkg": "GPKG", "fgb": "FlatGeobuf", "parquet": "GPKG"}[vec.format]
+
+    def embed_style(tmp: Path) -> None:
+        add_gpkg_layer_style(tmp, vec.layer, polygon_qml(plan.class_names, plan.colors))
     stats = vectorize_labels(
         open_labels(plan.output("zarr")), transform=plan.info.affine, crs=crs,
         class_names=plan.class_names, out_path=direct, driver=driver,
@@ -135,6 +138,8 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
         # and the polygons do not depend on the block size
         min_region_pixels=min_region_pixels(plan),
         simplify_tolerance=simplify_tolerance_crs(plan), layer=vec.layer,
+        # the GeoPackage's own style goes in before the file is renamed into place
+        before_commit=embed_style if direct == final and driver == "GPKG" else None,
     )
     if direct != final:
         try:
@@ -143,7 +148,7 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
             direct.unlink(missing_ok=True)
     # QGIS styles belong with the polygons (the GeoPackage embeds its own in layer_styles)
     styles = write_styles(Path(plan.out_dir), plan.class_names, plan.colors,
-                          vector_name=final.name, layer=vec.layer)
+                          vector_name=final.name, layer=vec.layer, embed=False)
     return {"polygons": stats.polygons, "seam_groups_merged": stats.seam_groups_merged,
             "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0,
             "styles": {k: str(v) for k, v in styles.items() if k == "vector_qml"},

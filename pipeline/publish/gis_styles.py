@@ -229,8 +229,10 @@ def write_styles(
     raster_name: str = "labels.tif",
     vector_name: str | None = "polygons.gpkg",
     layer: str = "polygons",
+    embed: bool = True,
 ) -> dict[str, Path]:
-    """Write labels.qml (+ polygons.qml and the gpkg layer_styles row when the gpkg exists).
+    """Write labels.qml (+ polygons.qml and, with ``embed``, the gpkg layer_styles row when
+    the gpkg exists; without it the caller embedded the style before the gpkg was renamed).
 
     The ``.qml`` files are written atomically (temporary sibling + rename). Returns the paths
     written under the keys ``raster_qml``, ``vector_qml`` and ``gpkg``.
@@ -246,7 +248,7 @@ def write_styles(
         return written
     qml = polygon_qml(class_names, colors)
     written["vector_qml"] = write_text_atomic(vector.with_suffix(".qml"), qml)
-    if vector.suffix.lower() == ".gpkg":
+    if vector.suffix.lower() == ".gpkg" and embed:
         add_gpkg_layer_style(vector, layer, qml)
         written["gpkg"] = vector
     return written

@@ -54,6 +54,7 @@ def vectorize_labels(
     layer: str = "polygons",
     driver: str = "GPKG",
     map_fn: Callable[..., Iterable[BlockResult]] = map,
+    before_commit: Callable[[Path], Any] | None = None,
 ) -> VectorizeStats:
     """Vectorize a (possibly huge) uint8 label raster into one polygon layer at out_path.
 
@@ -63,7 +64,9 @@ def vectorize_labels(
     :class:`BlockResult` in any order (e.g. for Dask: ``lambda fn, xs: (f.result() for f in
     as_completed(client.map(fn, xs)))``). Every 4-connected region becomes exactly one polygon.
     ``simplify_tolerance`` is in CRS units. The file appears atomically at out_path (written to
-    a hidden temporary sibling first); on failure nothing is left behind.
+    a hidden temporary sibling first); on failure nothing is left behind. ``before_commit``
+    is called with the complete temporary file just before it is renamed into place (e.g. to
+    embed a style: a kill then never leaves the final file mid-transaction).
     """
     start = time.perf_counter()
     height, width = _shape(labels)
@@ -89,6 +92,8 @@ def vectorize_labels(
         clock = _Clock()
         writer.write(_stream(results, pool, grid[1], timings))
         clock.lap("write")
+        if before_commit is not None:
+            before_commit(tmp)
         _commit(tmp, out_path)
     except BaseException:
         _discard(tmp)
