@@ -206,8 +206,9 @@ def owner_tile_count(scene: Scene, idx: np.ndarray) -> int:
     return len(np.unique(keys, axis=0))
 
 
-def add_superpixels(scene: Scene, pixels: int = 64) -> None:
-    """SLIC superpixels of the whole scene, as `--refine regions` draws them on a tile."""
+def add_superpixels(scene: Scene, pixels: int = 256) -> None:
+    """SLIC superpixels of the whole scene, as `--refine regions` draws them on a tile (256
+    px: the classifier's own ``refine_pixels``; 64, 128 and 256 were compared)."""
     from pipeline.models.refine import superpixels
 
     t0 = time.perf_counter()

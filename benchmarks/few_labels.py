@@ -27,7 +27,7 @@ statistics (trees), the default (RGB + local + untrained tiny ViT, ExtraTrees 10
 ``train_head`` with ``ClassifierConfig()``), its linear head and 25 / 50 / 200 trees, a
 `stego pretrain` backbone directory (``--backbone-dir``), and semi-supervised variants of the
 default on the same samples: superpixels (probabilities averaged within SLIC superpixels of
-~64 px, ``pipeline.models.refine``, as `--refine regions`), self-training (the 2 % most
+~256 px, ``pipeline.models.refine``, as `--refine regions`), self-training (the 2 % most
 confident pixels of each predicted class, at most 1000 per class, added as pseudo-labels and
 the head refitted once), and both (pseudo-labels from the averaged probabilities, refitted,
 averaged again). The second table per scene gives each semi-supervised row's paired gain over

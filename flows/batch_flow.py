@@ -55,12 +55,12 @@ def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _output_config(config: dict[str, Any], model_refine: bool = True) -> dict[str, Any]:
+def _output_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     out = {k: config.get(k) for k in OUTPUT_SECTIONS}
-    if not model_refine and isinstance(out.get("model"), dict):
-        # model.refine null means "the model's own": run.json holds the resolved value, which
-        # the fingerprint compared below covers
-        out["model"] = {k: v for k, v in out["model"].items() if k != "refine"}
+    if drop and isinstance(out.get("model"), dict):
+        # model.refine / refine_pixels null mean "the model's own": run.json holds the
+        # resolved value, which the fingerprint compared below covers
+        out["model"] = {k: v for k, v in out["model"].items() if k not in drop}
     return out
 
 
@@ -74,9 +74,9 @@ def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
     doc = _read_manifest(out_dir)
     if doc is None or doc.get("status") != "complete":
         return False
-    keep = cfg.model.refine is not None
-    if _output_config(doc.get("config") or {}, keep) != \
-            _output_config(cfg.model_dump(mode="json"), keep):
+    drop = tuple(k for k in ("refine", "refine_pixels") if getattr(cfg.model, k) is None)
+    if _output_config(doc.get("config") or {}, drop) != \
+            _output_config(cfg.model_dump(mode="json"), drop):
         return False
     plan = plan_segment(scene, model_dir, str(out_dir), cfg)
     return doc.get("fingerprint") == plan.fingerprint

@@ -169,8 +169,9 @@ class ModelRuntimeConfig(Section):
         "superpixels of each tile before blending (object-based clean-up, any method); "
         "null: the model's own (regions for the few-labels classifier, where it measured "
         "better; none for the others)")
-    refine_pixels: int = Field(default=64, ge=4, description="refine: mean superpixel area "
-                               "in pixels")
+    refine_pixels: int | None = Field(
+        default=None, ge=4, description="refine: mean superpixel area in pixels; null: the "
+        "model's own (256 for the few-labels classifier, where it measured best; else 64)")
     probe: Literal["cluster", "linear"] = Field(
         default="cluster", description="STEGO: unsupervised clusters, or the linear probe "
         "trained from --labels (evaluation only)"

@@ -128,7 +128,7 @@ class SampleClassifier(TorchSegmentationModel):
         meta: dict[str, Any] = {"head": self.head, "local_radii": self.local_radii,
                                 # segment's default for this model (model.refine: null): the
                                 # superpixel averaging measured better (README, Few labels)
-                                "refine": "regions",
+                                "refine": "regions", "refine_pixels": 256,
                                 "backbone_features": self.backbone is not None,
                                 "backbone_embedded": self.embed_backbone,
                                 "feature_dim": self.feature_dim}

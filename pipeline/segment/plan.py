@@ -128,9 +128,13 @@ def plan_segment(
                      f"snapped to {tile} / {overlap}, multiples of the model's patch {patch}")
         config = config.model_copy(deep=True)
         config.tiling.tile_size, config.tiling.overlap = tile, overlap
-    if config.model.refine is None:  # the model's own default
+    if config.model.refine is None or config.model.refine_pixels is None:  # the model's own
+        params = meta.get("params") or {}
         config = config.model_copy(deep=True)
-        config.model.refine = (meta.get("params") or {}).get("refine", "none")
+        if config.model.refine is None:
+            config.model.refine = params.get("refine", "none")
+        if config.model.refine_pixels is None:
+            config.model.refine_pixels = int(params.get("refine_pixels", 64))
     tiling = config.tiling
     grid = grid_for_raster(tiling.tile_size, tiling.overlap, info.height, info.width,
                            tiling.block_size)
