@@ -37,7 +37,7 @@ def open_inputs(inputs: list[str], cfg: RunConfig) -> list[tuple[RasterInfo, Sca
 
 
 # the classifier's backbone when no --weights is given: an untrained tiny ViT (no download,
-# fast), whose features measured best offline (README "Few labels")
+# fast), whose features measured best offline (docs/few-labels.md)
 CLASSIFIER_BACKBONE = ("vit_small_patch8_224", {"depth": 4, "embed_dim": 192, "num_heads": 3})
 
 

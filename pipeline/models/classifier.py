@@ -127,7 +127,7 @@ class SampleClassifier(TorchSegmentationModel):
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"head": self.head, "local_radii": self.local_radii,
                                 # segment's default for this model (model.refine: null): the
-                                # superpixel averaging measured better (README, Few labels)
+                                # superpixel averaging measured better (docs/few-labels.md)
                                 "refine": "regions", "refine_pixels": 256,
                                 "backbone_features": self.backbone is not None,
                                 "backbone_embedded": self.embed_backbone,

@@ -1,7 +1,7 @@
 """The bad-input catalogue: each case gets one line on stderr, exit code 2, and no outputs.
 
-`python -m tests.flows.test_bad_inputs` prints the catalogue as the Markdown table in the README,
-so the table is generated from the same cases the tests run.
+`python -m tests.flows.test_bad_inputs` prints the catalogue as the Markdown table in
+docs/usage.md, so the table is generated from the same cases the tests run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Case:
     """One bad (or odd) input, how to make it, and what the user must see."""
 
     name: str
-    behaviour: str  # for the README
+    behaviour: str  # for docs/usage.md
     make: Callable[[Path, Path], list[str]]  # (tmp, good model) -> argv after "stego"
     expect: str | None  # substring of the one-line error; None = the run succeeds
 
@@ -269,7 +269,7 @@ CASES = [
 
 
 def markdown_table() -> str:
-    """The catalogue as the README shows it."""
+    """The catalogue as docs/usage.md shows it."""
     rows = ["| input | behaviour |", "|---|---|"]
     rows += [f"| {c.name} | {c.behaviour} |" for c in CASES]
     return "\n".join(rows)
@@ -298,8 +298,8 @@ def test_bad_input_catalogue(case, tmp_path, feature_model, prefect_harness, cap
     assert not any(p.exists() for p in final)
 
 
-def test_the_readme_shows_this_catalogue():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_usage_docs_show_this_catalogue():
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "usage.md").read_text()
     assert markdown_table() in readme
 
 
