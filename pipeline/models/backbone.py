@@ -251,6 +251,12 @@ def normalisation(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[floa
     )
 
 
+def embedded_tensors(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights under ``backbone.``, to store inside a model file (read back
+    with :func:`prefixed`)."""
+    return {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Tensors under ``prefix``, with the prefix removed."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -120,8 +120,7 @@ class SampleClassifier(TorchSegmentationModel):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {k: v.contiguous() for k, v in self.head_tensors.items()}
         if self.backbone is not None and self.embed_backbone:
-            for k, v in self.backbone.state_dict().items():
-                tensors[f"backbone.{k}"] = v.detach().cpu().contiguous()
+            tensors.update(bb.embedded_tensors(self.backbone))
         return tensors
 
     def metadata(self) -> dict[str, Any]:

@@ -65,8 +65,7 @@ class FeatureKMeans(TorchSegmentationModel):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"centroids": self.centroids.detach().cpu().contiguous()}
         if self.embed_backbone:
-            for k, v in self.backbone.state_dict().items():
-                tensors[f"backbone.{k}"] = v.detach().cpu().contiguous()
+            tensors.update(bb.embedded_tensors(self.backbone))
         return tensors
 
     def metadata(self) -> dict[str, Any]:
