@@ -96,6 +96,50 @@ def _scores(m: np.ndarray, match: dict[int, int], n_classes: int) -> tuple[float
     return float(acc), iou
 
 
+def _stego_official(m: np.ndarray) -> dict[str, Any]:
+    """STEGO's own ``UnsupervisedMetrics`` (mhamilton723/STEGO, ``src/utils.py``) on a
+    (clusters x classes) matrix whose rows are the cluster ids 0..k-1.
+
+    As there, pixels predicted into a cluster id >= n_classes are dropped (``update`` masks
+    ``preds < n_classes``), the Hungarian assignment runs on the full (n_classes +
+    extra_clusters) x n_classes histogram, and with extra clusters the histogram is rebuilt
+    from the assignment of the transposed matrix (one row per class), the clusters the first
+    assignment left out summed into an extra row and an all-zero extra column; accuracy is its
+    trace over its sum and mIoU the mean over its non-NaN IoUs (the extra entry included).
+    Fewer clusters than classes (which STEGO does not allow) count as empty clusters.
+    Returns the accuracy, the per-class IoU, the mIoU, the cluster -> class matching and the
+    number of dropped pixels (fractions, not percentages).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    k, c = m.shape
+    stats = np.zeros((max(k, c), c), dtype=np.int64)
+    stats[:k] = m
+    dropped = int(stats[c:].sum())
+    stats[c:] = 0
+    assignments = linear_sum_assignment(stats, maximize=True)
+    if stats.shape[0] == c:  # square: assignments[0] is 0..c-1
+        rows = np.argsort(assignments[1])
+        histogram = stats[rows].astype(np.float64)
+    else:
+        rows = np.asarray(linear_sum_assignment(stats.T, maximize=True)[1])
+        missing = sorted(set(range(stats.shape[0])) - {int(r) for r in assignments[0]})
+        histogram = np.zeros((c + 1, c + 1), dtype=np.float64)
+        histogram[:c, :c] = stats[rows]
+        histogram[c, :c] = stats[missing].sum(axis=0)
+    tp = np.diag(histogram)
+    fp = histogram.sum(axis=0) - tp
+    fn = histogram.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (tp + fp + fn)
+        acc = tp.sum() / histogram.sum()
+    valid = iou[~np.isnan(iou)]
+    return {"accuracy": float(acc), "iou": iou[:c],
+            "mIoU": float(valid.mean()) if valid.size else float("nan"),
+            "matching": {int(r): j for j, r in enumerate(rows.tolist()) if r < k},
+            "dropped": dropped}
+
+
 def hungarian_metrics(confusion: np.ndarray, class_names: Sequence[str],
                       cluster_names: Sequence[str]) -> dict[str, Any]:
     """STEGO's unsupervised metrics from a (clusters x classes) pixel-count matrix.
@@ -103,8 +147,10 @@ def hungarian_metrics(confusion: np.ndarray, class_names: Sequence[str],
     Clusters are matched one-to-one to classes maximising matched pixels. Main variant: pixels of
     unmatched clusters count as errors; accuracy = matched / total; IoU = tp / (tp + fp + fn)
     per class (NaN, reported null, for a class with no pixels either way; an unmatched class with
-    pixels gets 0), mIoU = their nanmean. ``stego_variant`` drops the pixels predicted into
-    unmatched clusters first. Values are percentages.
+    pixels gets 0), mIoU = their nanmean. ``stego_variant`` is what STEGO's official evaluation
+    reports (:func:`_stego_official`): with more clusters than classes it drops the pixels
+    predicted into cluster ids >= the number of classes before matching, whichever clusters
+    would match. Values are percentages.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -117,14 +163,11 @@ def hungarian_metrics(confusion: np.ndarray, class_names: Sequence[str],
     match = {int(r): int(cl) for r, cl in zip(rows, cols, strict=True)}
     unmatched = [i for i in range(k) if i not in match]
     acc, iou = _scores(m, match, c)
-    kept = np.zeros_like(m)
-    for r in match:
-        kept[r] = m[r]
-    acc2, iou2 = _scores(kept, match, c)
+    official = _stego_official(m)
     by_class = {cl: r for r, cl in match.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        miou, miou2 = float(np.nanmean(iou)), float(np.nanmean(iou2))
+        miou = float(np.nanmean(iou))
     per_class = []
     for j, name in enumerate(class_names):
         r = by_class.get(j)
@@ -145,12 +188,14 @@ def hungarian_metrics(confusion: np.ndarray, class_names: Sequence[str],
         "per_class": per_class,
         "pixels_in_unmatched_clusters": int(m[unmatched].sum()) if unmatched else 0,
         "stego_variant": {
-            "description": "pixels predicted into unmatched clusters are dropped before "
-                           "scoring (STEGO's evaluation silently ignores such pixels)",
-            "accuracy": _pct(acc2),
-            "mIoU": _pct(miou2),
-            "per_class_iou": {n: _pct(iou2[j]) for j, n in enumerate(class_names)},
-            "dropped_pixels": int(m[unmatched].sum()) if unmatched else 0,
+            "description": "STEGO's official metric (UnsupervisedMetrics): pixels predicted "
+                           "into cluster ids >= the number of classes are dropped before the "
+                           "Hungarian matching and scoring",
+            "accuracy": _pct(official["accuracy"]),
+            "mIoU": _pct(official["mIoU"]),
+            "per_class_iou": {n: _pct(official["iou"][j]) for j, n in enumerate(class_names)},
+            "matching": {str(r): class_names[cl] for r, cl in sorted(official["matching"].items())},
+            "dropped_pixels": official["dropped"],
         },
         "clusters": list(cluster_names),
         "classes": list(class_names),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import torch
 from affine import Affine
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
@@ -132,6 +134,94 @@ def test_more_clusters_than_classes_by_hand():
     assert s["dropped_pixels"] == 22
     assert s["accuracy"] == pytest.approx(100 * 80 / 88, abs=1e-3)
     assert s["mIoU"] == pytest.approx(100 * (50 / 58 + 30 / 38) / 2, abs=1e-3)
+
+
+class OfficialUnsupervisedMetrics:
+    """STEGO's ``UnsupervisedMetrics`` (mhamilton723/STEGO, src/utils.py) written out again in
+    torch, as the official code runs it, to check ``stego_variant`` against."""
+
+    def __init__(self, n_classes: int, extra_clusters: int) -> None:
+        self.n_classes, self.extra_clusters = n_classes, extra_clusters
+        self.stats = torch.zeros(n_classes + extra_clusters, n_classes, dtype=torch.int64)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        actual, preds = target.reshape(-1), preds.reshape(-1)
+        mask = (actual >= 0) & (actual < self.n_classes) & (preds >= 0) & (preds < self.n_classes)
+        actual, preds = actual[mask], preds[mask]
+        k = self.n_classes + self.extra_clusters
+        self.stats += torch.bincount(k * actual + preds, minlength=self.n_classes * k) \
+            .reshape(self.n_classes, k).t()
+
+    def compute(self) -> dict[str, float]:
+        from scipy.optimize import linear_sum_assignment
+
+        assignments = linear_sum_assignment(self.stats.detach().cpu(), maximize=True)
+        if self.extra_clusters == 0:
+            histogram = self.stats[np.argsort(assignments[1]), :]
+        else:
+            assignments_t = linear_sum_assignment(self.stats.detach().cpu().t(), maximize=True)
+            histogram = self.stats[assignments_t[1], :]
+            missing = list(set(range(self.n_classes + self.extra_clusters)) - set(assignments[0]))
+            new_row = self.stats[missing, :].sum(0, keepdim=True)
+            histogram = torch.cat([histogram, new_row], axis=0)
+            new_col = torch.zeros(self.n_classes + 1, 1, dtype=histogram.dtype)
+            histogram = torch.cat([histogram, new_col], axis=1)
+        histogram = histogram.double()
+        tp = torch.diag(histogram)
+        fp = torch.sum(histogram, dim=0) - tp
+        fn = torch.sum(histogram, dim=1) - tp
+        iou = tp / (tp + fp + fn)
+        opc = torch.sum(tp) / torch.sum(histogram)
+        return {"mIoU": 100 * iou[~torch.isnan(iou)].mean().item(), "Accuracy": 100 * opc.item()}
+
+
+def _confusion(pred: np.ndarray, truth: np.ndarray, k: int, c: int) -> np.ndarray:
+    """(k clusters x c classes) pixel counts of the pixels with a truth in 0..c-1."""
+    keep = (truth >= 0) & (truth < c)
+    return np.bincount(pred[keep] * c + truth[keep], minlength=k * c).reshape(k, c)
+
+
+def test_stego_variant_is_stegos_metric_in_the_issues_smallest_case(tmp_path):
+    # 2 classes, 3 clusters: STEGO drops the 10 pixels of cluster 2 although it is the best
+    # match for class 0 (the main variant matches it)
+    pred = np.array([2] * 10 + [0] * 5 + [1] * 10)
+    truth = np.array([0] * 12 + [1] * 13)
+    r = hungarian_metrics(_confusion(pred, truth, 3, 2), ["a", "b"], names(3))
+    s = r["stego_variant"]
+    assert round(s["accuracy"], 2) == 80.0 and round(s["mIoU"], 2) == 58.46
+    assert s["dropped_pixels"] == 10 and s["matching"] == {"0": "a", "1": "b"}
+    assert r["matching"] == {"1": "b", "2": "a"}  # the main variant's, on every pixel
+    official = OfficialUnsupervisedMetrics(2, 1)
+    official.update(torch.from_numpy(pred), torch.from_numpy(truth))
+    assert official.compute() == pytest.approx({"Accuracy": 80.0, "mIoU": 58.4615}, abs=1e-4)
+    # the same through `evaluate`: the confusion rows are the PRED's cluster ids
+    pp = write_labels(tmp_path / "p.tif", pred.astype(np.uint8).reshape(5, 5))
+    gp = write_labels(tmp_path / "g.tif", (truth + 1).astype(np.uint8).reshape(5, 5))
+    e = evaluate([EvalPair(pp, gp)], ignore=[0])
+    assert (e["stego_variant"]["accuracy"], round(e["stego_variant"]["mIoU"], 2)) == (80.0, 58.46)
+
+
+@pytest.mark.parametrize("k,c", [(3, 3), (5, 3), (4, 2), (6, 4), (2, 3)])
+def test_stego_variant_agrees_with_the_official_code_on_random_pixels(k, c):
+    rng = np.random.default_rng(10 * k + c)
+    for n in (8, 40, 3000):  # few pixels make empty classes and ties
+        for _ in range(10):
+            pred = rng.integers(0, k, n)
+            truth = rng.integers(-1, c, n)  # -1: ignored, as in STEGO's masks
+            r = hungarian_metrics(_confusion(pred, truth, k, c), [f"c{j}" for j in range(c)],
+                                  names(k))
+            # fewer clusters than classes: STEGO's probe with c clusters, some never predicted
+            official = OfficialUnsupervisedMetrics(c, max(0, k - c))
+            official.update(torch.from_numpy(pred), torch.from_numpy(truth))
+            expected = official.compute()
+            s = r["stego_variant"]
+            for ours, theirs in ((s["accuracy"], expected["Accuracy"]),
+                                 (s["mIoU"], expected["mIoU"])):
+                if math.isnan(theirs):
+                    assert ours is None
+                else:
+                    assert ours == pytest.approx(theirs, abs=1e-3)
+            assert s["dropped_pixels"] == int(((pred >= c) & (truth >= 0)).sum())
 
 
 def test_fewer_clusters_than_classes_gives_unmatched_classes_iou_zero():
@@ -345,7 +435,10 @@ def test_potsdam3_mapping_on_the_real_potsdam_crop(tmp_path):
     assert len(r["unmatched_clusters"]) == 3
     assert r["accuracy"] == pytest.approx(100 * matched / sum(counts.values()), abs=1e-3)
     assert r["accuracy"] < 100
-    assert r["stego_variant"]["accuracy"] == 100  # the unmatched clusters' pixels are dropped
+    # STEGO's metric drops the clusters with ids >= 3 (tree, car, clutter) before matching;
+    # impervious, building and low vegetation then match their merged classes exactly
+    assert r["stego_variant"]["accuracy"] == 100 and r["stego_variant"]["mIoU"] == 100
+    assert r["stego_variant"]["dropped_pixels"] == counts[4] + counts[5] + counts[6]
     assert r["matching"]["1"] == "buildings and clutter"
 
 
@@ -456,7 +549,9 @@ def test_outputs_are_written_atomically_and_are_sane(tmp_path):
                 "confusion", "pixels", "stego_variant", "inputs", "classes", "clusters"):
         assert key in doc
     assert set(doc["pixels"]) >= {"total", "evaluated", "ignored", "nodata"}
-    assert doc["stego_variant"]["accuracy"] >= doc["accuracy"]
+    # 4 clusters, 3 classes: STEGO's metric drops cluster 3, the others are pure
+    assert doc["stego_variant"]["accuracy"] == 100 and doc["accuracy"] < 100
+    assert doc["stego_variant"]["dropped_pixels"] == int((pred[10:] == 3).sum())
     _check_png(out / "confusion.png", max_w=2000)
     w3, _ = _check_png(out / "preview.png")
     assert w3 <= 1024
