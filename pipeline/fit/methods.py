@@ -175,7 +175,10 @@ def fit_stego(
 
     t1 = time.perf_counter()
     ids = [(rasters[w.raster][0].path, w.row_off, w.col_off) for w in windows]
-    key = cache_key(ids, size, stego_cfg.input_scale, tensor_hash(net.state_dict()), precision)
+    backbone_id = tensor_hash(net.state_dict())
+    if info["pos_embed"] != "timm":  # the same weights give other features off their grid
+        backbone_id += f"+pos_embed={info['pos_embed']}"
+    key = cache_key(ids, size, stego_cfg.input_scale, backbone_id, precision)
     shape = (net.num_features, size // p, size // p)
 
     def report(done: int, total: int) -> None:

@@ -4,7 +4,9 @@ Weights sources: ``hub`` (timm / Hugging Face cache), a local ``PATH`` (timm sta
 .safetensors/.pth, or an original DINO checkpoint with a ``teacher`` key), a backbone directory
 from `stego pretrain` (architecture and normalisation from its ``backbone.json``), ``random``, or
 ``auto`` (hub when reachable, else random with a loud warning). What was used is recorded as a
-provenance dict that travels into ``model.json`` and ``run.json``.
+provenance dict that travels into ``model.json`` and ``run.json``, with the way the position
+embeddings are resampled to other tile sizes (DINO's own for DINO weights, see
+:mod:`pipeline.models.pos_embed`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import timm
 import torch
 
 from pipeline.errors import InputError
+from pipeline.models import pos_embed
 from pipeline.models.backbone_dir import is_backbone_dir, read_backbone_json, read_backbone_weights
 from pipeline.models.presets import preset_for_timm, timm_name_of
 from pipeline.models.weights_file import fit_state_to_model, read_weights_file
@@ -120,8 +123,19 @@ def build_backbone(
 
     ``weights``: ``auto``, ``hub``, ``random``, a weights file, or a backbone directory
     (whose ``backbone.json`` then decides the architecture, see :func:`resolve_backbone`).
+    The position embeddings are resampled as the family's own code does
+    (:func:`pos_embed.native_interpolation`), except for a backbone directory (pretrained
+    here with timm's resampling).
     """
-    overrides = dict(overrides or {})
+    model, provenance = _build(name, weights, dict(overrides or {}), seed)
+    if provenance["source"] != "directory":
+        pos_embed.set_interpolation(model, pos_embed.native_interpolation(model))
+    return model, provenance
+
+
+def _build(name: str, weights: str, overrides: dict[str, Any],
+           seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`build_backbone` with timm's position-embedding resampling."""
     if weights not in ("auto", "hub", "random") and Path(weights).is_dir():
         return _from_backbone_dir(weights)
     if weights == "auto":
@@ -133,7 +147,7 @@ def build_backbone(
                 "Features will be far worse than pretrained DINO; pass --weights PATH with a "
                 "local checkpoint, or pretrain one offline on your rasters with `stego "
                 "pretrain IN.tif --out BACKBONE_DIR` and pass --weights BACKBONE_DIR.",
-                stacklevel=2,
+                stacklevel=3,
             )
             weights = "random"
     if weights == "hub":
@@ -167,14 +181,16 @@ def describe_backbone(name: str, overrides: dict[str, Any] | None, provenance: d
                       net: torch.nn.Module) -> dict[str, Any]:
     """What a model records about its backbone (``model.json``, then ``run.json``): the timm
     name and overrides, the weights' provenance, the preset it matches, and the features it
-    gives (patch, feature size, prefix tokens dropped, normalisation)."""
+    gives (patch, feature size, prefix tokens dropped, normalisation, position-embedding
+    resampling: ``dino`` or ``timm``)."""
     preset = preset_for_timm(name)
     mean, std = normalisation(net)
     return {"name": name, "overrides": dict(overrides or {}), "weights": provenance,
             "preset": preset.name if preset else None, "patch_size": patch_size(net),
             "feature_dim": int(net.num_features),
             "prefix_tokens": int(getattr(net, "num_prefix_tokens", 1)),
-            "normalisation": {"mean": list(mean), "std": list(std)}}
+            "normalisation": {"mean": list(mean), "std": list(std)},
+            "pos_embed": pos_embed.interpolation(net)}
 
 
 def patch_size(model: torch.nn.Module) -> int:
@@ -264,7 +280,13 @@ def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
 
 def load_backbone(info: dict[str, Any], tensors: dict[str, torch.Tensor], embedded: bool,
                   model_dir: str) -> torch.nn.Module:
-    """Rebuild a model's backbone from embedded tensors, its weights file or the hub; verify."""
+    """Rebuild a model's backbone from embedded tensors, its weights file or the hub; verify.
+
+    The position embeddings are resampled as when the model was fit: ``info["pos_embed"]``,
+    timm's for model files written before it was recorded."""
+    mode = info.get("pos_embed", pos_embed.TIMM)
+    if mode not in pos_embed.MODES:
+        raise InputError(model_dir, f"unknown position-embedding interpolation {mode!r}")
     if embedded:
         net, _ = build_backbone(info["name"], "random", info.get("overrides"), seed=0)
         net.load_state_dict(prefixed(tensors, "backbone."), strict=True)
@@ -276,4 +298,4 @@ def load_backbone(info: dict[str, Any], tensors: dict[str, torch.Tensor], embedd
         set_normalisation(net, info["weights"]["normalisation"])
     if tensor_hash(net.state_dict()) != info["weights"]["sha256"]:
         raise InputError(model_dir, "backbone weights differ from those the model was fit on")
-    return net
+    return pos_embed.set_interpolation(net, mode)

@@ -143,9 +143,11 @@ def stego_model_from_import(
 ) -> StegoModel:
     """Our StegoModel from an official checkpoint (``stego_checkpoint.ImportedStego``).
 
-    The backbone weights come from the checkpoint, so they are always embedded.
+    The backbone weights come from the checkpoint, so they are always embedded. Its position
+    embeddings are resampled as DINO's ViT, which STEGO's code runs, does at other tile sizes.
     """
     from pipeline.models.base import default_class_names, default_colors
+    from pipeline.models.pos_embed import DINO, set_interpolation
 
     net, _ = bb.build_backbone(imported.backbone_name, "random", overrides)
     try:
@@ -154,6 +156,7 @@ def stego_model_from_import(
         last = str(exc).strip().splitlines()[-1].strip()
         raise InputError(source_path, f"backbone does not fit {imported.backbone_name} "
                          f"(pass --backbone-arg for non-standard sizes): {last}") from None
+    set_interpolation(net, DINO)
     provenance = {"source": "checkpoint", "path": str(source_path),
                   "file_sha256": bb.file_sha256(source_path),
                   "sha256": bb.tensor_hash(net.state_dict())}

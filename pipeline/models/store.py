@@ -64,7 +64,11 @@ def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any])
         **extra,
     }
     if getattr(model, "backbone_info", None):
-        meta["backbone"] = model.backbone_info
+        meta["backbone"] = dict(model.backbone_info)
+        if getattr(model, "backbone", None) is not None:  # what the backbone does, as it runs
+            from pipeline.models.pos_embed import interpolation
+
+            meta["backbone"]["pos_embed"] = interpolation(model.backbone)
     tmp_t = model_dir / f".model.safetensors.tmp-{os.getpid()}"
     tmp_j = model_dir / f".model.json.tmp-{os.getpid()}"
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from pipeline.fit.feature_cache import build_feature_cache, load_cache
 from pipeline.fit.knn import knn_indices
 from pipeline.fit.stego_train import train_stego
 from pipeline.models.kmeans import spherical_kmeans
+from pipeline.models.pos_embed import interpolation
 from pipeline.models.store import load_model, save_model
 from tests.conftest import TINY_VIT
 
@@ -174,6 +177,10 @@ def test_an_official_checkpoint_imports_from_the_cli(tmp_path, capsys):
     torch.testing.assert_close(model.head.linear.weight, state["net.cluster1.0.weight"])
     torch.testing.assert_close(model.backbone.pos_embed, state["net.model.pos_embed"])
     assert model.linear_probe is not None and model.input_scale == 0.5
+    # DINO's position-embedding interpolation, as STEGO's code, also after reloading
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["backbone"]["pos_embed"] == "dino"
+    assert interpolation(model.backbone) == "dino"
     x = torch.rand(1, 3, 64, 64)
     assert model.predict(x).shape == (1, state["cluster_probe.clusters"].shape[0], 64, 64)
 

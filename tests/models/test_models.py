@@ -65,6 +65,35 @@ def test_original_dino_checkpoints_load_from_a_local_file(tmp_path):
         NAME, "random", TINY_VIT, seed=3)[1]["sha256"]
 
 
+def test_a_dino_file_backbone_keeps_dinos_interpolation_after_save_and_reload(tmp_path):
+    from pipeline.models.backbone import describe_backbone
+    from pipeline.models.feature_kmeans import FeatureKMeans
+    from pipeline.models.pos_embed import interpolation
+
+    ref, _ = build_backbone(NAME, "random", TINY_VIT, seed=7)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in ref.state_dict().items()}},
+               tmp_path / "dino.pth")
+    net, prov = build_backbone(NAME, str(tmp_path / "dino.pth"), TINY_VIT)
+    assert interpolation(net) == "dino"
+    info = describe_backbone(NAME, TINY_VIT, prov, net)
+    model = FeatureKMeans(net, info, torch.randn(3, 64), ["a", "b", "c"], [(0, 0, 0)] * 3)
+    mdir = save_model(model, tmp_path / "m", {})  # the backbone is not embedded: read again
+    meta = json.loads((mdir / "model.json").read_text())
+    assert meta["backbone"]["pos_embed"] == "dino" and not meta["params"]["backbone_embedded"]
+    x = _images()  # a 6 x 8 patch grid: DINO's interpolation of the 28 x 28 table
+    again = load_model(mdir)
+    assert interpolation(again.backbone) == "dino"
+    torch.testing.assert_close(again.predict(x), model.predict(x))
+    # a model file written before the choice was recorded was fit with timm's resampling
+    del meta["backbone"]["pos_embed"]
+    (mdir / "model.json").write_text(json.dumps(meta))
+    assert interpolation(load_model(mdir).backbone) == "timm"
+    meta["backbone"]["pos_embed"] = "nearest"
+    (mdir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="nearest"):
+        load_model(mdir)
+
+
 def test_timm_safetensors_weights_load(tmp_path):
     ref, _ = build_backbone(NAME, "random", TINY_VIT, seed=4)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "w.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import collections
 import functools
+import json
 import os
 import pickle
 import subprocess
@@ -18,12 +19,16 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.io.safe_checkpoint import UnsafeCheckpointError, safe_load_checkpoint
+from pipeline.models.pos_embed import interpolation
+from pipeline.models.stego import stego_model_from_import
 from pipeline.models.stego_checkpoint import (
     CheckpointFormatError,
     convert_stego_checkpoint,
     import_stego_checkpoint,
 )
 from pipeline.models.stego_head import SegmentationHead
+from pipeline.models.store import load_model, save_model
+from tests.models.dino_reference import DinoViT
 
 WIDTH, DIM, N_CLASSES, EXTRA = 64, 16, 3, 2
 
@@ -233,6 +238,27 @@ def test_head_and_backbone_load_strict_and_match(
     assert torch.equal(tokens, ref_tokens)
     assert torch.equal(code, ref_code)
     assert code.shape == (1, DIM, 28, 28)
+
+
+def test_an_imported_model_runs_dinos_vit_at_any_tile_size_after_save_and_reload(
+    official: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path,
+) -> None:
+    path, state = official
+    tiny = {"depth": 2, "embed_dim": WIDTH, "num_heads": 2}
+    model = stego_model_from_import(import_stego_checkpoint(path), str(path), tiny)
+    saved = save_model(model, tmp_path / "m", {})
+    assert json.loads((saved / "model.json").read_text())["backbone"]["pos_embed"] == "dino"
+    again = load_model(saved)
+    assert interpolation(model.backbone) == interpolation(again.backbone) == "dino"
+    ref = DinoViT(8, WIDTH, 2, 2).eval()  # DINO's own ViT, as STEGO's code runs it
+    ref.load_state_dict({k[len("net.model."):]: v for k, v in state.items()
+                         if k.startswith("net.model.")}, strict=True)
+    for h, w in [(224, 224), (320, 320), (160, 240)]:
+        x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+        with torch.no_grad():
+            tokens = ref.forward_tokens((x - again.mean) / again.std)
+            feats = tokens[:, 1:].reshape(1, h // 8, w // 8, WIDTH).permute(0, 3, 1, 2)
+            torch.testing.assert_close(again.codes(x), again.head(feats), rtol=1e-5, atol=1e-4)
 
 
 def test_legacy_non_zip_format_imports(tmp_path: Path) -> None:
