@@ -96,13 +96,16 @@ def fit_rows(work: Path, size: int, per_class: int = 20, seed: int = 0):
 
 
 def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> list[list[str]]:
-    """Seconds per 544² tile and per megapixel of model input for each model, float32, CPU,
-    one tile per call (the best of ``repeats`` passes over the tiles, after a warm-up)."""
+    """Seconds per 544² tile and per megapixel of model input for each model, CPU, one tile
+    per call (the best of ``repeats`` passes over the tiles, after a warm-up), with the
+    backbone in float32 and in bf16 autocast (what `segment`'s precision auto picks on a CPU
+    with native bf16)."""
     import torch
 
     from pipeline.config.classifier import ClassifierConfig
     from pipeline.fit.samples_fit import train_head
     from pipeline.models.classifier import SampleClassifier
+    from pipeline.models.device import cpu_has_native_bf16, precision_context
     from pipeline.models.feature_kmeans import FeatureKMeans
     from pipeline.models.refine import RegionRefined
 
@@ -118,24 +121,62 @@ def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> 
     kmeans = FeatureKMeans(default.backbone, default.backbone_info,
                            torch.randn(k, int(default.backbone.num_features)),
                            default.class_names, default.colors)
-    cands = [("classifier default (trees 100)", default),
-             ("classifier, head linear", linear),
-             ("classifier, RGB + local only (trees 100)", local),
-             ("classifier default + --refine regions (SLIC 64 px)", RegionRefined(default, 64)),
+    cands = [("classifier as segment runs it (superpixels 256 px, means of every 2nd px)",
+              RegionRefined(default, 256)),
+             ("classifier, superpixel means of every pixel", RegionRefined(default, 256, 1)),
+             ("classifier, --refine none", default),
+             ("classifier, head linear, --refine none", linear),
+             ("classifier, RGB + local only, --refine none", local),
              ("feature-kmeans (same tiny ViT, random centroids)", kmeans)]
+    precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
     rows = []
     batch = [torch.from_numpy(t)[None] for t in tiles]
     for label, model in cands:
         if hasattr(model, "eval"):
             model.eval()
-        with torch.no_grad():
-            model.predict(batch[0])
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for b in batch:
-                    model.predict(b)
-                best = min(best, (time.perf_counter() - t0) / len(batch))
-        rows.append([label, f"{best:.2f}", f"{best / (TILE * TILE) * 1e6:.2f}"])
+        row = [label]
+        for precision in precisions:
+            with torch.no_grad(), precision_context(precision, "cpu"):
+                model.predict(batch[0])
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    for b in batch:
+                        model.predict(b)
+                    best = min(best, (time.perf_counter() - t0) / len(batch))
+            row += [f"{best:.2f}", f"{best / (TILE * TILE) * 1e6:.2f}"]
+        rows.append(row)
+        print(f"  timing: {rows[-1]}", flush=True)
+    return rows, precisions
+
+
+def segment_rows(work: Path, size: int, model: object) -> list[list[str]]:
+    """`stego segment` end to end (Prefect, tiling, Zarr, COG, polygons; precision auto) on the
+    ``size``² demo scene: the fitted default classifier against feature-kmeans fitted by
+    `stego fit --method feature-kmeans` on the same tiny ViT architecture, random weights."""
+    import subprocess
+    import sys
+
+    from flows.fit_flow import CLASSIFIER_BACKBONE
+    from pipeline.models.store import save_model
+
+    image = work / f"fit_{size}.tif"
+    cls_dir = save_model(model, work / "model_classifier", {"accuracy": None})
+    km_dir = work / "model_kmeans"
+    args = [a for kv in CLASSIFIER_BACKBONE[1].items() for a in ("--backbone-arg", "%s=%s" % kv)]
+    stego = [sys.executable, "-m", "flows.cli"]
+    subprocess.run(stego + ["fit", str(image), "--method", "feature-kmeans", "--weights",
+                            "random", "--backbone", CLASSIFIER_BACKBONE[0], *args,
+                            "--embed-weights", "--clusters", str(len(model.class_names)),
+                            "--out", str(km_dir)], check=True, capture_output=True)
+    rows = []
+    for label, model_dir in (("classifier (default refine)", cls_dir),
+                             ("feature-kmeans", km_dir)):
+        out = work / f"seg_{model_dir.name}"
+        t0 = time.perf_counter()
+        subprocess.run(stego + ["segment", str(image), "--model", str(model_dir), "--out",
+                                str(out)], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        rows.append([label, f"{size}²", f"{wall:.1f}", f"{wall / (size * size) * 1e6:.2f}"])
         print(f"  timing: {rows[-1]}", flush=True)
     return rows

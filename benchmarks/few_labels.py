@@ -90,10 +90,13 @@ ROWS = [
     Row("trees200", "RGB + local + tiny ViT, trees 200", trees=200),
     Row("pretrained", "RGB + local + pretrained ViT (--backbone-dir), trees 100", "dir"),
     Row("superpixels", "default + superpixels", semi="superpixels"),
+    Row("sampled", "default + superpixels, means of every 2nd pixel (segment default)",
+        semi="sampled"),
     Row("self-training", "default + self-training", semi="self-training"),
     Row("both", "default + self-training + superpixels", semi="both"),
 ]
-QUICK_ROWS = ["rgb-rf", "local", "default", "linear", "superpixels", "self-training"]
+QUICK_ROWS = ["rgb-rf", "local", "default", "linear", "superpixels", "sampled",
+              "self-training"]
 
 
 def fit_predict(scene: fd.Scene, row: Row, idx: np.ndarray, y: np.ndarray,
@@ -126,12 +129,14 @@ def fit_predict(scene: fd.Scene, row: Row, idx: np.ndarray, y: np.ndarray,
     return probs, t1 - t0, time.perf_counter() - t1
 
 
-def smooth(scene: fd.Scene, probs: np.ndarray) -> np.ndarray:
-    """Probabilities averaged within the scene's superpixels."""
-    from pipeline.models.refine import average_within
+def smooth(scene: fd.Scene, probs: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Probabilities averaged within the scene's superpixels (over a lattice of every
+    ``stride``-th pixel and the superpixels it misses, as `segment` samples them)."""
+    from pipeline.models.refine import average_within, sample_mask
 
     h, w = scene.truth.shape
-    out = average_within(probs.T.reshape(-1, h, w), scene.segments)
+    mask = None if stride == 1 else sample_mask(scene.segments, stride)
+    out = average_within(probs.T.reshape(-1, h, w), scene.segments, mask)
     return np.ascontiguousarray(out.reshape(len(out), -1).T)
 
 
@@ -185,8 +190,8 @@ def trial(scene: fd.Scene, rows: list[Row], design: str, seed: int, all_tiles: i
             p0, train0, pred0 = default()
             feat_fit, feat_px = feature_cost("vit")
             slic_px = scene.slic_seconds / n
-            if row.semi == "superpixels":
-                probs = smooth(scene, p0)
+            if row.semi in ("superpixels", "sampled"):
+                probs = smooth(scene, p0, 2 if row.semi == "sampled" else 1)
                 fit_s, px_s = feat_fit + train0, feat_px + pred0 / n + slic_px
             else:
                 both = row.semi == "both"
@@ -365,10 +370,15 @@ def main() -> None:
         print("\n### fit time: 20 points per class, demo scene, CPU float32\n")
         print_table(["fit", "scene", "points", "tiles", "read samples s", "features s",
                      "train s", "wall s", "held-out acc %"], fit_rows)
-        thr = ft.throughput_rows(models, tiles[:1] if args.quick else tiles,
-                                 repeats=1 if args.quick else 2)
-        print("\n### segment throughput: predict per 544² tile, CPU float32\n")
-        print_table(["model", "s per tile", "s/MP"], thr)
+        thr, precisions = ft.throughput_rows(models, tiles[:1] if args.quick else tiles,
+                                             repeats=1 if args.quick else 2)
+        print("\n### segment throughput: predict per 544² tile, CPU, backbone in "
+              f"{' / '.join(precisions)}\n")
+        print_table(["model"] + [f"{h} {p}" for p in precisions for h in ("s per tile", "s/MP")],
+                    thr)
+        seg = ft.segment_rows(work, size, models[True])
+        print("\n### `stego segment` end to end (precision auto)\n")
+        print_table(["model", "scene", "wall s", "s/MP"], seg)
     print(f"\nwall time {time.perf_counter() - t_start:.0f} s", flush=True)
 
 

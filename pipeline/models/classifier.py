@@ -11,10 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.models import backbone as bb
-from pipeline.models.forest import FOREST_KEYS, predict_forest
+from pipeline.models.forest import FOREST_KEYS, predict_forest, predict_forest_grid
 from pipeline.models.torch_model import TorchSegmentationModel
 
 HEADS = ("trees", "linear")
+
+
+def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over k x k windows (no padding), as two 1-D passes (O(k) per pixel, not O(k²))."""
+    return F.avg_pool2d(F.avg_pool2d(x, (k, 1), 1), (1, k), 1)
 
 
 def local_statistics(images: torch.Tensor, radii: list[int]) -> torch.Tensor:
@@ -25,8 +30,8 @@ def local_statistics(images: torch.Tensor, radii: list[int]) -> torch.Tensor:
         k = 2 * r + 1
         pad = F.pad(images, (r, r, r, r), mode="reflect" if r < min(images.shape[-2:])
                     else "replicate")
-        mean = F.avg_pool2d(pad, k, 1)
-        sq = F.avg_pool2d(pad * pad, k, 1)
+        mean = _box_mean(pad, k)
+        sq = _box_mean(pad * pad, k)
         out += [mean, (sq - mean * mean).clamp_min(0).sqrt()]
     return torch.cat(out, 1) if out else images.new_zeros(images.shape[0], 0, *images.shape[2:])
 
@@ -77,22 +82,29 @@ class SampleClassifier(TorchSegmentationModel):
         n = 3 + 6 * len(self.local_radii)
         return n + (int(self.backbone.num_features) if self.backbone is not None else 0)
 
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pixel-resolution features (N, 3 + 6·radii, H, W): the bands and their local
+        statistics; and the backbone's unit-length patch features (N, C, h, w) or None."""
+        x = images.float()
+        with bb.full_precision(x):
+            pixel = torch.cat([x, local_statistics(x, self.local_radii)], 1)
+        if self.backbone is None:
+            return pixel, None
+        scaled = bb.resample(x, self.input_scale)
+        f = bb.patch_features(self.backbone, (scaled - self.mean) / self.std)
+        with bb.full_precision(f):
+            return pixel, F.normalize(f.float(), dim=1)
+
     def pixel_features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, D, H, W) float32 features of images (N, 3, H, W) in [0, 1]: the bands, their
         local statistics, and the backbone's unit-length patch features upsampled bilinearly."""
-        x = images.float()
-        parts = [x]
-        with bb.full_precision(x):
-            parts.append(local_statistics(x, self.local_radii))
-        if self.backbone is not None:
-            scaled = bb.resample(x, self.input_scale)
-            f = bb.patch_features(self.backbone, (scaled - self.mean) / self.std)
-            with bb.full_precision(f):
-                f = F.normalize(f.float(), dim=1)
-                parts.append(F.interpolate(f, size=x.shape[-2:], mode="bilinear",
-                                           align_corners=False))
-        with bb.full_precision(x):
-            return torch.cat([p.float() for p in parts], 1)
+        pixel, patch = self._features(images)
+        if patch is None:
+            return pixel
+        with bb.full_precision(patch):
+            up = F.interpolate(patch, size=pixel.shape[-2:], mode="bilinear",
+                               align_corners=False)
+            return torch.cat([pixel, up], 1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities (n, K) of feature rows (n, D)."""
@@ -109,12 +121,30 @@ class SampleClassifier(TorchSegmentationModel):
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities at pixel resolution, one image at a time (bounded memory)."""
+        return self.predict_sampled(images, None)
+
+    def predict_sampled(self, images: torch.Tensor,
+                        masks: list[np.ndarray] | None) -> torch.Tensor:
+        """Class probabilities at the pixels of each image's boolean mask (H, W), 0 elsewhere
+        (all pixels when ``masks`` is None). The trees read the features they test straight
+        from the pixel features and the patch grid, so the (D, H, W) stack is never built."""
         out = []
-        for img in images:
+        for i, img in enumerate(images):
+            mask = None if masks is None else masks[i]
+            if self.head == "trees":
+                pixel, patch = self._features(img[None])
+                grid = (patch[0].permute(1, 2, 0) if patch is not None
+                        else pixel.new_zeros(1, 1, 0))
+                p = predict_forest_grid(self._forest, pixel[0].permute(1, 2, 0).cpu().numpy(),
+                                        grid.cpu().numpy(), mask)
+                out.append(torch.from_numpy(p).to(img.device))
+                continue
             f = self.pixel_features(img[None])[0]
             d, h, w = f.shape
-            p = self.classify(f.reshape(d, h * w).T)
-            out.append(p.T.reshape(-1, h, w))
+            p = self.classify(f.reshape(d, h * w).T).T.reshape(-1, h, w)
+            if mask is not None:
+                p = p * torch.from_numpy(np.asarray(mask, dtype=bool)).to(p.device)
+            out.append(p)
         return torch.stack(out)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

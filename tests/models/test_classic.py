@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.fit.classic import fit_regions, fit_threshold
 from pipeline.io.crops import Crop
-from pipeline.models.refine import RegionRefined, average_within
+from pipeline.models.refine import RegionRefined, average_within, sample_mask, superpixels
 from pipeline.models.region_segmenters import RegionParams, edge_regions, grow_regions
 from pipeline.models.store import load_model, save_model
 from pipeline.models.threshold import pixel_index
@@ -167,3 +167,56 @@ def test_refinement_removes_speckle_and_keeps_small_objects():
     assert err_plain > 0.1  # the speckle is there
     assert err_refined < err_plain / 3
     assert (refined[20:26, 20:26] == 1).mean() > 0.8
+
+
+def test_refinement_from_a_sample_of_pixels_weighs_only_the_sample():
+    probs = np.array([[[1.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]]], dtype=np.float32)  # (2, 1, 3)
+    seg = np.zeros((1, 3), dtype=np.int64)
+    mask = np.array([[True, False, True]])
+    np.testing.assert_allclose(average_within(probs, seg, mask)[:, 0, 1], [1.0, 0.0])
+
+
+def test_the_sample_lattice_covers_every_superpixel():
+    seg = np.zeros((9, 9), dtype=np.int64)
+    seg[1, 1] = 1  # one pixel, off the stride-2 lattice
+    seg[5:7, 5:7] = 2  # 2x2: holds the lattice pixel (6, 6)
+    mask = sample_mask(seg, 2)
+    assert mask[::2, ::2].all()
+    assert mask[1, 1]  # the superpixel the lattice misses is taken whole
+    assert mask[6, 6] and not mask[5, 5] and not mask[5, 6]
+    assert mask.sum() == 25 + 1
+
+
+def test_refined_classifier_from_every_second_pixel_keeps_the_full_refinement(one_torch_thread):
+    """The classifier's superpixel means from a stride-2 lattice: the labels of the means
+    over every pixel, but for a few pixels where two classes are close."""
+    import torch
+
+    from pipeline.config.classifier import ClassifierConfig
+    from pipeline.fit.samples_fit import train_head
+    from pipeline.models.classifier import SampleClassifier
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((64, 64), dtype=np.int64)
+    truth[:, 32:] = 1
+    truth[10:30, 8:24] = 2
+    colours = np.array([[0.3, 0.5, 0.3], [0.6, 0.6, 0.6], [0.7, 0.3, 0.2]])
+    image = (colours[truth] + rng.normal(0, 0.08, (64, 64, 3))).clip(0, 1).astype(np.float32)
+    names = ["grass", "road", "roof"]
+    probe = SampleClassifier(None, None, "linear", {}, names, [(0, 0, 0)] * 3, [2])
+    x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+    f = probe.pixel_features(x)[0].reshape(probe.feature_dim, -1).T.numpy()
+    pick = rng.choice(f.shape[0], 300, replace=False)
+    model = SampleClassifier(None, None, "trees",
+                             train_head(f[pick], truth.ravel()[pick], 3, ClassifierConfig()),
+                             names, [(0, 0, 0)] * 3, [2])
+    with torch.no_grad():
+        full = RegionRefined(model, 32, sample_stride=1).predict(x)[0]
+        sampled = RegionRefined(model, 32, sample_stride=2).predict(x)[0]
+        probs = model.predict(x)[0].numpy()
+    seg = superpixels(image, 32)
+    # the means are those of the lattice's pixels, not of every pixel
+    np.testing.assert_allclose(sampled, average_within(probs, seg, sample_mask(seg, 2)),
+                               atol=1e-6)
+    assert (full.argmax(0) == truth).mean() > 0.95
+    assert (sampled.argmax(0) == full.argmax(0)).mean() > 0.99

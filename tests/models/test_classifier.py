@@ -211,3 +211,36 @@ def test_local_statistics_measure_the_texture_inside_the_window():
     torch.testing.assert_close(centre[0], mean)
     torch.testing.assert_close(centre[3], torch.full((4, 4), (20 / 81) ** 0.5), atol=1e-4,
                                rtol=0)
+
+
+# ---- segment's prediction: the trees read the features they test, never the whole stack
+
+
+@pytest.mark.parametrize("with_backbone", [True, False], ids=["backbone", "no backbone"])
+def test_trees_on_the_feature_grid_predict_what_they_predict_on_the_feature_stack(
+        with_backbone, tiny_backbone, one_torch_thread):
+    model = _fitted("trees", tiny_backbone if with_backbone else None)
+    x = _images(2, 40, 56, seed=4)
+    with torch.no_grad():
+        grid = model.predict(x).numpy()
+        f = model.pixel_features(x)
+        stack = np.stack([model.classify(fi.reshape(fi.shape[0], -1).T).T.reshape(-1, 40, 56)
+                          .numpy() for fi in f])
+    # the patch features are interpolated in another order of float operations: a pixel
+    # whose feature lies within rounding of a threshold may take the other branch of a tree
+    differs = np.abs(grid - stack).max(1) > 1e-5
+    assert differs.mean() < 0.005
+    assert (grid.argmax(1) == stack.argmax(1)).mean() > 0.995
+
+
+def test_sampled_prediction_is_the_full_prediction_inside_the_mask_and_zero_outside(
+        tiny_backbone, one_torch_thread):
+    model = _fitted("trees", tiny_backbone)
+    x = _images(1, 32, 40, seed=5)
+    mask = np.zeros((32, 40), dtype=bool)
+    mask[::2, ::3] = True
+    mask[10:14, 20:30] = True
+    with torch.no_grad():
+        full, part = model.predict(x)[0].numpy(), model.predict_sampled(x, [mask])[0].numpy()
+    np.testing.assert_array_equal(part[:, mask], full[:, mask])
+    assert (part[:, ~mask] == 0).all()
