@@ -38,10 +38,25 @@ LAYOUT = "stego-labels/2"  # bumped when the store's layout changes: older parti
 ZLIB_LEVEL = 6
 
 
-def partial_path(final: Path) -> Path:
-    """Where a store is built before it is complete."""
+def partial_path(final: Path, run_id: str) -> Path:
+    """Where the run ``run_id`` builds a store before it is complete: one directory per run
+    (kept by the runs that resume it), so that a block of an earlier run whose client is gone
+    can never write into a later run's store, even between its token check and its write."""
     final = Path(final)
-    return final.with_name(f".{final.name}.partial")
+    return final.with_name(f".{final.name}.partial-{run_id}")
+
+
+def partial_stores(final: Path) -> list[Path]:
+    """The partial stores of ``final`` on disk (normally one; more after a crash while an
+    orphaned block of an older run recreated its own)."""
+    final = Path(final)
+    return sorted(p for p in final.parent.glob(f".{final.name}.partial-*") if p.is_dir())
+
+
+def _remove_partials(final: Path, keep: Path | None = None) -> None:
+    for p in partial_stores(final):
+        if keep is None or p != keep:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _crs_attrs(crs_wkt: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -119,18 +134,21 @@ def prepare_store(
     fresh: bool = False,
     zarr_format: int = 2,
 ) -> tuple[Path, bool]:
-    """Open the partial store for resuming if its fingerprint matches, else create it anew.
+    """Open the partial store for resuming if its fingerprint matches, else create a new one
+    under a new name (:func:`partial_path`) and remove the others.
 
     Returns ``(path, resumed)``.
     """
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
-    path = partial_path(final)
-    if path.exists() and not fresh and _resumable(path, fingerprint, zarr_format):
-        _new_token(path)
-        return path, True
-    if path.exists():
-        shutil.rmtree(path)
+    if not fresh:
+        for path in partial_stores(final):
+            if _resumable(path, fingerprint, zarr_format):
+                _new_token(path)
+                _remove_partials(final, keep=path)
+                return path, True
+    _remove_partials(final)
+    path = partial_path(final, uuid.uuid4().hex[:12])
     group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     names = list(class_names)
     gdal_crs, cf = _crs_attrs(crs_wkt)
@@ -327,6 +345,7 @@ def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
     os.replace(path, final)
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
+    _remove_partials(final)  # what orphaned blocks of earlier runs may have recreated
     return final
 
 

@@ -227,7 +227,7 @@ def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_
     # pretend the run was killed after some blocks: an unfinished store is left behind
     from pipeline.io.zarr_store import partial_path
 
-    partial = partial_path(segmented / "labels.zarr")
+    partial = partial_path(segmented / "labels.zarr", "killed")
     shutil.copytree(segmented / "labels.zarr", partial)
     shutil.rmtree(segmented / "labels.zarr")  # killed before the store was finalized:
     (partial / ".zmetadata").unlink()  # not consolidated yet, bookkeeping still there

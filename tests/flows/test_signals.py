@@ -22,7 +22,7 @@ import rasterio
 
 from flows.cli import main
 from pipeline.io.lock import LOCK_NAME
-from pipeline.io.zarr_store import partial_path
+from pipeline.io.zarr_store import partial_stores
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = """
@@ -84,7 +84,8 @@ def _done_flags(out: Path) -> int:
     """Blocks the partial store marks done: chunk files of its ``block_done`` array (any Zarr
     format: ``0.1`` or ``c/0/1``; metadata files start with a dot or are ``zarr.json``)."""
     try:
-        return sum(1 for base in partial_path(out / "labels.zarr").glob("**/block_done")
+        return sum(1 for store in partial_stores(out / "labels.zarr")
+                   for base in store.glob("**/block_done")
                    for f in base.rglob("*")
                    if f.is_file() and not f.name.startswith(".") and f.name != "zarr.json")
     except FileNotFoundError:  # the store was renamed away while we looked

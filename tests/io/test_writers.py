@@ -14,7 +14,7 @@ from pipeline.io.zarr_store import (
     done_blocks,
     finalize_store,
     open_labels,
-    partial_path,
+    partial_stores,
     prepare_store,
     write_block,
 )
@@ -62,7 +62,7 @@ def _finished(tmp_path, fmt, lab=None):
     final, path, _ = _store(tmp_path, lab, fmt=fmt)
     _write_all(path, lab)
     finalize_store(path, final, {})
-    assert not partial_path(final).exists()
+    assert not path.exists() and not partial_stores(final)
     return final, lab
 
 
@@ -158,13 +158,16 @@ def test_blocks_write_their_own_chunks_and_record_completion(tmp_path, fmt):
     finalize_store(path, final, {})
     np.testing.assert_array_equal(open_labels(final)[:], lab)
     assert RESUME not in zarr.open_group(str(final), mode="r")
-    _store(tmp_path, lab, fmt=fmt)
-    _write_all(partial_path(final), lab, only={0})
-    assert _store(tmp_path, lab, fingerprint="other", fmt=fmt)[2] is False
-    assert done_blocks(partial_path(final)) == set()
-    _write_all(partial_path(final), lab, only={0})
-    assert _store(tmp_path, lab, fmt=5 - fmt)[2] is False  # the other format: rebuilt
-    assert done_blocks(partial_path(final)) == set()
+    first = _store(tmp_path, lab, fmt=fmt)[1]
+    _write_all(first, lab, only={0})
+    _, other, resumed = _store(tmp_path, lab, fingerprint="other", fmt=fmt)
+    assert resumed is False and done_blocks(other) == set()
+    # another run's store is another directory: the earlier one is removed, never reused
+    assert other != first and partial_stores(final) == [other]
+    _write_all(other, lab, only={0})
+    _, rebuilt, resumed = _store(tmp_path, lab, fmt=5 - fmt)  # the other format: rebuilt
+    assert resumed is False and done_blocks(rebuilt) == set()
+    assert partial_stores(final) == [rebuilt]
 
 
 def test_finalize_replaces_an_earlier_complete_store(tmp_path):
@@ -284,7 +287,10 @@ def test_a_block_of_an_earlier_run_cannot_write_into_a_later_runs_store(tmp_path
     orphan = BlockWriter(path, block, 0, 64, token=store_token(path))
     core = old[:block.height, :block.width]
     orphan.add(core[:64], _confidence(core[:64]))  # the first chunk row lands (its own run)
-    _store(tmp_path, new, fingerprint="another model", fmt=fmt)  # the rerun takes the store
+    late = orphan.group["labels"]  # the orphan's next write, already past its token check
+    # the rerun makes its own store (and removes the orphan's)
+    _, rerun, _ = _store(tmp_path, new, fingerprint="another model", fmt=fmt)
+    assert rerun != path
     with pytest.raises(StaleRunError, match="another run has taken this store"):
         orphan.add(core[64:], _confidence(core[64:]))
     with pytest.raises(StaleRunError):
@@ -293,8 +299,12 @@ def test_a_block_of_an_earlier_run_cannot_write_into_a_later_runs_store(tmp_path
         BlockWriter(path, block, 64, 64, token=orphan.token)
     for b in plan_blocks(*new.shape, 128):
         c = new[b.row_off:b.row_off + b.height, b.col_off:b.col_off + b.width]
-        write_block(path, BlockOutput(b, c, _confidence(c)), token=store_token(path))
-    finalize_store(path, final, {})
+        write_block(rerun, BlockOutput(b, c, _confidence(c)), token=store_token(rerun))
+    # the orphan passed its check before the rerun began and writes only now: its chunk goes
+    # to its own (removed) run's directory, never into the rerun's store
+    late[64:128, :128] = core[64:]
+    finalize_store(rerun, final, {})
+    assert not partial_stores(final)  # what the orphan recreated is cleaned up
     np.testing.assert_array_equal(open_labels(final)[:], new)
     import zarr
 
@@ -308,7 +318,7 @@ def test_a_resumed_run_fences_the_blocks_of_the_run_it_resumes(tmp_path):
     lab = _labels()
     final, path, _ = _store(tmp_path, lab)
     token = store_token(path)
-    assert _store(tmp_path, lab)[2] is True  # resumed
+    assert _store(tmp_path, lab)[1:] == (path, True)  # resumed in the same store
     assert store_token(path) != token
     with pytest.raises(StaleRunError):
         BlockWriter(path, plan_blocks(*lab.shape, 128)[0], 0, 64, token=token)

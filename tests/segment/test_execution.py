@@ -155,11 +155,11 @@ def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
 
     for name in (".polygons.gpkg.tmp-123.gpkg", ".labels.tif.build.tif", ".run.json.tmp-9"):
         (tmp_path / name).write_text("x")
-    (tmp_path / ".labels.zarr.partial").mkdir()
+    (tmp_path / ".labels.zarr.partial-0123abcd").mkdir()
     (tmp_path / "labels.tif").write_text("keep")
     removed = clean_stale_temporaries(tmp_path)
     assert len(removed) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.zarr.partial", "labels.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.zarr.partial-0123abcd", "labels.tif"]
 
 
 def test_one_worker_runs_in_process_and_several_in_their_own_processes():
