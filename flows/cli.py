@@ -25,7 +25,9 @@ from flows.cli_tools import (
     cmd_name_clusters,
     cmd_server,
 )
+from flows.locations import published, refuse_remote
 from pipeline.errors import InputError
+from pipeline.io.remote import is_remote
 
 startup_trace.mark("cli imported")
 
@@ -96,9 +98,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         infos = [open_raster_info(p, cfg.input.bands) for p in args.inputs]
         t = cfg.threshold
         check_classic(cfg.fit.method, cfg.fit.clusters, infos, t.index, t.nir_band, t.red_band)
-    with flow_run():
+    with published(args.out) as out_dir, flow_run():
         result = fit_flow(
-            [str(p) for p in args.inputs], str(args.out), method=cfg.fit.method,
+            [str(p) for p in args.inputs], str(out_dir), method=cfg.fit.method,
             clusters=cfg.fit.clusters, weights=cfg.fit.weights, backbone=cfg.fit.backbone,
             backbone_overrides=dict(args.backbone_arg), embed_weights=args.embed_weights,
             config=cfg.model_dump(mode="json"),
@@ -107,6 +109,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             samples=[str(s) for s in args.samples] if args.samples else None,
             class_field=args.class_field, class_table=args.classes,
         )
+    if is_remote(args.out):
+        result["model_dir"] = str(args.out)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -119,12 +123,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _config(args)
     for path in args.inputs:  # fail fast, before torch and Prefect are imported
         compute_scaling(open_raster_info(path, cfg.input.bands), cfg.input.percentiles)
-    ensure_output_dir(args.out)
     from flows.pretrain_flow import pretrain_flow
 
-    with flow_run():
-        result = pretrain_flow([str(p) for p in args.inputs], str(args.out),
-                               config=cfg.model_dump(mode="json"), fresh=args.fresh)
+    with published(args.out) as out_dir:
+        ensure_output_dir(out_dir)
+        with flow_run():
+            result = pretrain_flow([str(p) for p in args.inputs], str(out_dir),
+                                   config=cfg.model_dump(mode="json"), fresh=args.fresh)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -132,11 +137,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     """`stego segment`: segment one raster with a fitted model."""
     from pipeline.io.raster import open_raster_info
-    from pipeline.models.store import read_model_json
+    from pipeline.models.store import local_model_dir, read_model_json
 
+    refuse_remote(args.out, "--out")
     cfg = _config(args)
     open_raster_info(args.input, cfg.input.bands)  # fail fast, before torch and Prefect load
-    read_model_json(args.model)
+    read_model_json(local_model_dir(args.model))
     startup_trace.mark("raster checked")
     from pipeline.segment.plan import check_segment_inputs
 
@@ -205,6 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """`stego evaluate`: score label rasters against ground truth."""
+    refuse_remote(args.out, "--out")
     if args.samples:
         return evaluate_samples(args)
     if len(args.pairs) % 2:
@@ -234,6 +241,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.deploy import serve_folder
     from pipeline.config import load_config
 
+    refuse_remote(args.out_root, "--out-root")
     cfg = load_config(args.config, list(args.overrides)).model_dump(mode="json",
                                                                    exclude_unset=True)
     with flow_run():

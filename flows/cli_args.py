@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from flows.locations import location
 from pipeline.errors import InputError
 
 EXAMPLES = {
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="timm create_model override, e.g. depth=2 (tests, experiments)")
     fit.add_argument("--embed-weights", action="store_true",
                      help="store backbone weights inside the model directory")
-    fit.add_argument("--out", required=True, type=Path, help="model directory to write")
+    fit.add_argument("--out", required=True, type=location,
+                     help="model directory to write (or an s3://, gs://, az:// URL)")
     fit.add_argument("--labels", nargs="+", metavar="LABELS.tif",
                      help="STEGO only, for evaluation: label rasters (one per input, class "
                      "indices) to train a linear probe on the codes; the head never sees them")
@@ -185,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = add("pretrain", "Self-supervised DINO pretraining of a ViT backbone on your rasters.")
     pre.add_argument("inputs", nargs="+", help="rasters GDAL can open")
-    pre.add_argument("--out", required=True, type=Path, help="backbone directory to write")
+    pre.add_argument("--out", required=True, type=location,
+                     help="backbone directory to write (or an s3://, gs://, az:// URL)")
     budget = pre.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="wall-clock budget (default 5)")
     budget.add_argument("--steps", type=int, help="step budget (exact, reproducible)")
@@ -199,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = add("segment", "Segment a raster into labels.tif, labels.zarr and polygons.gpkg.")
     seg.add_argument("input", help="raster GDAL can open (GeoTIFF, VRT, PNG, /vsi... path)")
-    seg.add_argument("--model", required=True, type=Path, help="model directory from `fit`")
-    seg.add_argument("--out", required=True, type=Path, help="output directory")
+    seg.add_argument("--model", required=True, type=location,
+                     help="model directory from `fit` (or its s3://, gs://, az:// URL)")
+    seg.add_argument("--out", required=True, type=location, help="output directory")
     seg.add_argument("--workers", type=int, help="Dask LocalCluster workers")
     seg.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
     seg.add_argument("--fresh", action="store_true", help="ignore blocks done by an earlier run")
@@ -229,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     scene = add("demo-scene", "Write a synthetic aerial GeoTIFF and its true labels.")
     scene.add_argument("out", type=Path, help="image path; labels go to <stem>_labels.tif")
     scene.add_argument("--size", type=int, default=2560, help="pixels per side (default 2560)")
-    scene.add_argument("--seed", type=int, default=0)
+    scene.add_argument("--seed", type=int, default=0, help="random seed of the scene (default 0)")
 
     imp = add("import-checkpoint", "Convert an official STEGO checkpoint into a model directory.")
     imp.add_argument("checkpoint", type=Path, help="STEGO Lightning .ckpt")
-    imp.add_argument("--out", required=True, type=Path, help="model directory to write")
+    imp.add_argument("--out", required=True, type=location,
+                     help="model directory to write (or an s3://, gs://, az:// URL)")
     imp.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="K=V",
                      help="timm create_model override for non-standard backbone sizes")
     imp.add_argument("--input-scale", type=float, default=1.0,
@@ -259,14 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "random adds area-weighted accuracy and class areas with 95 %% intervals "
                     "(Olofsson et al. 2014); none (e.g. hand-drawn): plain counts")
     ev.add_argument("--classes", metavar="TABLE", help="--samples: value,name[,color] table")
-    ev.add_argument("--out", required=True, type=Path, help="report directory")
+    ev.add_argument("--out", required=True, type=location, help="report directory")
     ev.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
     sg = add("suggest", "Points where a run's model is least certain, spread over the scene "
              "and its classes: a layer to label in QGIS and pass back to `fit --samples`.")
     sg.add_argument("run", type=Path, help="a `stego segment` output directory")
     sg.add_argument("--n", type=int, default=30, help="points to suggest (default 30)")
-    sg.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
+    sg.add_argument("--out", required=True, type=location, help="GeoPackage to write")
     sg.add_argument("--seed", type=int, default=0, help="breaks ties (default 0)")
     sg.add_argument("--interior", type=int, default=3, metavar="PX",
                     help="only points PX pixels or more inside one predicted class, ranked "
@@ -281,12 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", type=Path, help="a `stego segment` output directory or labels.tif")
     sp.add_argument("--per-class", type=int, default=50,
                     help="points per map class (default 50; Olofsson et al. advise 50-100)")
-    sp.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, type=location, help="GeoPackage to write")
+    sp.add_argument("--seed", type=int, default=0, help="random seed of the draw (default 0)")
     sp.add_argument("--class-field", default="class", help="the empty field to fill in")
 
     nc = add("name-clusters", "Give a model's clusters class names (and colours).")
-    nc.add_argument("model", type=Path, help="model directory")
+    nc.add_argument("model", type=location, help="model directory")
     nc.add_argument("--from", dest="source", required=True, type=Path,
                     help="metrics.json from `stego evaluate`, a YAML/CSV cluster -> name file, "
                     "or samples (points/polygons/label raster): each cluster takes the class "
@@ -301,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--cron", help='schedule, e.g. "0 2 * * *" (needs a Prefect server)')
     dep.add_argument("--timezone", help="for the cron schedule, e.g. Europe/Berlin")
     dep.add_argument("--input-glob", required=True, help="scenes to process, e.g. 'in/*.tif'")
-    dep.add_argument("--model", required=True, type=Path, help="model directory")
-    dep.add_argument("--out-root", required=True, type=Path, help="OUT_ROOT/<scene stem>/")
+    dep.add_argument("--model", required=True, type=location,
+                     help="model directory (or its s3://, gs://, az:// URL)")
+    dep.add_argument("--out-root", required=True, type=location, help="OUT_ROOT/<scene stem>/")
     dep.add_argument("--config", type=Path, help="YAML run config")
     dep.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SEC.KEY=V", help="override one config value")
@@ -316,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = add("server", "A long-lived local Prefect server in the background that later stego "
               "runs use (no temporary server to start per run).")
-    srv.add_argument("action", choices=["start", "stop", "status"])
+    srv.add_argument("action", choices=["start", "stop", "status"],
+                     help="start it in the background, stop it, or print its state")
     srv.add_argument("--home", type=Path, help="its directory: state file, log, SQLite "
                      "database (default $STEGO_SERVER_HOME, else ~/.stego/server)")
     srv.add_argument("--port", type=int, help="start: port on 127.0.0.1 (default: a free one)")
@@ -339,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--pretrain-steps", type=int, help="pretraining budget in steps")
     demo.add_argument("--method", default="auto", choices=["auto", *DEMO_METHOD_CHOICES],
                       help="whose full outputs go to DIR/output (auto: the best measured)")
-    demo.add_argument("--clusters", type=int, default=5)
+    demo.add_argument("--clusters", type=int, default=5,
+                      help="clusters of the unsupervised methods (default 5)")
     demo.add_argument("--steps", type=int, default=300,
                       help="STEGO head training steps (default 300)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

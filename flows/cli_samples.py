@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from flows.cli_run import flow_run
+from flows.locations import refuse_remote
 from pipeline.errors import InputError
 
 
@@ -49,6 +50,7 @@ def evaluate_samples(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     """`stego suggest`: where to label next."""
+    refuse_remote(args.out, "--out")
     if args.n < 1:
         raise InputError("--n", "must be at least 1")
     if args.interior < 0:
@@ -70,6 +72,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 def cmd_sample_points(args: argparse.Namespace) -> int:
     """`stego sample-points`: a stratified random validation sample of a map."""
+    refuse_remote(args.out, "--out")
     if args.per_class < 2:
         raise InputError("--per-class", "must be at least 2 (variances need two per stratum)")
     import numpy as np

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.locations import published, refuse_remote
 from pipeline.errors import InputError
 
 
@@ -35,8 +36,10 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     imported = import_stego_checkpoint(args.checkpoint)
     model = stego_model_from_import(imported, str(args.checkpoint), dict(args.backbone_arg),
                                     input_scale=args.input_scale, crf=args.crf)
-    save_model(model, args.out, {"imported_from": {
-        "path": str(args.checkpoint.resolve()), "hyperparameters": imported.hyperparameters}})
+    with published(args.out) as out_dir:
+        save_model(model, out_dir, {"imported_from": {
+            "path": str(args.checkpoint.resolve()),
+            "hyperparameters": imported.hyperparameters}})
     print(f"model {args.out}: {imported.backbone_name}, dim {imported.dim}, "
           f"{imported.n_clusters} clusters")
     return 0
@@ -55,6 +58,8 @@ def is_samples(source: Path, class_field: str | None) -> bool:
 def cmd_name_clusters(args: argparse.Namespace) -> int:
     """`stego name-clusters`: give a model's clusters names and colours."""
     from pipeline.models.store import read_model_json
+
+    refuse_remote(args.model, "MODEL")  # it rewrites the model in place
 
     n = len(read_model_json(args.model)["class_names"])
     from pipeline.evaluation import (

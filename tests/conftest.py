@@ -108,3 +108,27 @@ def write_raster(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633"
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with buckets ``scenes`` and ``results``; its
+    endpoint and credentials are in the environment for the session (skipped, with the
+    reason, where it cannot start)."""
+    from tests import s3_server as s3
+
+    started = s3.start(tmp_path_factory.mktemp("s3"))
+    if isinstance(started, str):
+        pytest.skip(f"no S3 server: {started}")
+    proc, server = started
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3.stop(proc)

@@ -82,6 +82,23 @@ def save_model(model: SegmentationModel, model_dir: Path, extra: dict[str, Any])
     return model_dir
 
 
+def local_model_dir(model_dir: str | Path) -> Path:
+    """The model directory to read: ``model_dir`` itself, or for an object-store URL
+    (``s3://…``) its published copy fetched into the local cache (checked against its
+    manifest; :mod:`pipeline.io.remote`)."""
+    from pipeline.io.remote import fetch_dir, is_remote
+
+    return fetch_dir(str(model_dir)) if is_remote(model_dir) else Path(model_dir)
+
+
+def model_location(model_dir: str | Path) -> str:
+    """How a model is named to other processes: its URL, or its absolute local path (workers
+    may run in another working directory)."""
+    from pipeline.io.remote import is_remote
+
+    return str(model_dir) if is_remote(model_dir) else str(Path(model_dir).resolve())
+
+
 def read_model_json(model_dir: Path) -> dict[str, Any]:
     """The model's JSON metadata, checked."""
     path = Path(model_dir) / "model.json"

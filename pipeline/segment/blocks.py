@@ -22,6 +22,7 @@ from pipeline.io.zarr_store import (
     store_token,
 )
 from pipeline.models.refine import with_refinement
+from pipeline.models.store import model_location
 from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.segment.plan import SegmentPlan
 from pipeline.tiling import Block, TileGrid
@@ -133,7 +134,7 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
     """The per-block job description shipped to workers (no pixels, no model)."""
     return BlockJob(
         info=plan.info, scaling=plan.scaling, grid=plan.grid,
-        model_dir=str(Path(plan.model_dir).resolve()), model_hash=plan.model_hash,
+        model_dir=model_location(plan.model_dir), model_hash=plan.model_hash,
         device=plan.device, store=str(store),
         batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
         confidence=plan.config.output.confidence, torch_threads=torch_threads,

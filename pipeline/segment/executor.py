@@ -26,12 +26,19 @@ def cached_model(model_dir: str, model_hash: str, device: str, compile: bool = F
     One model per worker: with one GPU per worker (``resources={"GPU": 1}``), one per GPU.
     ``compile`` wraps the backbone's feature pass in ``torch.compile``.
     """
-    key = (str(Path(model_dir).resolve()), model_hash, device, compile)
+    from pipeline.models.store import model_location
+
+    key = (model_location(model_dir), model_hash, device, compile)
     if key not in _MODEL_CACHE:
-        from pipeline.models.store import load_model
+        from pipeline.errors import InputError
+        from pipeline.models.store import load_model, local_model_dir
+        from pipeline.models.store import model_hash as hash_of
 
         _MODEL_CACHE.clear()
-        model = load_model(Path(model_dir)).to(device)
+        local = local_model_dir(model_dir)  # a URL: this worker's own checked copy
+        if local != Path(model_dir) and hash_of(local) != model_hash:
+            raise InputError(model_dir, "the model changed since this run started")
+        model = load_model(local).to(device)
         if compile:
             backbone = getattr(model, "backbone", None)
             if backbone is None:

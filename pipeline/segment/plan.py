@@ -28,7 +28,13 @@ from pipeline.io.raster import (
     metres_per_unit,
     open_raster_info,
 )
-from pipeline.models.store import load_model, model_hash, read_model_json, uses_torch
+from pipeline.models.store import (
+    load_model,
+    local_model_dir,
+    model_hash,
+    read_model_json,
+    uses_torch,
+)
 from pipeline.segment.executor import check_scheduler
 from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks, snap_to_patch
 
@@ -94,8 +100,9 @@ def check_segment_inputs(
     """
     info = open_raster_info(input_path, config.input.bands)
     scaling = compute_scaling(info, config.input.percentiles)
-    meta = read_model_json(Path(model_dir))
-    load_model(Path(model_dir))  # fail here, not in every worker, when the files are broken
+    local = local_model_dir(model_dir)  # an object-store model is fetched (and checked) once
+    meta = read_model_json(local)
+    load_model(local)  # fail here, not in every worker, when the files are broken
     if config.model.compile and not meta.get("backbone"):
         raise InputError("model.compile", f"a {meta.get('method')} model has no backbone to "
                          "compile")
@@ -120,7 +127,7 @@ def plan_segment(
         msg = f"{input_path}: raster has no CRS; outputs will have none either"
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
-    mhash = model_hash(Path(model_dir))
+    mhash = model_hash(local_model_dir(model_dir))
     patch = int(meta.get("patch_size", 1))
     tile, overlap = snap_to_patch(config.tiling.tile_size, config.tiling.overlap, patch)
     if (tile, overlap) != (config.tiling.tile_size, config.tiling.overlap):

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.models.store import model_location
 from pipeline.segment.plan import OUTPUT_NAMES, SegmentPlan, pixel_area_m2
 from pipeline.tiling import compute_amplification
 
@@ -60,7 +60,7 @@ def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str,
         },
         "scaling": plan.scaling.to_dict(),
         "model": {
-            "dir": str(Path(plan.model_dir).resolve()), "hash": plan.model_hash,
+            "dir": model_location(plan.model_dir), "hash": plan.model_hash,
             "method": meta["method"], "class_names": meta["class_names"],
             "colors": meta["colors"], "backbone": meta.get("backbone"),
             "weights": (meta.get("backbone") or {}).get("weights"),

@@ -1,0 +1,45 @@
+"""Command-line locations: local paths, or object-store URLs (``s3://``, ``gs://``, ``az://``)
+where a command supports them (models and backbones); refused in one line where not."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.io.remote import cache_root, check_writable, is_remote, publish_dir
+
+
+def location(text: str) -> Path | str:
+    """argparse type: a local ``Path``, or an object-store URL kept as text (a ``Path`` would
+    fold ``s3://bucket`` into ``s3:/bucket``, a local folder)."""
+    return text if is_remote(text) else Path(text)
+
+
+def refuse_remote(value: Path | str, flag: str) -> None:
+    """One clear line, before anything is written, for a URL where only paths work."""
+    if is_remote(value):
+        raise InputError(value, f"{flag} must be a local or shared path: this command does not "
+                         "write to object storage (models from `fit`, `pretrain` and "
+                         "`import-checkpoint` can go there; see docs/execution.md)")
+
+
+@contextmanager
+def published(out: Path | str) -> Iterator[Path]:
+    """The local directory a command writes ``out`` into. For a URL: the bucket is checked
+    first, the command writes into a staging folder of the local cache (the same one on a
+    rerun, so a resumable command resumes), and when it succeeds the folder is published
+    (files, then ``MANIFEST.json`` last) and removed."""
+    if not is_remote(out):
+        yield Path(out)
+        return
+    url = str(out).rstrip("/")
+    check_writable(url)
+    stage = cache_root().parent / "staging" / hashlib.sha256(url.encode()).hexdigest()[:24]
+    stage.mkdir(parents=True, exist_ok=True)
+    yield stage
+    publish_dir(stage, url)
+    shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,171 @@
+"""Directories on object storage (``s3://``, ``gs://``, ``az://``, through fsspec): published
+with a manifest written last, and fetched into a local cache only when that manifest says the
+upload finished.
+
+Object stores have no rename, so a directory is never "moved into place": its files are
+uploaded one by one (each object appears whole or not at all), then ``MANIFEST.json`` lists
+them with their sizes and sha256. A reader (a worker, a later run) takes the directory for
+finished only when the manifest is there and every file matches it. A re-publish removes the
+old manifest first. Credentials come from where the storage's own library looks (environment,
+profiles, instance roles); they are never written anywhere by this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+MANIFEST = "MANIFEST.json"
+# URL schemes of object stores and the fsspec package that serves each
+SCHEMES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
+           "abfs": "adlfs", "abfss": "adlfs"}
+
+
+def scheme(location: str | os.PathLike[str]) -> str | None:
+    """The object-store scheme of ``location`` (``s3``, ``gs``, ``az`` …), None for a path."""
+    text = str(location)
+    head, sep, _ = text.partition("://")
+    return head.lower() if sep and head.lower() in SCHEMES else None
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    """True for an object-store URL (``s3://…``, ``gs://…``, ``az://…``)."""
+    return scheme(location) is not None
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for an object-store URL; a missing client library
+    is one clear error, not an ImportError."""
+    import fsspec
+
+    name = scheme(url)
+    if name is None:
+        raise InputError(url, "not an object-store URL (s3://, gs:// or az://)")
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError:
+        raise InputError(url, f"{name}:// needs the {SCHEMES[name]} package "
+                         f"(pip install {SCHEMES[name]})") from None
+    return fs, path.rstrip("/")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
+
+
+def check_writable(url: str) -> None:
+    """Refuse, before anything is written, a URL whose bucket cannot be reached or listed
+    with the credentials at hand."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache()
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.ls(bucket, detail=False)
+    except FileNotFoundError:
+        raise InputError(url, f"bucket {bucket!r} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions: one line
+        raise InputError(url, f"cannot reach the bucket ({_short(exc)})") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def publish_dir(local: Path, url: str) -> dict[str, Any]:
+    """Upload every file under ``local`` to ``url``, then the manifest, last. Returns the
+    manifest. Files of an earlier publish that this one does not have are removed."""
+    fs, root = filesystem(url)
+    fs.invalidate_cache()  # listings cached by an earlier call in this process may be stale
+    local = Path(local)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST
+                   and not p.name.startswith("."))
+    manifest = {"files": {p.relative_to(local).as_posix(): {"size": p.stat().st_size,
+                                                             "sha256": _sha256(p)}
+                          for p in files},
+                "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        if fs.exists(f"{root}/{MANIFEST}"):
+            fs.rm_file(f"{root}/{MANIFEST}")  # readers stop trusting the old files first
+        for p in files:
+            fs.put_file(str(p), f"{root}/{p.relative_to(local).as_posix()}")
+        keep = {f"{root}/{name}" for name in manifest["files"]}
+        for old in fs.find(root):
+            if old not in keep:
+                fs.rm_file(old)
+        fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the upload failed: one line, no manifest
+        raise InputError(url, f"upload failed ({_short(exc)})") from None
+    return manifest
+
+
+def read_manifest(url: str) -> dict[str, Any]:
+    """The manifest of a published directory; a missing one is a clear error."""
+    fs, root = filesystem(url)
+    fs.invalidate_cache()
+    try:
+        raw = fs.cat_file(f"{root}/{MANIFEST}")
+    except FileNotFoundError:
+        raise InputError(url, f"no {MANIFEST}: not a published directory, or its upload did "
+                         "not finish") from None
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint: one line
+        raise InputError(url, f"cannot read ({_short(exc)})") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InputError(url, f"corrupt {MANIFEST}") from None
+
+
+def cache_root() -> Path:
+    """Where fetched directories are kept: ``$STEGO_CACHE`` or ``~/.cache/stego``."""
+    return Path(os.environ.get("STEGO_CACHE") or Path.home() / ".cache" / "stego") / "remote"
+
+
+def fetch_dir(url: str, cache: Path | None = None) -> Path:
+    """A local copy of the published directory at ``url``, checked against its manifest (each
+    file's size and sha256); reused while the manifest is unchanged. Safe to call from several
+    processes at once (each downloads to a temporary name, the first rename wins)."""
+    manifest = read_manifest(url)
+    key = hashlib.sha256((url.rstrip("/") + "\n" + json.dumps(manifest, sort_keys=True))
+                         .encode()).hexdigest()[:24]
+    target = (cache or cache_root()) / key
+    if (target / MANIFEST).is_file():
+        return target
+    fs, root = filesystem(url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
+    try:
+        for name, entry in manifest.get("files", {}).items():
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fs.get_file(f"{root}/{name}", str(dest))
+            except Exception as exc:  # noqa: BLE001 - one line
+                raise InputError(f"{url.rstrip('/')}/{name}",
+                                 f"download failed ({_short(exc)})") from None
+            if dest.stat().st_size != entry["size"] or _sha256(dest) != entry["sha256"]:
+                raise InputError(f"{url.rstrip('/')}/{name}", "does not match the manifest "
+                                 "(changed since it was published?)")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: its copy is the same
+            if not (target / MANIFEST).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
