@@ -53,6 +53,9 @@ METHODS = {  # name -> (fit method, segment flags)
     "feature-kmeans": ("feature-kmeans", []),
     "stego": ("stego", ["--no-crf"]),
     "stego-crf": ("stego", ["--crf"]),
+    # STEGO's evaluation averages the codes of each image and its mirror (issue 32)
+    "stego-flip": ("stego", ["--no-crf", "--set", "model.flip=true"]),
+    "stego-crf-flip": ("stego", ["--crf", "--set", "model.flip=true"]),
     # the classic segmenters (issue 15) and the region-based refinement of any method
     "threshold": ("threshold", []),
     "region": ("region", []),

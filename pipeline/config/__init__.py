@@ -159,6 +159,9 @@ class ModelRuntimeConfig(Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
+    flip: bool | None = Field(
+        default=None, description="STEGO: average the codes of each tile and its horizontal "
+        "mirror, as STEGO's own evaluation does (twice the backbone work); null = the model's")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="backbone autocast dtype; auto = bf16 on CUDA and on CPUs "
         "with native bf16 (AVX512-BF16/AMX), else float32"

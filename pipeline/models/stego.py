@@ -13,6 +13,11 @@ from pipeline.models.stego_head import ClusterProbe, SegmentationHead
 from pipeline.models.torch_model import TorchSegmentationModel
 
 
+# average the codes of each tile and its horizontal mirror (STEGO's evaluation does); what a
+# model does when neither it nor `model.flip` says (docs/models.md: measured)
+FLIP_DEFAULT = False
+
+
 class StegoModel(TorchSegmentationModel):
     """Class probabilities ``softmax(alpha * cos(code, centroid))`` at pixel resolution.
 
@@ -38,6 +43,7 @@ class StegoModel(TorchSegmentationModel):
         crf: bool = False,
         embed_backbone: bool = False,
         linear_probe: torch.nn.Conv2d | None = None,
+        flip: bool = FLIP_DEFAULT,
     ) -> None:
         super().__init__(class_names, colors)
         if probe.clusters.shape[0] != len(class_names):
@@ -50,6 +56,7 @@ class StegoModel(TorchSegmentationModel):
         self.alpha = float(alpha)
         self.input_scale = float(input_scale)
         self.crf = bool(crf)
+        self.flip = bool(flip)
         self.use_linear_probe = False  # the supervised probe, for evaluation only
         # tiles must map to a whole number of patches after resampling
         self.patch_size = bb.model_patch(backbone, self.input_scale)
@@ -66,10 +73,14 @@ class StegoModel(TorchSegmentationModel):
             return self.head(feats)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, K, H, W) for images (N, 3, H, W) in [0, 1]."""
+        """Class probabilities (N, K, H, W) for images (N, 3, H, W) in [0, 1]. With ``flip``,
+        the codes are the mean of the image's and its horizontal mirror's (mirrored back), as
+        STEGO's own evaluation computes them."""
         h, w = images.shape[-2:]
         x = bb.resample(images.float(), self.input_scale)
         codes = self.codes(x)
+        if self.flip:
+            codes = (codes + self.codes(x.flip(-1)).flip(-1)) / 2
         with bb.full_precision(codes):
             return self._probs(images, x, codes, h, w)
 
@@ -107,6 +118,7 @@ class StegoModel(TorchSegmentationModel):
     def metadata(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha, "input_scale": self.input_scale, "crf": self.crf,
+            "flip": self.flip,
             "dim": self.head.dim, "in_dim": self.head.in_dim,
             "backbone_embedded": self.embed_backbone,
             "linear_probe": self.linear_probe is not None,
@@ -129,7 +141,8 @@ class StegoModel(TorchSegmentationModel):
             linear.load_state_dict(bb.prefixed(tensors, "linear_probe."), strict=True)
         return cls(net, info, head, probe, meta["class_names"], [tuple(c) for c in meta["colors"]],
                    alpha=params["alpha"], input_scale=params["input_scale"], crf=params["crf"],
-                   embed_backbone=params.get("backbone_embedded", False), linear_probe=linear)
+                   embed_backbone=params.get("backbone_embedded", False), linear_probe=linear,
+                   flip=params.get("flip", FLIP_DEFAULT))
 
 
 

@@ -46,6 +46,7 @@ class BlockJob:
     refine: str = "none"
     refine_pixels: int = 64
     linear_probe: bool = False
+    flip: bool | None = None  # STEGO: mirror averaging (None: the model's own)
     io_retries: int = 3
     retry_delay: float = 1.0
     precision: str = "fp32"
@@ -70,6 +71,8 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         torch.set_num_threads(job.torch_threads)
     if job.crf is not None and hasattr(model, "crf"):
         model.crf = job.crf
+    if job.flip is not None and hasattr(model, "flip"):
+        model.flip = job.flip
     if hasattr(model, "use_linear_probe"):
         model.use_linear_probe = job.linear_probe
     model = with_refinement(model, job.refine, job.refine_pixels)
@@ -139,6 +142,7 @@ def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
         batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",
+        flip=plan.config.model.flip,
         refine=plan.config.model.refine, refine_pixels=plan.config.model.refine_pixels,
         io_retries=plan.config.dask.io_retries, retry_delay=plan.config.dask.retry_delay,
         precision=plan.precision, compile=plan.config.model.compile,

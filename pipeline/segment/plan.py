@@ -156,7 +156,7 @@ def plan_segment(
         "model": mhash,
         "config": config.input.model_dump(mode="json") | config.tiling.model_dump(mode="json")
         | {"confidence": config.output.confidence, "zarr_format": config.output.zarr_format,
-           "crf": config.model.crf, "refine": config.model.refine,
+           "crf": config.model.crf, "flip": config.model.flip, "refine": config.model.refine,
            "refine_pixels": config.model.refine_pixels,
            "probe": config.model.probe, "precision": precision},
     }

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -251,3 +252,45 @@ def test_code_coherence_reveals_collapsed_codes():
     collapsed = train_stego(same, knn, k, StegoConfig(dim=8, steps=20, batch_size=8,
                                                       log_every=10), seed=0)
     assert collapsed.code_coherence > 0.98
+
+
+def test_flip_averaging_makes_the_prediction_mirror_symmetric_and_survives_a_reload(
+        stego_model, demo_scene, tmp_path):
+    """STEGO's evaluation averages the codes of an image and its mirror: the probabilities
+    of a mirrored tile are then exactly the mirrored probabilities (a random-weight ViT is
+    not mirror-symmetric by itself)."""
+    from pipeline.io.raster import compute_scaling, open_raster_info, read_window
+    from pipeline.models.store import save_model
+
+    model = load_model(stego_model)
+    info = open_raster_info(demo_scene[0])
+    x = torch.from_numpy(read_window(info, compute_scaling(info), 0, 0, 64, 96)[0])[None]
+    with torch.no_grad():
+        plain = model.predict(x)
+        assert not torch.allclose(model.predict(x.flip(-1)).flip(-1), plain, atol=1e-4)
+        model.flip = True
+        both = model.predict(x)
+        torch.testing.assert_close(model.predict(x.flip(-1)).flip(-1), both, atol=1e-5,
+                                   rtol=0)
+    again = load_model(save_model(model, tmp_path / "flipped", {}))
+    assert again.flip is True and load_model(stego_model).flip is False
+
+
+def test_model_flip_from_the_command_line_reaches_the_blocks(stego_model, demo_scene,
+                                                              prefect_harness, tmp_path):
+    from flows.cli import main
+
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("tiling: {tile_size: 64, overlap: 16, block_size: 192, chunk_size: 64, "
+                   "batch_size: 2}\n"
+                   "dask: {workers: 1, processes: false}\nvectorize: {enabled: false}\n")
+    labels = {}
+    for flip in ("false", "true"):
+        out = tmp_path / flip
+        assert main(["segment", str(demo_scene[0]), "--model", str(stego_model), "--out",
+                     str(out), "--config", str(cfg), "--set", f"model.flip={flip}", "-q"]) == 0
+        with rasterio.open(out / "labels.tif") as ds:
+            labels[flip] = ds.read(1)
+        assert json.loads((out / "run.json").read_text())["config"]["model"]["flip"] is \
+            (flip == "true")
+    assert (labels["true"] != labels["false"]).any()
