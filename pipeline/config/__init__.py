@@ -83,7 +83,7 @@ class TilingConfig(Section):
 class VectorizeConfig(Section):
     """Polygon output."""
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="write polygons (false: rasters only)")
     min_area_m2: float | None = Field(
         default=None, description="sieve regions smaller than this area (overrides min_pixels)"
     )
@@ -91,7 +91,7 @@ class VectorizeConfig(Section):
     simplify_tolerance: float = Field(
         default=0.0, description="in metres (pixels without a CRS); 0 = off"
     )
-    layer: str = "polygons"
+    layer: str = Field(default="polygons", description="layer name in the polygon file")
     format: Literal["gpkg", "parquet", "fgb"] = Field(
         default="gpkg", description="GeoPackage, GeoParquet or FlatGeobuf"
     )
@@ -100,8 +100,11 @@ class VectorizeConfig(Section):
 class OutputConfig(Section):
     """Raster outputs."""
 
-    compress: Literal["DEFLATE", "LZW", "ZSTD"] = "DEFLATE"
-    overview_resampling: Literal["nearest", "mode"] = "nearest"
+    compress: Literal["DEFLATE", "LZW", "ZSTD"] = Field(
+        default="DEFLATE", description="labels.tif compression (ZSTD needs GDAL built with it)")
+    overview_resampling: Literal["nearest", "mode"] = Field(
+        default="nearest", description="how the COG's internal overviews are computed; mode: "
+        "the most frequent class of each cell")
     confidence: bool = Field(default=True, description="write the confidence array to Zarr")
     zarr_format: Literal[2, 3] = Field(
         default=2, description="labels.zarr format: 2 opens in every GDAL >= 3.4 (QGIS on "
@@ -120,7 +123,8 @@ class DaskConfig(Section):
     """Where chunk-parallel work runs."""
 
     workers: int = Field(default=1, ge=1, description="LocalCluster worker processes")
-    threads_per_worker: int = Field(default=1, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1, description="threads of each "
+                                    "LocalCluster worker (blocks run in parallel per worker)")
     processes: bool | Literal["auto"] = Field(
         default="auto",
         description="LocalCluster workers as processes; auto = only when workers > 1 (one "
@@ -157,7 +161,8 @@ class DaskConfig(Section):
 class ModelRuntimeConfig(Section):
     """Where and how the model runs."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where the model runs; auto = CUDA when available")
     crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
     flip: bool | None = Field(
         default=None, description="STEGO: average the codes of each tile and its horizontal "

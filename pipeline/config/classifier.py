@@ -36,7 +36,7 @@ class ClassifierConfig(Section):
         default=200, ge=1, description="pixels drawn from one polygon at most (seeded)")
     max_pixels: int = Field(default=100_000, ge=100,
                             description="labelled pixels used in all at most (seeded)")
-    seed: int = 0
+    seed: int = Field(default=0, description="seeds the pixel draws, hold-out split and trees")
 
     @field_validator("local_radii")
     @classmethod

@@ -14,7 +14,9 @@ class FitConfig(Section):
     """Sampling and clustering for `stego fit` (CLI flags override these)."""
 
     method: Literal["stego", "pixel-kmeans", "feature-kmeans", "threshold", "region",
-                    "edge", "classifier"] = "stego"
+                    "edge", "classifier"] = Field(
+        default="stego", description="stego, a baseline (pixel-kmeans, feature-kmeans), a "
+        "classic segmenter (threshold, region, edge) or classifier (few labels, --samples)")
     clusters: int = Field(default=5, description="classes (clusters) to discover")
     backbone: str = Field(default="vit_small_patch8_224.dino",
                           description="a preset (`stego backbones`) or a timm model name")
@@ -25,7 +27,7 @@ class FitConfig(Section):
         "`backbone` names a preset, else the rasters' own; native: always the rasters' own",
     )
     weights: str = Field(default="auto", description="auto, hub, random or a local file")
-    seed: int = 0
+    seed: int = Field(default=0, description="seeds crop sampling, k-means and head training")
     sample_pixels: int = Field(default=200_000, ge=1, description="pixels sampled for pixel-kmeans")
     crops: int = Field(default=64, ge=1, description="crops sampled for feature-kmeans")
     crop_size: int = Field(default=224, ge=16,
@@ -54,19 +56,24 @@ class StegoConfig(Section):
     """STEGO head training (defaults: the official Potsdam configuration)."""
 
     dim: int = Field(default=70, description="code dimension of the segmentation head")
-    steps: int = Field(default=5000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    lr_head: float = 5e-4
-    lr_probe: float = 5e-3
+    steps: int = Field(default=5000, ge=1, description="head training steps")
+    batch_size: int = Field(default=16, ge=1, description="crops per training step")
+    lr_head: float = Field(default=5e-4, description="Adam learning rate of the head")
+    lr_probe: float = Field(default=5e-3, description="Adam learning rate of the cluster probe "
+                            "(and the linear probe with --labels)")
     neighbors: int = Field(default=7, description="kNN positives drawn from the top-k")
     feature_samples: int = Field(default=11, description="S x S sampled points per image")
-    neg_samples: int = 5
-    knn_weight: float = 0.25
-    self_weight: float = 0.67
-    rand_weight: float = 0.63
-    knn_shift: float = 0.02
-    self_shift: float = 0.08
-    rand_shift: float = 0.46
+    neg_samples: int = Field(default=5, description="random (negative) partner images per "
+                             "crop; the random term is their mean")
+    knn_weight: float = Field(default=0.25, description="weight of the kNN correspondence term")
+    self_weight: float = Field(default=0.67, description="weight of the same-crop term")
+    rand_weight: float = Field(default=0.63, description="weight of the random-pair term")
+    knn_shift: float = Field(default=0.02, description="paper shifts: subtracted from the "
+                             "feature correlations of kNN pairs (higher: fewer attract)")
+    self_shift: float = Field(default=0.08, description="paper shifts: the same for same-crop "
+                              "pairs")
+    rand_shift: float = Field(default=0.46, description="paper shifts: the same for random "
+                              "pairs")
     shifts: Literal["auto", "paper", "calibrated"] = Field(
         default="auto",
         description="paper: the *_shift keys as given (the official values for DINO ViT-S/8); "
@@ -80,13 +87,17 @@ class StegoConfig(Section):
                                description="calibrated: share of kNN pairs that attract")
     attract_rand: float = Field(default=0.3, gt=0, lt=1,
                                 description="calibrated: share of random pairs that attract")
-    pointwise: bool = True
-    zero_clamp: bool = True
-    stabilize: bool = False
+    pointwise: bool = Field(default=True, description="centre the feature correlations over "
+                            "the partner's locations, then restore the global mean (official)")
+    zero_clamp: bool = Field(default=True, description="clamp the code correlations below at 0 "
+                             "(official)")
+    stabilize: bool = Field(default=False, description="also clamp the code correlations above "
+                            "at 0.8")
     feature_dropout: bool = Field(
         default=True, description="Dropout2d on the features used in the loss (official)"
     )
-    extra_clusters: int = 0
+    extra_clusters: int = Field(default=0, description="probe clusters beyond fit.clusters "
+                                "(scored as errors, or dropped by evaluate's stego_variant)")
     probe_refine_iterations: int = Field(
         default=20,
         description="after training, Lloyd iterations of cosine k-means on the codes starting "
@@ -97,14 +108,15 @@ class StegoConfig(Section):
         default=1.0, description="resample input before the backbone (0.5: 5 cm -> 10 cm)"
     )
     crf: bool = Field(default=False, description="dense CRF on each tile at inference")
-    log_every: int = 50
+    log_every: int = Field(default=50, description="steps between the loss records of "
+                           "training.json and loss.png")
 
 
 class Normalisation(Section):
     """Fixed per-band mean and std (values in [0, 1]) for the pretraining inputs."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] = Field(description="per-band mean, bands in [0, 1]")
+    std: tuple[float, float, float] = Field(description="per-band standard deviation (> 0)")
 
     @field_validator("std")
     @classmethod
@@ -150,16 +162,18 @@ class PretrainConfig(Section):
     mask_probability: float = Field(
         default=0.5, ge=0, le=1, description="ibot: share of global views that are masked")
     lr: float = Field(default=1e-3, description="AdamW peak learning rate")
-    min_lr: float = 1e-5
+    min_lr: float = Field(default=1e-5, description="learning rate at the end of the cosine "
+                          "schedule")
     warmup_fraction: float = Field(default=0.1, description="share of steps warming up lr")
     weight_decay: tuple[float, float] = Field(default=(0.04, 0.4), description="start, end")
     momentum: float = Field(default=0.99, description="teacher EMA momentum at the start")
-    student_temp: float = 0.1
+    student_temp: float = Field(default=0.1, description="student softmax temperature")
     teacher_temp: tuple[float, float] = Field(
         default=(0.04, 0.04), description="teacher temperature: start and after warm-up"
     )
-    center_momentum: float = 0.9
-    clip_grad: float = 3.0
+    center_momentum: float = Field(default=0.9, description="EMA momentum of the teacher "
+                                   "output centre")
+    clip_grad: float = Field(default=3.0, description="gradient norm clipping")
     max_nodata_fraction: float = Field(default=0.1, description="skip crops with more nodata")
     normalisation: Literal["pool", "pool-shared", "imagenet"] | Normalisation = Field(
         default="pool",
@@ -173,9 +187,10 @@ class PretrainConfig(Section):
         description="pool and pool-shared: subtract mean - offset * std instead of the mean, so "
         "the normalised inputs sit this many std above zero rather than centred",
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="seeds the crop pool, views and initial weights")
     checkpoint_every: int = Field(default=25, description="steps between checkpoints")
-    log_every: int = 10
+    log_every: int = Field(default=10, description="steps between progress lines and the "
+                           "loss records of backbone.json")
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
