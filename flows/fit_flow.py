@@ -41,6 +41,23 @@ def open_inputs(inputs: list[str], cfg: RunConfig) -> list[tuple[RasterInfo, Sca
 CLASSIFIER_BACKBONE = ("vit_small_patch8_224", {"depth": 4, "embed_dim": 192, "num_heads": 3})
 
 
+def stego_weights(weights: str) -> Any:
+    """The STEGO model when ``--weights`` names a STEGO model directory (its backbone and
+    codes become the classifier's features), else None."""
+    from pipeline.models.store import load_model, local_model_dir, read_model_json
+
+    if weights in ("auto", "hub", "random"):
+        return None
+    path = local_model_dir(weights)
+    if not (path / "model.json").is_file():
+        return None
+    meta = read_model_json(path)
+    if meta["method"] != "stego":
+        raise InputError(weights, f"a {meta['method']} model: --weights takes a STEGO model "
+                         "directory, a backbone directory or a weights file")
+    return load_model(path)
+
+
 @task(name="read-samples")
 def load_samples(samples: list[str], rasters: list[tuple[RasterInfo, Scaling]], cfg: RunConfig,
                  class_field: str | None, class_table: str | None) -> SampleSet:
@@ -62,7 +79,8 @@ def load_samples(samples: list[str], rasters: list[tuple[RasterInfo, Scaling]], 
 @task(name="fit-classifier")
 def train_classifier(rasters: list[tuple[RasterInfo, Scaling]], samples: SampleSet,
                      backbone: str, weights: str, overrides: dict[str, Any] | None,
-                     embed: bool, cfg: RunConfig, scale: float) -> tuple[Any, dict[str, Any]]:
+                     embed: bool, cfg: RunConfig, scale: float,
+                     stego: Any = None) -> tuple[Any, dict[str, Any]]:
     """Features of the labelled pixels on segment's tiles, hold-out accuracy, final head."""
     logger = get_run_logger()
     device = resolve_device(cfg.model.device)
@@ -72,7 +90,8 @@ def train_classifier(rasters: list[tuple[RasterInfo, Scaling]], samples: SampleS
     return fit_classifier(rasters, samples, backbone, weights, overrides, cfg.fit,
                           cfg.classifier, tiling, device=device,
                           precision=resolved_precision(cfg.model.precision, device),
-                          embed_backbone=embed, input_scale=scale, log=logger.info)
+                          embed_backbone=embed, input_scale=scale, log=logger.info,
+                          stego=stego)
 
 
 @task(name="sample-crops")
@@ -153,6 +172,7 @@ def fit_flow(
     rasters = open_inputs(inputs, cfg)
     sample_set = (load_samples(samples, rasters, cfg, class_field, class_table)
                   if samples else None)
+    stego = stego_weights(weights) if method == "classifier" else None
     if method == "classifier" and weights == "auto" and backbone == DEFAULT_BACKBONE \
             and not backbone_overrides:
         backbone, backbone_overrides = CLASSIFIER_BACKBONE[0], dict(CLASSIFIER_BACKBONE[1])
@@ -162,7 +182,8 @@ def fit_flow(
     if scale is not None:
         cfg.stego.input_scale = scale
         logger.info("ground sampling distance: %s", gsd)
-    backbone, backbone_overrides = resolve_backbone(backbone, weights, backbone_overrides)
+    if stego is None:
+        backbone, backbone_overrides = resolve_backbone(backbone, weights, backbone_overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -176,7 +197,8 @@ def fit_flow(
                                                       {"history": history, **stats}))
     elif method == "classifier":
         model, stats = train_classifier(rasters, sample_set, backbone, weights,
-                                        backbone_overrides, embed_weights, cfg, scale or 1.0)
+                                        backbone_overrides, embed_weights, cfg, scale or 1.0,
+                                        stego=stego)
     else:
         crops = sample(rasters, cfg, cfg.fit.crop_size,
                        scale if method == "feature-kmeans" and scale else 1.0)

@@ -118,22 +118,29 @@ def fit_classifier(
     weights: str, overrides: dict[str, Any] | None, fit_cfg: FitConfig,
     cfg: ClassifierConfig, tiling: dict[str, int], device: str = "cpu",
     precision: str = "fp32", embed_backbone: bool = False, input_scale: float = 1.0,
-    log: Callable[[str], Any] = print,
+    log: Callable[[str], Any] = print, stego: Any = None,
 ) -> tuple[SampleClassifier, dict[str, Any]]:
-    """Features of the labelled pixels, the hold-out accuracy, then the final head on all."""
+    """Features of the labelled pixels, the hold-out accuracy, then the final head on all.
+
+    ``stego``: a fitted STEGO model whose backbone (and input scale) the classifier uses, with
+    its codes as features beside the backbone's (its weights are stored in the classifier)."""
     t0 = time.perf_counter()
     samples = cap_pixels(samples, cfg.max_pixels, cfg.seed)
     names = samples.classes.names
     colors = [c if c is not None else d for c, d in
               zip(samples.classes.colors, default_colors(len(names)), strict=True)]
-    net, info = None, None
-    if cfg.backbone_features:
+    net, info, codes_head = None, None, None
+    if stego is not None:
+        net, info, codes_head = stego.backbone, stego.backbone_info, stego.head
+        input_scale, embed_backbone = stego.input_scale, True
+    elif cfg.backbone_features:
         net, prov = build_backbone(backbone, weights, overrides, seed=fit_cfg.seed)
         info = describe_backbone(backbone, overrides, prov, net)
     empty = {k: torch.zeros(1) for k in ("linear.mean", "linear.std", "linear.weight",
                                          "linear.bias")}
     model = SampleClassifier(net, info, "linear", empty, names, colors, cfg.local_radii,
-                             input_scale=input_scale, embed_backbone=embed_backbone).to(device)
+                             input_scale=input_scale, embed_backbone=embed_backbone,
+                             codes_head=codes_head).to(device)
     y = np.concatenate([rs.classes for rs in samples.per_raster])
     groups = np.concatenate([rs.groups for rs in samples.per_raster])
     x = sample_features(model, rasters, samples, tiling["tile_size"], tiling["overlap"],
@@ -166,7 +173,8 @@ def fit_classifier(
     t1 = time.perf_counter()
     head = train_head(x, y, len(names), cfg)
     final = SampleClassifier(net, info, cfg.head, head, names, colors, cfg.local_radii,
-                             input_scale=input_scale, embed_backbone=embed_backbone)
+                             input_scale=input_scale, embed_backbone=embed_backbone,
+                             codes_head=codes_head)
     stats["timings_s"] = {"features": t_feat, "train": time.perf_counter() - t1,
                           "total": time.perf_counter() - t0}
     return final, stats

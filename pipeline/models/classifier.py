@@ -53,6 +53,7 @@ class SampleClassifier(TorchSegmentationModel):
         local_radii: list[int],
         input_scale: float = 1.0,
         embed_backbone: bool = False,
+        codes_head: torch.nn.Module | None = None,
     ) -> None:
         super().__init__(class_names, colors)
         if head not in HEADS:
@@ -72,6 +73,10 @@ class SampleClassifier(TorchSegmentationModel):
         else:
             self.patch_size = 1
             self.embed_backbone = False
+        if codes_head is not None and backbone is None:
+            raise ValueError("STEGO codes need the backbone they were trained on")
+        # a STEGO model's segmentation head: its codes are features too
+        self.codes_head = codes_head.eval() if codes_head is not None else None
         self.head_tensors = {k: v.detach().cpu() for k, v in head_tensors.items()}
         self._forest = ({k: v.numpy() for k, v in self.head_tensors.items()}
                         if head == "trees" else None)
@@ -80,11 +85,13 @@ class SampleClassifier(TorchSegmentationModel):
     def feature_dim(self) -> int:
         """Features per pixel."""
         n = 3 + 6 * len(self.local_radii)
-        return n + (int(self.backbone.num_features) if self.backbone is not None else 0)
+        n += int(self.backbone.num_features) if self.backbone is not None else 0
+        return n + (int(self.codes_head.dim) if self.codes_head is not None else 0)
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pixel-resolution features (N, 3 + 6·radii, H, W): the bands and their local
-        statistics; and the backbone's unit-length patch features (N, C, h, w) or None."""
+        statistics; and the backbone's unit-length patch features (N, C, h, w), followed by
+        a STEGO model's unit-length codes when it has one, or None."""
         x = images.float()
         with bb.full_precision(x):
             pixel = torch.cat([x, local_statistics(x, self.local_radii)], 1)
@@ -93,7 +100,11 @@ class SampleClassifier(TorchSegmentationModel):
         scaled = bb.resample(x, self.input_scale)
         f = bb.patch_features(self.backbone, (scaled - self.mean) / self.std)
         with bb.full_precision(f):
-            return pixel, F.normalize(f.float(), dim=1)
+            patch = F.normalize(f.float(), dim=1)
+            if self.codes_head is not None:
+                codes = F.normalize(self.codes_head(f.float()), dim=1)
+                patch = torch.cat([patch, codes], 1)
+            return pixel, patch
 
     def pixel_features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, D, H, W) float32 features of images (N, 3, H, W) in [0, 1]: the bands, their
@@ -151,6 +162,9 @@ class SampleClassifier(TorchSegmentationModel):
         tensors = {k: v.contiguous() for k, v in self.head_tensors.items()}
         if self.backbone is not None and self.embed_backbone:
             tensors.update(bb.embedded_tensors(self.backbone))
+        if self.codes_head is not None:
+            tensors.update({f"codes_head.{k}": v.detach().cpu().contiguous()
+                            for k, v in self.codes_head.state_dict().items()})
         return tensors
 
     def metadata(self) -> dict[str, Any]:
@@ -161,6 +175,9 @@ class SampleClassifier(TorchSegmentationModel):
                                 "backbone_features": self.backbone is not None,
                                 "backbone_embedded": self.embed_backbone,
                                 "feature_dim": self.feature_dim}
+        if self.codes_head is not None:
+            meta["stego_codes"] = {"in_dim": int(self.codes_head.in_dim),
+                                   "dim": int(self.codes_head.dim)}
         if self.input_scale != 1.0:
             meta["input_scale"] = self.input_scale
         return meta
@@ -180,10 +197,17 @@ class SampleClassifier(TorchSegmentationModel):
         if params["head"] == "trees" and int(head["forest.value"].shape[1]) != \
                 len(meta["class_names"]):
             raise ValueError("the trees' classes differ from the model's class names")
+        codes_head = None
+        if params.get("stego_codes"):
+            from pipeline.models.stego_head import SegmentationHead
+
+            spec = params["stego_codes"]
+            codes_head = SegmentationHead(int(spec["in_dim"]), int(spec["dim"]))
+            codes_head.load_state_dict(bb.prefixed(tensors, "codes_head."), strict=True)
         return cls(net, meta.get("backbone"), params["head"], head, meta["class_names"],
                    [tuple(c) for c in meta["colors"]], params["local_radii"],
                    input_scale=params.get("input_scale", 1.0),
-                   embed_backbone=params["backbone_embedded"])
+                   embed_backbone=params["backbone_embedded"], codes_head=codes_head)
 
 
 def forest_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -353,3 +353,53 @@ def test_classifier_and_samples_come_together(argv, scene, tmp_path, capsys):
     code = main(["fit", str(src), *argv, "--out", str(tmp_path / "MODEL"), "-q"])
     _expect_one_error(capsys, code, "--samples", "--method classifier")
     assert not (tmp_path / "MODEL").exists()
+
+
+# ---- a STEGO model's codes as features
+
+
+def test_a_stego_model_as_weights_gives_its_backbone_and_codes_to_the_classifier(
+        prefect_harness, scene, tmp_path):
+    """`fit --samples … --weights STEGO_MODEL`: the classifier runs the STEGO model's backbone
+    and adds its segmentation head's codes to the features; the saved model carries both and
+    segments as the in-memory one does."""
+    src, truth = scene
+    stego_dir = tmp_path / "stego"
+    assert main(["fit", str(src), "--method", "stego", "--clusters", "3", "--out",
+                 str(stego_dir), *TINY, *TILES, "--set", "fit.crops=8", "--set",
+                 "fit.crop_size=64", "--set", "stego.steps=5", "--set", "stego.dim=8",
+                 "--set", "stego.batch_size=4", "-q"]) == 0
+    pts = sd.points_layer(tmp_path / "S.gpkg", truth)
+    out = tmp_path / "model"
+    assert main(["fit", str(src), "--samples", str(pts), "--class-field", "cls",
+                 "--weights", str(stego_dir), "--out", str(out), *TILES, "-q"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    params = meta["params"]
+    assert params["stego_codes"] == {"in_dim": 64, "dim": 8}
+    assert params["feature_dim"] == 3 + 6 * 3 + 64 + 8 and params["backbone_embedded"]
+    model, stego = load_model(out), load_model(stego_dir)
+    torch.testing.assert_close(model.codes_head.linear.weight, stego.head.linear.weight)
+    x = torch.from_numpy(read_window(open_raster_info(src), compute_scaling(open_raster_info(
+        src)), 0, 0, 128, 128)[0])[None]
+    with torch.no_grad():
+        f = model.pixel_features(x)
+        codes = torch.nn.functional.normalize(stego.codes(x), dim=1)
+        up = torch.nn.functional.interpolate(codes, size=(128, 128), mode="bilinear",
+                                             align_corners=False)
+    torch.testing.assert_close(f[:, -8:], up, atol=1e-5, rtol=0)  # the codes, last
+    assert agreement(out, src, truth) > 0.9
+
+
+def test_a_model_of_another_method_is_refused_as_weights(prefect_harness, scene, tmp_path,
+                                                         capsys):
+    src, truth = scene
+    px = tmp_path / "px"
+    assert main(["fit", str(src), "--method", "pixel-kmeans", "--clusters", "3", "--out",
+                 str(px), "-q"]) == 0
+    capsys.readouterr()
+    pts = sd.points_layer(tmp_path / "S.gpkg", truth)
+    code = main(["fit", str(src), "--samples", str(pts), "--class-field", "cls", "--weights",
+                 str(px), "--out", str(tmp_path / "m"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "a pixel-kmeans model: --weights takes" in err[0]
+    assert not (tmp_path / "m").exists()
