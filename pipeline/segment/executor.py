@@ -121,6 +121,30 @@ def _connect(cfg: DaskConfig) -> Client:
     return box["client"]
 
 
+def _versions() -> dict[str, str]:
+    """This process's stego-pipeline version and the libraries that decide its results."""
+    import numpy
+    import zarr
+
+    from pipeline import __version__
+
+    return {"stego-pipeline": __version__, "numpy": numpy.__version__, "zarr": zarr.__version__}
+
+
+def check_worker_versions(client: Client, address: str) -> None:
+    """Refuse, in one line, a cluster whose workers run another stego-pipeline (or zarr, or
+    NumPy) than the client: their blocks would not be the client's."""
+    from pipeline.errors import InputError
+
+    mine = _versions()
+    theirs = client.run(_versions)
+    for worker, found in sorted(theirs.items()):
+        diff = [f"{k} {found.get(k)} (here {v})" for k, v in mine.items() if found.get(k) != v]
+        if diff:
+            raise InputError(address, f"worker {worker} runs {', '.join(diff)}: install the "
+                             "same versions on the workers as on the client")
+
+
 @contextmanager
 def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> Iterator[Client]:
     """Connect to ``cfg.scheduler_address`` or start a LocalCluster for the run.
@@ -132,6 +156,7 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
         client = _connect(cfg)
         log.info("Dask scheduler %s, dashboard %s", cfg.scheduler_address, client.dashboard_link)
         try:
+            check_worker_versions(client, str(cfg.scheduler_address))
             yield client
         finally:
             client.close()
