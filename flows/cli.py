@@ -164,7 +164,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     with flow_run():
         startup_trace.mark("API ready")
         doc = segment(args.input, args.model, args.out, cfg, fresh=args.fresh,
-                      progress=progress)
+                      progress=progress, force_unlock=args.force_unlock)
         startup_trace.mark("flow finished")
     if args.json:
         print(json.dumps(doc, default=str))

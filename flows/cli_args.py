@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--workers", type=int, help="Dask LocalCluster workers")
     seg.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
     seg.add_argument("--fresh", action="store_true", help="ignore blocks done by an earlier run")
+    seg.add_argument("--force-unlock", action="store_true",
+                     help="remove another run's lock on --out whatever its state (a run known "
+                     "to be dead whose lease has not lapsed yet); a warning names it")
     seg.add_argument("--progress", choices=["auto", "bar", "lines", "json", "off"],
                      default="auto", help="progress on stderr (auto: a bar on a terminal)")
     seg.add_argument("--json", action="store_true",

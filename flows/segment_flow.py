@@ -9,11 +9,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.cli_errors import was_interrupted
+from flows.run_lease import flow_output_lock
 from pipeline.config import RunConfig, build_config
 from pipeline.io.cog import write_cog
 from pipeline.io.files import write_json_atomic
 from pipeline.io.geoparquet import write_geoparquet
-from pipeline.io.lock import output_lock
+from pipeline.io.lock import RunLock, check_held
 from pipeline.io.zarr_store import finalize_store, open_labels
 from pipeline.publish.gis_styles import add_gpkg_layer_style, polygon_qml, write_styles
 from pipeline.publish.preview import class_histogram, write_preview
@@ -85,6 +86,7 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
 
     def report(stats: dict[str, Any]) -> None:
         bar.update(1, stats["valid_pixels"] / 1e6)
+        check_held(plan.out_dir)  # another run took the directory over: stop the blocks
 
     stats: list[dict[str, Any]] = []
     if todo:
@@ -256,18 +258,22 @@ def segment_flow(
     config: dict[str, Any] | None = None,
     fresh: bool = False,
     progress: str = "auto",
+    force_unlock: bool = False,
 ) -> dict[str, Any]:
-    """Segment one raster with a fitted model into labels.tif, labels.zarr, polygons.gpkg."""
+    """Segment one raster with a fitted model into labels.tif, labels.zarr, polygons.gpkg.
+
+    ``force_unlock`` removes another run's output lock whatever its state (``--force-unlock``).
+    """
     cfg = build_config(config or {})
     t0 = time.perf_counter()
     plan = validate(input_path, model_dir, out_dir, cfg)
-    with output_lock(Path(out_dir)):
+    with flow_output_lock(Path(out_dir), cfg.recovery.lock_lease, force_unlock) as lock:
         clean_stale_temporaries(Path(out_dir))
-        return _run_stages(plan, cfg, fresh, progress, t0)
+        return _run_stages(plan, cfg, fresh, progress, t0, lock)
 
 
 def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
-                t0: float) -> dict[str, Any]:
+                t0: float, lock: RunLock) -> dict[str, Any]:
     run_json = plan.output("manifest")
     write_json_atomic(run_json, manifest(plan, "running", {}))
     try:
@@ -276,14 +282,17 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
         plan.timings["infer"] = counts.pop("seconds")
         if "infer-blocks" in cached:  # this run computed nothing
             counts = summarize_blocks(plan, [])
+        lock.check()  # before each stage: a run whose lock was taken over stops writing
         cog = run_stage(write_labels_cog, plan, fresh, cached)
         plan.timings["cog"] = cog.pop("seconds")
         polygons: dict[str, Any] = {"skipped": True}
         vector_styles: dict[str, str] = {}
         if cfg.vectorize.enabled:
+            lock.check()
             polygons = run_stage(vectorize, plan, fresh, cached)
             plan.timings["vectorize"] = polygons.pop("seconds")
             vector_styles = polygons.pop("styles")
+        lock.check()
         summary = summarize(plan)
         plan.timings["summary"] = summary.pop("seconds")
         stac = styles_and_stac(plan)
@@ -297,12 +306,15 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
             doc["outputs"].pop("polygons")
         doc["outputs"].update(stac["files"])
         doc["outputs"].update(vector_styles)
+        lock.check()
         write_json_atomic(run_json, doc)
         publish_artifact(doc)
         return doc
     except BaseException as exc:
         # SIGTERM/SIGINT (the CLI's KeyboardInterrupt, Prefect's TerminationSignal): resumable
         status = "interrupted" if was_interrupted(exc) else "failed"
+        if lock.lost.is_set():  # run.json belongs to the run that took over now
+            raise
         try:
             write_json_atomic(run_json, manifest(plan, status, {"error": f"{exc}" or status}))
         except OSError as write_error:  # e.g. the disk that failed the run is still full
@@ -313,7 +325,7 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
 
 def segment(input_path: str | Path, model_dir: str | Path, out_dir: str | Path,
             config: RunConfig | None = None, fresh: bool = False,
-            progress: bool | str = "auto") -> dict[str, Any]:
+            progress: bool | str = "auto", force_unlock: bool = False) -> dict[str, Any]:
     """Run the flow with a typed config (the CLI and tests call this).
 
     ``progress``: "auto", "bar", "lines", "json", or "off" (False).
@@ -321,4 +333,4 @@ def segment(input_path: str | Path, model_dir: str | Path, out_dir: str | Path,
     cfg = config or RunConfig()
     progress = {True: "auto", False: "off"}.get(progress, progress)  # type: ignore[arg-type]
     return segment_flow(str(input_path), str(model_dir), str(out_dir),
-                        cfg.model_dump(mode="json"), fresh, progress)
+                        cfg.model_dump(mode="json"), fresh, progress, force_unlock)

@@ -158,6 +158,17 @@ class DaskConfig(Section):
         return value
 
 
+class RecoveryConfig(Section):
+    """How a run that died is recovered from without a human."""
+
+    lock_lease: float = Field(
+        default=120.0, ge=1, allow_inf_nan=False,
+        description="seconds the output lock (OUT_DIR/.stego.lock) stays valid without renewal; "
+        "a live run renews it every third of this; a rerun from any host takes over a lock "
+        "whose lease has lapsed (a killed client, a rescheduled pod). Hosts' clocks must agree "
+        "to well within two thirds of it")
+
+
 class ModelRuntimeConfig(Section):
     """Where and how the model runs."""
 
@@ -202,6 +213,7 @@ class RunConfig(Section):
     classifier: ClassifierConfig = ClassifierConfig()
     pretrain: PretrainConfig = PretrainConfig()
     model: ModelRuntimeConfig = ModelRuntimeConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
 
 
 def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel]]:
