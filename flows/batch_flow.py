@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,14 @@ def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
     return doc.get("fingerprint") == plan.fingerprint
 
 
+def scenes_at_once(cfg: RunConfig) -> int:
+    """How many scenes segment-folder runs at the same time (``dask.scenes_at_once``)."""
+    n = cfg.dask.scenes_at_once
+    if n == "auto":
+        return 4 if cfg.dask.scheduler_address else 1
+    return int(n)
+
+
 def _error_text(exc: Exception, scene: str) -> str:
     """The error of a scene, without repeating the scene's path."""
     if isinstance(exc, InputError) and exc.path == scene:
@@ -124,6 +133,7 @@ def segment_folder(
     summary: dict[str, Any] = {"processed": [], "skipped": [], "failed": {},
                                "total": len(scenes), "out_root": str(out_root)}
     owners: dict[str, str] = {}
+    todo: list[tuple[str, Path]] = []
     for scene in scenes:
         out_dir = scene_out_dir(out_root, scene)
         if out_dir.name in owners:
@@ -132,21 +142,34 @@ def segment_folder(
             logger.error("%s: %s", scene, summary["failed"][scene])
             continue
         owners[out_dir.name] = scene
+        todo.append((scene, out_dir))
+
+    def one(scene: str, out_dir: Path) -> tuple[str, str | None]:
+        """'skipped', 'processed' or 'failed' with the error text."""
         try:
             if is_done(scene, model_dir, out_dir, cfg):
                 logger.info("%s: already done in %s, skipped", scene, out_dir)
-                summary["skipped"].append(scene)
-                continue
+                return "skipped", None
             label = out_dir.name.replace("{", "{{").replace("}", "}}")  # a name template
             run = segment_flow.with_options(flow_run_name=f"segment-{label}")
             run(scene, model_dir, str(out_dir), cfg_json, False, "off")
         except Exception as exc:  # noqa: BLE001 - one bad scene must not stop the others
             msg = _error_text(exc, scene)
             logger.error("%s: failed: %s", scene, msg)
-            summary["failed"][scene] = msg
-            continue
+            return "failed", msg
         logger.info("%s: done -> %s", scene, out_dir)
-        summary["processed"].append(scene)
+        return "processed", None
+
+    at_once = scenes_at_once(cfg)
+    if at_once > 1:
+        logger.info("segment-folder: %d scenes, up to %d at once", len(todo), at_once)
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stego-scene") as pool:
+        results = list(pool.map(lambda item: one(*item), todo))  # in the scenes' order
+    for (scene, _), (outcome, msg) in zip(todo, results, strict=True):
+        if outcome == "failed":
+            summary["failed"][scene] = msg
+        else:
+            summary[outcome].append(scene)
     logger.info("segment-folder: %d processed, %d skipped, %d failed",
                 len(summary["processed"]), len(summary["skipped"]), len(summary["failed"]))
     _publish_summary(summary, input_glob)

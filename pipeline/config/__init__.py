@@ -145,9 +145,20 @@ class DaskConfig(Section):
         description="Dask resources each block task needs, e.g. {GPU: 1} (workers started with "
         "--resources GPU=1); null = {GPU: 1} when the model runs on CUDA",
     )
+    scenes_at_once: int | Literal["auto"] = Field(
+        default="auto", description="segment-folder: scenes segmented at the same time on the "
+        "cluster; auto = 1 on the embedded LocalCluster (it already uses the machine), 4 with "
+        "a scheduler_address")
     io_retries: int = Field(default=3, ge=0, description="retries of a block after an I/O error")
     retry_delay: float = Field(default=1.0, ge=0,
                                description="first retry delay (s), then doubled")
+
+    @field_validator("scenes_at_once")
+    @classmethod
+    def _scenes(cls, value: int | str) -> int | str:
+        if value != "auto" and int(value) < 1:
+            raise ValueError("scenes_at_once must be >= 1 or 'auto'")
+        return value
 
     @field_validator("scheduler_address")
     @classmethod

@@ -309,3 +309,53 @@ def test_prefect_deploy_registers_the_yaml_deployment(prefect_harness, monkeypat
     flow = run_coro_as_sync(load_flow_from_flow_run(flow_run, use_placeholder_flow=False))
     assert Path.cwd() == ROOT
     assert flow.name == "segment-folder"
+
+
+def test_scenes_run_at_the_same_time_on_a_cluster(prefect_harness, scenes, pixel_model,
+                                                  first_run, tmp_path):
+    """With a scheduler, segment-folder runs several scenes at once (dask.scenes_at_once): the
+    flow runs overlap in time, and each scene's labels are those of the one-at-a-time run."""
+    import asyncio
+
+    from dask.distributed import LocalCluster
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    out_root, _ = first_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        shutil.copy(scenes / ("a.tif" if i % 2 else "b.tif"), folder / f"s{i}.tif")
+    (folder / "s9-broken.tif").write_text("not a raster\n")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        cfg = {**CFG, "dask": {"scheduler_address": cluster.scheduler_address,
+                               "scenes_at_once": 3}}
+        with pytest.raises(BatchFailed) as failed:
+            segment_folder(str(folder / "*.tif"), str(pixel_model), str(tmp_path / "out"), cfg)
+    summary = failed.value.summary
+    assert summary["processed"] == [str(folder / f"s{i}.tif") for i in range(4)]  # in order
+    assert list(summary["failed"]) == [str(folder / "s9-broken.tif")]
+    for i in range(4):
+        same = out_root / ("a" if i % 2 else "b") / "labels.tif"
+        assert (tmp_path / "out" / f"s{i}" / "labels.tif").read_bytes() == same.read_bytes()
+
+    async def spans() -> list[tuple]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"segment-s{i}" for i in range(4)])))
+        return [(r.start_time, r.end_time) for r in runs]
+
+    times = sorted(asyncio.run(spans()))
+    assert len(times) == 4
+    assert any(b[0] < a[1] for a, b in zip(times, times[1:], strict=False))  # overlapped
+
+
+def test_scenes_at_once_is_one_locally_and_four_on_a_cluster():
+    from flows.batch_flow import scenes_at_once
+
+    assert scenes_at_once(build_config({})) == 1
+    assert scenes_at_once(build_config({"dask": {"scheduler_address": "tcp://h:8786"}})) == 4
+    assert scenes_at_once(build_config({"dask": {"scenes_at_once": 2}})) == 2
+    with pytest.raises(InputError, match="scenes_at_once"):
+        build_config({"dask": {"scenes_at_once": 0}})
