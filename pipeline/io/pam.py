@@ -1,5 +1,6 @@
-"""GDAL's PAM sidecar (``labels.tif.aux.xml``): category names and a thematic raster attribute
-table (value, class name, colour, pixel count) that GDAL, QGIS and ArcGIS read with the COG."""
+"""GDAL's PAM files: the COG's sidecar (``labels.tif.aux.xml``: category names and a thematic
+raster attribute table of value, class name, colour and pixel count that GDAL, QGIS and ArcGIS
+read with the COG) and the Zarr store's multidimensional one (``pam.aux.xml``: the CRS)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,31 @@ def write_pam_sidecar(raster: Path, class_names: Sequence[str],
                       colors: Sequence[tuple[int, int, int]], counts: Sequence[int]) -> Path:
     """Write ``raster``'s ``.aux.xml`` (temporary name, then rename); return its path."""
     return write_text_atomic(aux_path(raster), pam_xml(class_names, colors, counts))
+
+
+def multidim_pam_xml(crs_wkt: str, arrays: Sequence[str]) -> str:
+    """GDAL's multidimensional PAM document (``<store>/pam.aux.xml`` for the Zarr driver) giving
+    each 2-D ``(y, x)`` array in ``arrays`` the CRS and its axis-to-dimension mapping.
+
+    GDAL before 3.9 ignores the CF ``grid_mapping``, and GDAL 3.6 (Debian 12) reads a ``_CRS``
+    attribute with the CRS's first axis on the array's first dimension: a ``(y, x)`` array in
+    easting/northing lands on swapped coordinates (an EPSG:25833 scene near Potsdam at 58 E
+    2.4 N). GDAL reads the SRS of this file only where the array has no ``_CRS``, with the
+    mapping as written: for each CRS axis, the (1-based) array dimension it runs along
+    (easting/longitude on ``x``, the second dimension).
+    """
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs_wkt)
+    along_x = [a.direction in ("east", "west") for a in crs.axis_info[:2]]
+    if len(set(along_x)) < 2:  # polar axes ("north along 90E", ...): go by the axis names
+        along_x = [a.name.lower().startswith(("east", "lon", "x")) or a.abbrev in ("E", "X")
+                   for a in crs.axis_info[:2]]
+    dims = ["2" if x else "1" for x in along_x] if len(set(along_x)) == 2 else ["2", "1"]
+    root = ET.Element("PAMDataset")
+    for name in arrays:
+        array = ET.SubElement(root, "Array", name=f"/{name}")
+        srs = ET.SubElement(array, "SRS", dataAxisToSRSAxisMapping=",".join(dims))
+        srs.text = crs.to_wkt("WKT2_2019")
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"

@@ -3,8 +3,11 @@ xarray open as it is.
 
 The root group holds only georeferenced data: ``labels`` and ``confidence`` (uint8, dims y/x,
 chunks aligned with blocks, nodata 255 as the fill value), ``x``/``y`` cell-centre coordinates and
-a CF ``spatial_ref`` grid mapping; the CRS is also in GDAL's ``_CRS`` attribute (read by every
-GDAL since 3.4) and the ``proj:``/``spatial:`` convention attributes on the group. Chunks are
+a CF ``spatial_ref`` grid mapping (read by GDAL >= 3.9 and xarray/rioxarray) and the
+``proj:``/``spatial:`` convention attributes on the group. A v2 store also carries GDAL's
+multidimensional PAM file (``pam.aux.xml``: the CRS with its axis-to-dimension mapping) for GDAL
+3.4-3.8, which ignore the CF grid mapping and misplace a ``_CRS`` attribute (see
+:func:`pipeline.io.pam.multidim_pam_xml`), so the store writes no ``_CRS``. Chunks are
 gzip (v3) or zlib (v2): codecs every GDAL build has. Resume bookkeeping lives in the
 ``_resume`` sub-group while the run is going (a block writes its labels first and its done flag
 last) and is removed when the store is finalized and renamed into place.
@@ -29,13 +32,15 @@ import zarr.registry
 from affine import Affine
 from zarr.codecs import GzipCodec
 
+from pipeline.io.pam import multidim_pam_xml
 from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
 from pipeline.tiling import Block, block_grid_shape
 
 RESUME = "_resume"  # sub-group of the partial store with the per-block bookkeeping
 RUN_TOKEN = "run_token"  # the partial store's current run; writers of another run are fenced
-LAYOUT = "stego-labels/2"  # bumped when the store's layout changes: older partials are rebuilt
+LAYOUT = "stego-labels/3"  # bumped when the store's layout changes: older partials are rebuilt
 ZLIB_LEVEL = 6
+PAM_NAME = "pam.aux.xml"  # GDAL's multidimensional PAM file of a Zarr store (at its root)
 
 
 def partial_path(final: Path, run_id: str) -> Path:
@@ -59,17 +64,16 @@ def _remove_partials(final: Path, keep: Path | None = None) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _crs_attrs(crs_wkt: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(GDAL ``_CRS`` attribute for the data arrays, CF attributes for ``spatial_ref``)."""
+def _crs_attrs(crs_wkt: str | None) -> tuple[str | None, dict[str, Any]]:
+    """(WKT2 of the CRS, CF attributes for ``spatial_ref``)."""
     if not crs_wkt:
-        return {}, {}
+        return None, {}
     from pyproj import CRS
 
     crs = CRS.from_wkt(crs_wkt)
-    wkt2 = crs.to_wkt("WKT2_2019")
     cf = {k: v for k, v in crs.to_cf().items() if isinstance(v, (str, int, float))}
     cf.update({"crs_wkt": crs_wkt, "spatial_ref": crs_wkt})
-    return {"_CRS": {"wkt": wkt2, "projjson": crs.to_json_dict()}}, cf
+    return crs.to_wkt("WKT2_2019"), cf
 
 
 class _GzipNoTime(numcodecs.GZip):
@@ -151,8 +155,8 @@ def prepare_store(
     path = partial_path(final, uuid.uuid4().hex[:12])
     group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     names = list(class_names)
-    gdal_crs, cf = _crs_attrs(crs_wkt)
-    common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", **gdal_crs}
+    wkt2, cf = _crs_attrs(crs_wkt)
+    common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
     _create(
         group, "labels", zarr_format, ["y", "x"], shape=(height, width), chunks=(chunk, chunk),
         dtype="uint8", fill_value=NODATA,
@@ -198,7 +202,7 @@ def prepare_store(
             "class_names": names,
             "class_colors": [list(c) for c in colors],
             "nodata": NODATA,
-            "proj:wkt2": gdal_crs["_CRS"]["wkt"] if gdal_crs else None,
+            "proj:wkt2": wkt2,
             "spatial:dimensions": ["y", "x"],
             "spatial:transform": list(transform)[:6],
             "spatial:shape": [height, width],
@@ -328,7 +332,8 @@ class BlockWriter:
 
 
 def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
-    """Drop the bookkeeping, mark complete, consolidate metadata, move the store into place."""
+    """Drop the bookkeeping, mark complete, consolidate metadata, add GDAL's PAM file (v2 with a
+    CRS), move the store into place."""
     group = zarr.open_group(str(path), mode="r+")
     if RESUME in group:
         del group[RESUME]
@@ -338,6 +343,11 @@ def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         zarr.consolidate_metadata(str(path))
+    if attrs.get("proj:wkt2") and group.metadata.zarr_format == 2:
+        # GDAL 3.4-3.8 (v2 only) take the CRS from here. Written after consolidating, which
+        # would warn about a file that is no Zarr node
+        (path / PAM_NAME).write_text(
+            multidim_pam_xml(attrs["proj:wkt2"], ["labels", "confidence"]), encoding="utf-8")
     final = Path(final)
     trash = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():

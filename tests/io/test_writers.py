@@ -3,6 +3,9 @@ checked through GDAL's own API and xarray/rioxarray as well as the project's rea
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import numpy as np
 import pytest
 import rasterio
@@ -21,6 +24,7 @@ from pipeline.io.zarr_store import (
 from pipeline.labels import BlockOutput
 from pipeline.tiling import plan_blocks
 from tests.gdal_capi import describe_with_pyogrio_gdal, rasterio_gdal
+from tests.system_gis import system_tool, tool_version
 
 T = Affine(0.05, 0, 368000, 0, -0.05, 5808000)
 NAMES = ["road", "roof", "tree"]
@@ -141,6 +145,44 @@ def test_zarr_v3_opens_in_gdal_3_11_and_later(tmp_path):
     assert 'AUTHORITY["EPSG","25833"]' in info["wkt"]
 
 
+@pytest.mark.parametrize("crs, transform", [
+    ("EPSG:25833", T),  # easting, northing
+    ("EPSG:4326", Affine(1e-6, 0, 13.06, 0, -1e-6, 52.41)),  # latitude first
+    ("EPSG:32661", Affine(0.5, 0, 2000000, 0, -0.5, 1000000)),  # polar: northing first
+], ids=["utm", "lat-lon", "polar"])
+def test_zarr_v2_lands_in_place_in_the_system_gdal(tmp_path, crs, transform):
+    """The oldest GDAL at hand (Debian 12: 3.6) places the store where the COG is. GDAL 3.6 put
+    the CRS of a ``_CRS`` attribute on the wrong array dimensions (axis mapping 2,1: an
+    EPSG:25833 scene near Potsdam at 58 E 2.4 N); the store's PAM file sets the mapping."""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+
+    gdalinfo, locate = system_tool("gdalinfo"), system_tool("gdallocationinfo")
+    lab = _labels()
+    final = tmp_path / "labels.zarr"
+    path, _ = prepare_store(final, height=lab.shape[0], width=lab.shape[1], chunk=64,
+                            block_size=128, transform=transform,
+                            crs_wkt=CRS.from_user_input(crs).to_wkt(), class_names=NAMES,
+                            colors=COLORS, fingerprint="abc")
+    _write_all(path, lab)
+    finalize_store(path, final, {})
+    name, version = f'ZARR:"{final}":/labels', tool_version(gdalinfo)
+    info = json.loads(subprocess.run([gdalinfo, "-json", name], capture_output=True,
+                                     text=True, timeout=120, check=True).stdout)
+    assert info["coordinateSystem"]["wkt"], version
+    to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    h, w = lab.shape
+    corners = [to_wgs84.transform(*(transform * (c, r)))
+               for c, r in ((0, 0), (0, h), (w, h), (w, 0))]
+    extent = info["wgs84Extent"]["coordinates"][0][:4]
+    assert np.allclose(extent, corners, atol=1e-7), (version, extent, corners)
+    for row, col in ((150, 100), (20, 180), (290, 5)):
+        lon, lat = to_wgs84.transform(*(transform * (col + 0.5, row + 0.5)))
+        proc = subprocess.run([locate, "-valonly", "-wgs84", name, repr(lon), repr(lat)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip() == str(lab[row, col]), (version, proc.stderr)
+
+
 @pytest.mark.parametrize("fmt", [2, 3])
 def test_blocks_write_their_own_chunks_and_record_completion(tmp_path, fmt):
     import zarr
@@ -196,6 +238,20 @@ def test_cog_is_valid_paletted_and_identical_to_the_labels(tmp_path):
         assert ds.tags(1)["class_2"] == "tree"
         np.testing.assert_array_equal(ds.read(1), lab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "labels.tif.aux.xml"]
+
+
+def test_cog_palette_holds_the_class_colours_and_a_transparent_nodata(tmp_path):
+    """A uint8 GeoTIFF palette has 256 entries whatever one writes (TIFF's ColorMap holds
+    2**bits; GDAL pads a short table and reads all 256, 3.6 to 3.12): the classes first, nodata
+    255 transparent. The class list for clients is the attribute table and labels.qml."""
+    out = write_cog(_labels(), tmp_path / "labels.tif", transform=T, crs_wkt="EPSG:25833",
+                    class_names=NAMES, colors=COLORS)
+    with rasterio.open(out) as ds:
+        cmap = ds.colormap(1)
+    assert len(cmap) == 256
+    assert [cmap[i] for i in range(len(NAMES))] == [(*c, 255) for c in COLORS]
+    assert cmap[255] == (0, 0, 0, 0)
+    assert len(rasterio_gdal().describe(str(out))["rat_rows"]) == len(NAMES)
 
 
 def test_class_names_and_attribute_table_travel_with_the_cog_through_gdal(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import shapely
 
 from pipeline.publish.gis_styles import add_gpkg_layer_style, polygon_qml, raster_qml, write_styles
+from tests.system_gis import qgis_legend
 
 NAMES = ["water", "forest & park", "urban <dense>"]
 COLORS = [(0, 90, 200), (34, 139, 34), (200, 30, 10)]
@@ -216,3 +217,41 @@ def test_write_styles_without_gpkg_writes_only_the_raster_style(tmp_path: Path):
         "raster_qml": tmp_path / "labels.qml"
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.qml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# In QGIS itself (the system's QGIS, e.g. Debian 12's 3.22; skipped where it is absent)
+
+
+def _delivered_labels(out: Path) -> Path:
+    """labels.tif and labels.tif.aux.xml as segment writes them."""
+    from affine import Affine
+
+    from pipeline.io.cog import write_cog
+
+    lab = (np.arange(40 * 60).reshape(40, 60) % 3).astype(np.uint8)
+    lab[:5, :5] = 255
+    return write_cog(lab, out / "labels.tif", crs_wkt="EPSG:25833", class_names=NAMES,
+                     colors=COLORS, transform=Affine(0.05, 0, 368000, 0, -0.05, 5808000))
+
+
+def test_qgis_shows_the_labels_with_exactly_the_classes_in_the_legend(tmp_path: Path):
+    tif = _delivered_labels(tmp_path)
+    write_styles(tmp_path, NAMES, COLORS, vector_name=None)  # QGIS loads labels.qml by itself
+    shown = qgis_legend(str(tif))
+    assert shown["valid"] and shown["crs"] == "EPSG:25833" and shown["renderer"] == "paletted"
+    assert shown["legend"] == NAMES, shown["qgis"]
+
+
+def test_without_labels_qml_qgis_lists_the_attribute_table_or_every_palette_entry(
+    tmp_path: Path,
+):
+    """docs/usage.md: a GeoTIFF palette has 256 entries (TIFF's ColorMap has 2**bits; GDAL
+    pads a shorter table and exposes all 256, 3.6 to 3.12). QGIS >= 3.30 builds the legend from
+    the attribute table of labels.tif.aux.xml; older QGIS lists every palette entry."""
+    shown = qgis_legend(str(_delivered_labels(tmp_path)))
+    version = tuple(int(v) for v in shown["qgis"].split("-")[0].split(".")[:2])
+    if version >= (3, 30):
+        assert shown["legend"] == NAMES, shown["qgis"]
+    else:
+        assert shown["legend"][:3] == NAMES and len(shown["legend"]) == 256, shown["qgis"]
