@@ -15,8 +15,14 @@ from safetensors.torch import load_file, save_file
 from pipeline.io.files import write_text_atomic
 from pipeline.pretrain.nets import Nets, Progress
 
-TENSORS = "checkpoint.safetensors"
+TENSORS = "checkpoint.safetensors"  # the name before checkpoints named their step
 STATE = "checkpoint.json"
+
+
+def _tensors_name(step: int) -> str:
+    """Each checkpoint's tensors get their own file, named in checkpoint.json: a kill between
+    writing the tensors and the JSON leaves the JSON naming the previous, intact tensors."""
+    return f"checkpoint-{step:08d}.safetensors"
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -39,19 +45,24 @@ def save_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator,
     if nets.patch_center is not None:
         tensors["patch_center"] = nets.patch_center.detach().cpu().contiguous()
     tensors["generator"] = gen.get_state()
+    name = _tensors_name(progress.step)
     doc = {"key": key, "step": progress.step, "total": progress.total,
-           "seconds": progress.seconds, "history": progress.history}
+           "seconds": progress.seconds, "history": progress.history, "tensors": name}
     pid = os.getpid()
-    tmp_t, tmp_j = work_dir / f".{TENSORS}.tmp-{pid}", work_dir / f".{STATE}.tmp-{pid}"
+    tmp_t, tmp_j = work_dir / f".{name}.tmp-{pid}", work_dir / f".{STATE}.tmp-{pid}"
     try:
         save_file(tensors, str(tmp_t))
         tmp_j.write_text(json.dumps(doc))
-        # the JSON is renamed last: a checkpoint.json always describes the tensors beside it
-        os.replace(tmp_t, work_dir / TENSORS)
+        os.replace(tmp_t, work_dir / name)
+        # the JSON is renamed last and names its own tensors: checkpoint.json always
+        # describes a complete set, whenever the run is killed
         os.replace(tmp_j, work_dir / STATE)
     finally:
         for t in (tmp_t, tmp_j):
             t.unlink(missing_ok=True)
+    for old in [work_dir / TENSORS, *work_dir.glob("checkpoint-*.safetensors")]:
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def load_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator) -> Progress | None:
@@ -59,7 +70,7 @@ def load_state(work_dir: Path, key: str, nets: Nets, gen: torch.Generator) -> Pr
     none, it is unreadable or it belongs to another recipe or inputs."""
     try:
         doc = json.loads((work_dir / STATE).read_text())
-        tensors = load_file(str(work_dir / TENSORS))
+        tensors = load_file(str(work_dir / doc.get("tensors", TENSORS)))
     except (OSError, json.JSONDecodeError, SafetensorError):
         return None
     if doc.get("key") != key:

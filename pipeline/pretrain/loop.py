@@ -226,7 +226,7 @@ def pretrain(pool: CropPool, cfg: PretrainConfig, work_dir: Path, key: str, devi
     nets = build_nets(cfg, cfg.seed, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     progress = Progress()
-    state_path = work_dir / "checkpoint.safetensors"
+    state_path = work_dir / "checkpoint.json"
     if not fresh and state_path.is_file():
         resumed = load_state(work_dir, key, nets, gen)
         if resumed is None:

@@ -334,3 +334,33 @@ def test_a_pretraining_killed_with_sigkill_resumes_to_the_uninterrupted_backbone
     assert a["weights_sha256"] == b["weights_sha256"] and b["steps"] == 8
     assert (straight / "backbone.safetensors").read_bytes() == \
         (killed / "backbone.safetensors").read_bytes()
+
+
+def test_a_kill_between_the_tensors_and_the_json_of_a_checkpoint_resumes_exactly(tmp_path):
+    """A checkpoint's tensors get a file of their own, named by checkpoint.json: a run killed
+    after writing newer tensors but before their JSON resumes from the JSON's (older) step
+    with that step's tensors, to the uninterrupted weights."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = tiny_recipe(steps=6)
+    straight, _ = _run(cfg, textures())
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step: int) -> None:
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(textures(), cfg, tmp_path, "key", log=lambda s: None, on_step=kill_at_4)
+    doc = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert doc["step"] == 4 and (tmp_path / doc["tensors"]).is_file()
+    # what a kill inside the next save leaves: step 5's tensors renamed into place, no JSON
+    newer = {k: v + 1 if v.is_floating_point() else v
+             for k, v in load_file(str(tmp_path / doc["tensors"])).items()}
+    save_file(newer, str(tmp_path / "checkpoint-00000005.safetensors"))
+    resumed, progress = pretrain(textures(), cfg, tmp_path, "key", log=lambda s: None)
+    assert progress.step == 6 and same_weights(straight.teacher, resumed.teacher)
+    assert [p.name for p in tmp_path.glob("checkpoint-*.safetensors")] == [
+        "checkpoint-00000006.safetensors"]
