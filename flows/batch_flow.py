@@ -2,7 +2,9 @@
 
 Each scene goes to ``OUT_ROOT/<scene stem>/`` through the `segment` flow (a subflow). A scene
 is skipped when its ``run.json`` says ``complete`` for the fingerprint the run would have now
-(same input file, model and tiling/input config) and the same output-affecting config. A
+(same input file, model and tiling/input config) and the same output-affecting config; with
+``tiling.block_size: auto``, whatever edge the finished run resolved to (the labels do not
+depend on it), so a cluster of another size skips it too. A
 failing scene does not stop the others; the flow ends Failed after all scenes were tried.
 """
 
@@ -21,6 +23,7 @@ from flows.segment_flow import segment_flow
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
 from pipeline.segment.plan import OUTPUT_NAMES, plan_segment
+from pipeline.tiling import grid_for_raster
 
 # config sections that change what a segment run writes (dask/fit/stego do not)
 OUTPUT_SECTIONS = ("input", "tiling", "vectorize", "output", "model")
@@ -56,13 +59,33 @@ def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _output_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+def _output_config(config: dict[str, Any], drop: tuple[str, ...] = (),
+                   auto_blocks: bool = False) -> dict[str, Any]:
     out = {k: config.get(k) for k in OUTPUT_SECTIONS}
     if drop and isinstance(out.get("model"), dict):
         # model.refine / refine_pixels null mean "the model's own": run.json holds the
         # resolved value, which the fingerprint compared below covers
         out["model"] = {k: v for k, v in out["model"].items() if k not in drop}
+    if auto_blocks and isinstance(out.get("tiling"), dict):
+        # block_size auto: run.json holds the edge it resolved to (checked in is_done)
+        out["tiling"] = {k: v for k, v in out["tiling"].items() if k != "block_size"}
     return out
+
+
+def _with_block_size_of(doc: dict[str, Any], cfg: RunConfig) -> RunConfig | None:
+    """``cfg`` with ``tiling.block_size: auto`` pinned to the edge the finished run resolved
+    (None when run.json has no valid one). Labels do not depend on the edge, so a scene done
+    on a cluster of another size is still done; the fingerprint then checks everything else.
+    """
+    size = ((doc.get("config") or {}).get("tiling") or {}).get("block_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return None
+    pinned = cfg.model_copy(deep=True)
+    try:
+        pinned.tiling.block_size = size
+    except ValueError:  # pydantic's ValidationError: not a multiple of chunk_size
+        return None
+    return pinned
 
 
 def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
@@ -76,10 +99,21 @@ def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
     if doc is None or doc.get("status") != "complete":
         return False
     drop = tuple(k for k in ("refine", "refine_pixels") if getattr(cfg.model, k) is None)
-    if _output_config(doc.get("config") or {}, drop) != \
-            _output_config(cfg.model_dump(mode="json"), drop):
+    auto = cfg.tiling.block_size == "auto"
+    if _output_config(doc.get("config") or {}, drop, auto) != \
+            _output_config(cfg.model_dump(mode="json"), drop, auto):
         return False
-    plan = plan_segment(scene, model_dir, str(out_dir), cfg)
+    if auto:
+        pinned = _with_block_size_of(doc, cfg)
+        if pinned is None:
+            return False
+        plan = plan_segment(scene, model_dir, str(out_dir), pinned, count_threads=False)
+        t = plan.config.tiling  # auto makes one block only of a scene within one chunk
+        if plan.grid != grid_for_raster(t.tile_size, t.overlap, plan.info.height,
+                                        plan.info.width, t.chunk_size):
+            return False
+    else:
+        plan = plan_segment(scene, model_dir, str(out_dir), cfg, count_threads=False)
     return doc.get("fingerprint") == plan.fingerprint
 
 

@@ -25,9 +25,9 @@ from flows.cli_tools import (
     cmd_name_clusters,
     cmd_server,
 )
-from flows.locations import published, refuse_remote
+from flows.locations import published, refuse_remote, staging_dir
 from pipeline.errors import InputError
-from pipeline.io.remote import is_remote
+from pipeline.io.remote import check_writable, is_remote
 
 startup_trace.mark("cli imported")
 
@@ -139,15 +139,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pipeline.io.raster import open_raster_info
     from pipeline.models.store import local_model_dir, read_model_json
 
-    refuse_remote(args.out, "--out")
     cfg = _config(args)
+    out = args.out
+    if is_remote(out):  # the bucket first; the local staging folder stands in for the checks
+        check_writable(str(out))
+        out = staging_dir(str(out))
     open_raster_info(args.input, cfg.input.bands)  # fail fast, before torch and Prefect load
     read_model_json(local_model_dir(args.model))
     startup_trace.mark("raster checked")
     from pipeline.segment.plan import check_segment_inputs
 
     startup_trace.mark("segment plan imported")
-    info, _, _ = check_segment_inputs(args.input, str(args.model), str(args.out), cfg)  # fail fast
+    info, _, _ = check_segment_inputs(args.input, str(args.model), str(out), cfg)  # fail fast
     startup_trace.mark("model and output checked")
     from flows.segment_flow import segment
 

@@ -86,7 +86,7 @@ def train_classifier(rasters: list[tuple[RasterInfo, Scaling]], samples: SampleS
     device = resolve_device(cfg.model.device)
     batch = cfg.tiling.batch_size if isinstance(cfg.tiling.batch_size, int) else 4
     tiling = {"tile_size": cfg.tiling.tile_size, "overlap": cfg.tiling.overlap,
-              "block_size": cfg.tiling.block_size, "batch_size": batch}
+              "block_size": cfg.tiling.grid_block_size(), "batch_size": batch}
     return fit_classifier(rasters, samples, backbone, weights, overrides, cfg.fit,
                           cfg.classifier, tiling, device=device,
                           precision=resolved_precision(cfg.model.precision, device),

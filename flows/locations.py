@@ -23,8 +23,16 @@ def refuse_remote(value: Path | str, flag: str) -> None:
     """One clear line, before anything is written, for a URL where only paths work."""
     if is_remote(value):
         raise InputError(value, f"{flag} must be a local or shared path: this command does not "
-                         "write to object storage (models from `fit`, `pretrain` and "
-                         "`import-checkpoint` can go there; see docs/execution.md)")
+                         "write to object storage (`segment --out` and the models of `fit`, "
+                         "`pretrain` and `import-checkpoint` can go there; see "
+                         "docs/execution.md)")
+
+
+def staging_dir(url: str) -> Path:
+    """The local folder where a command writes what it then publishes to ``url`` (the same
+    one on a rerun, so a resumable command resumes)."""
+    key = hashlib.sha256(str(url).rstrip("/").encode()).hexdigest()[:24]
+    return cache_root().parent / "staging" / key
 
 
 @contextmanager
@@ -38,7 +46,7 @@ def published(out: Path | str) -> Iterator[Path]:
         return
     url = str(out).rstrip("/")
     check_writable(url)
-    stage = cache_root().parent / "staging" / hashlib.sha256(url.encode()).hexdigest()[:24]
+    stage = staging_dir(url)
     stage.mkdir(parents=True, exist_ok=True)
     yield stage
     publish_dir(stage, url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.cli_errors import was_interrupted
+from flows.locations import staging_dir
 from flows.run_lease import flow_output_lock
 from pipeline.config import RunConfig, build_config
 from pipeline.io.cog import write_cog
 from pipeline.io.files import write_json_atomic
 from pipeline.io.geoparquet import write_geoparquet
 from pipeline.io.lock import RunLock, check_held
+from pipeline.io.remote import check_writable, is_remote, publish_dir
 from pipeline.io.zarr_store import finalize_store, open_labels
 from pipeline.publish.gis_styles import add_gpkg_layer_style, polygon_qml, write_styles
 from pipeline.publish.preview import class_histogram, write_preview
@@ -97,7 +100,7 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
             stats = map_unordered(client, infer_and_write_block, todo, on_result=report,
                                   resources=resources, job=job)
     summary = summarize_blocks(plan, stats)
-    finalize_store(store, plan.output("zarr"),
+    finalize_store(store, plan.zarr_location(),
                    {"model_hash": plan.model_hash, "input": plan.input_path})
     summary["seconds"] = time.perf_counter() - t0
     summary["receipt"] = output_receipt(plan, "zarr")
@@ -109,7 +112,7 @@ def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
     """Copy the Zarr labels into a paletted Cloud-Optimized GeoTIFF and its .aux.xml."""
     t0 = time.perf_counter()
     out = write_cog(
-        open_labels(plan.output("zarr")), plan.output("cog"), transform=plan.info.affine,
+        open_labels(plan.zarr_location()), plan.output("cog"), transform=plan.info.affine,
         crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
         tile=max(128, plan.config.tiling.chunk_size), compress=plan.config.output.compress,
         resampling=plan.config.output.overview_resampling,
@@ -134,7 +137,7 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
     def embed_style(tmp: Path) -> None:
         add_gpkg_layer_style(tmp, vec.layer, polygon_qml(plan.class_names, plan.colors))
     stats = vectorize_labels(
-        open_labels(plan.output("zarr")), transform=plan.info.affine, crs=crs,
+        open_labels(plan.zarr_location()), transform=plan.info.affine, crs=crs,
         class_names=plan.class_names, out_path=direct, driver=driver,
         # vectorize's own 2048² blocks, not the inference blocks (10240²): memory stays flat
         # and the polygons do not depend on the block size
@@ -161,7 +164,7 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
 def summarize(plan: SegmentPlan) -> dict[str, Any]:
     """Per-class pixels and areas from the final labels, and a preview map next to them."""
     t0 = time.perf_counter()
-    summary = class_summary(plan, class_histogram(open_labels(plan.output("zarr"))))
+    summary = class_summary(plan, class_histogram(open_labels(plan.zarr_location())))
     write_preview(plan.output("cog"), plan.input_path, plan.output("preview"), plan.class_names,
                   plan.colors, bands=plan.info.bands)
     return {**summary, "seconds": time.perf_counter() - t0}
@@ -266,10 +269,38 @@ def segment_flow(
     """
     cfg = build_config(config or {})
     t0 = time.perf_counter()
+    store_root = None
+    if is_remote(out_dir):  # the workers write the Zarr there; the rest is staged, published
+        check_writable(out_dir)
+        store_root, out_dir = out_dir.rstrip("/"), str(staging_dir(out_dir))
     plan = validate(input_path, model_dir, out_dir, cfg)
+    plan.store_root = store_root
     with flow_output_lock(Path(out_dir), cfg.recovery.lock_lease, force_unlock) as lock:
         clean_stale_temporaries(Path(out_dir))
-        return _run_stages(plan, cfg, fresh, progress, t0, lock)
+        doc = _run_stages(plan, cfg, fresh, progress, t0, lock)
+        if store_root:
+            doc = publish_run(plan, doc)
+    if store_root:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return doc
+
+
+def publish_run(plan: SegmentPlan, doc: dict[str, Any]) -> dict[str, Any]:
+    """``segment --out URL``: the staged outputs uploaded next to the Zarr store the workers
+    wrote, run.json after them, and MANIFEST.json last (object stores have no rename: a reader
+    takes the run for finished only when the manifest is there). Paths in run.json and the
+    STAC item name the URL."""
+    import json
+
+    staged, url = str(Path(plan.out_dir)), str(plan.store_root)
+    for name in (OUTPUT_NAMES["manifest"], "item.json"):
+        path = Path(plan.out_dir) / name
+        if path.is_file():
+            text = path.read_text().replace(staged, url)
+            write_json_atomic(path, json.loads(text))
+    doc = json.loads(json.dumps(doc, default=str).replace(staged, url))
+    publish_dir(Path(plan.out_dir), url, prune=False, last=(OUTPUT_NAMES["manifest"],))
+    return doc
 
 
 def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,

@@ -9,9 +9,13 @@ stride, block edges fall on tile centres and only one tile per seam is computed 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+AUTO_BLOCK_MAX = 10240  # ``tiling.block_size: auto`` never exceeds the fixed default
+BLOCKS_PER_THREAD = 4  # ``auto``: at least this many blocks per worker thread
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,35 @@ def plan_blocks(height: int, width: int, block_size: int) -> list[Block]:
 def block_grid_shape(height: int, width: int, block_size: int) -> tuple[int, int]:
     """Number of block rows and columns."""
     return -(-height // block_size), -(-width // block_size)
+
+
+def auto_block_size(height: int, width: int, chunk: int, stride: int, threads: int,
+                    cap: int = AUTO_BLOCK_MAX, per_thread: int = BLOCKS_PER_THREAD) -> int:
+    """``tiling.block_size: auto``: the largest block edge <= ``cap`` that gives the scene at
+    least ``per_thread`` blocks per worker thread, so every thread has work and a slow block
+    does not leave the others idle at the end.
+
+    The edge is a multiple of ``chunk`` (blocks write whole Zarr chunks); multiples of the tile
+    ``stride`` too are preferred (seams on tile centres: one tile per seam computed twice, not
+    two) as long as one of them qualifies. A scene too small for that many blocks gets
+    ``chunk``, the most blocks it can have; never less than ``chunk``. Any edge gives the same
+    labels (the tile grid is global); only a scene no larger than ``chunk`` is one block.
+    """
+    need = per_thread * max(1, threads)
+    top = max(chunk, cap // chunk * chunk)
+
+    def blocks(edge: int) -> int:
+        rows, cols = block_grid_shape(height, width, edge)
+        return rows * cols
+
+    step = math.lcm(chunk, stride) if stride > 0 else chunk
+    for unit in dict.fromkeys((step, chunk)):  # aligned to the stride first, then any chunk
+        if unit > top:
+            continue
+        for edge in range(top // unit * unit, chunk - 1, -unit):
+            if blocks(edge) >= need:
+                return edge
+    return chunk
 
 
 def blend_weights_1d(tile: int, overlap: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 from pipeline.tiling import (
     TileGrid,
     blend_weights_1d,
+    block_grid_shape,
     compute_amplification,
     plan_blocks,
     tiles_for_block,
@@ -82,3 +83,43 @@ def test_trimmed_grids_keep_every_pixel_inside_one_kept_tiles_core(offset, size)
     assert all(len(o) == 1 for o in owners)
     untrimmed = grid.span(0, size)
     assert untrimmed[0] <= k0 and k1 <= untrimmed[1]
+
+
+def _n_blocks(size: tuple[int, int], edge: int) -> int:
+    rows, cols = block_grid_shape(*size, edge)
+    return rows * cols
+
+
+@pytest.mark.parametrize(("size", "chunk", "stride", "threads", "edge"), [
+    ((20000, 20000), 512, 512, 1, 10240),  # 4 blocks already: the fixed default
+    ((20000, 20000), 512, 512, 16, 2560),  # 8 x 8 = 64 blocks, 4 per thread
+    ((20000, 20000), 512, 512, 64, 1024),  # 1536 would make 196 < 256
+    ((100000, 100000), 512, 512, 1, 10240),  # never above 10240
+    ((2048, 2048), 512, 512, 1, 1536),  # 2 x 2
+    ((2048, 2048), 512, 512, 16, 512),  # too small for 64 blocks: one chunk each, never less
+    ((300, 200), 512, 512, 4, 512),  # smaller than a chunk: one block
+    ((384, 384), 32, 48, 1, 288),  # multiples of the stride preferred (lcm 96)
+    ((384, 384), 32, 48, 2, 96),  # 160 would make 9 blocks, but cuts tiles at the seams
+    ((20000, 20000), 512, 504, 16, 2560),  # lcm(512, 504) > 10240: multiples of the chunk
+    ((20000, 5000), 512, 512, 4, 2560),  # 8 x 2 blocks
+    ((20000, 20000), 512, 512, 0, 10240),  # no workers yet: as for one thread
+])
+def test_auto_block_size_gives_every_worker_thread_four_blocks(size, chunk, stride, threads,
+                                                               edge):
+    from pipeline.tiling import auto_block_size
+
+    assert auto_block_size(*size, chunk, stride, threads) == edge
+
+
+def test_auto_block_size_is_the_largest_edge_that_keeps_the_threads_busy():
+    from pipeline.tiling import AUTO_BLOCK_MAX, auto_block_size
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = (int(rng.integers(1, 60000)), int(rng.integers(1, 60000)))
+        threads = int(rng.integers(1, 200))
+        edge = auto_block_size(*size, 512, 512, threads)
+        assert edge % 512 == 0 and 512 <= edge <= AUTO_BLOCK_MAX
+        enough = [e for e in range(512, AUTO_BLOCK_MAX + 1, 512)
+                  if _n_blocks(size, e) >= 4 * threads]
+        assert edge == (max(enough) if enough else 512), (size, threads)

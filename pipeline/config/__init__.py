@@ -58,14 +58,25 @@ class TilingConfig(Section):
 
     tile_size: int = Field(default=544, description="model tile edge in pixels")
     overlap: int = Field(default=32, description="pixels shared by neighbouring tiles (blended)")
-    block_size: int = Field(
+    block_size: int | Literal["auto"] = Field(
         default=10240,
-        description="block core edge; a multiple of chunk_size (and ideally of the tile stride)",
+        description="block core edge (one Dask task each); a multiple of chunk_size (and "
+        "ideally of the tile stride). auto = from the cluster: the largest edge <= 10240 that "
+        "gives at least 4 blocks per worker thread (dask.workers x threads_per_worker, or the "
+        "scheduler's threads when the run plans); a resume needs the same edge, so pin it for "
+        "clusters that change size",
     )
     chunk_size: int = Field(default=512, description="Zarr chunk and COG tile edge")
     batch_size: int | Literal["auto"] = Field(
         default=4, description="tiles per model call; auto = from free GPU memory (4 on CPU)"
     )
+
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _block_size(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto" and not value.strip().isdigit():
+            raise ValueError("block_size must be a multiple of chunk_size or 'auto'")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> TilingConfig:
@@ -73,11 +84,18 @@ class TilingConfig(Section):
             raise ValueError("need tile_size >= 16 and 0 <= overlap <= tile_size / 2")
         if self.chunk_size % 16 or self.chunk_size < 16:
             raise ValueError("chunk_size must be a positive multiple of 16")
-        if self.block_size < self.chunk_size or self.block_size % self.chunk_size:
-            raise ValueError("block_size must be a positive multiple of chunk_size")
+        if self.block_size != "auto" and (self.block_size < self.chunk_size
+                                          or self.block_size % self.chunk_size):
+            raise ValueError("block_size must be a positive multiple of chunk_size or 'auto'")
         if self.batch_size != "auto" and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1 or 'auto'")
         return self
+
+    def grid_block_size(self) -> int:
+        """The block edge that decides a scene's tile grid outside a segment run's plan (fit's
+        features at labelled pixels): only whether the scene is one block matters, and with
+        ``auto`` that is so exactly when it fits in one chunk, whatever the cluster."""
+        return self.chunk_size if self.block_size == "auto" else self.block_size
 
 
 class VectorizeConfig(Section):

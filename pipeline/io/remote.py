@@ -84,9 +84,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def publish_dir(local: Path, url: str) -> dict[str, Any]:
-    """Upload every file under ``local`` to ``url``, then the manifest, last. Returns the
-    manifest. Files of an earlier publish that this one does not have are removed."""
+def publish_dir(local: Path, url: str, prune: bool = True,
+                last: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Upload every file under ``local`` to ``url`` (the names in ``last`` after the others),
+    then the manifest, last. Returns the manifest. With ``prune``, objects under ``url`` that
+    this publish does not have are removed (not with a store the workers wrote there)."""
     fs, root = filesystem(url)
     fs.invalidate_cache()  # listings cached by an earlier call in this process may be stale
     local = Path(local)
@@ -99,12 +101,13 @@ def publish_dir(local: Path, url: str) -> dict[str, Any]:
     try:
         if fs.exists(f"{root}/{MANIFEST}"):
             fs.rm_file(f"{root}/{MANIFEST}")  # readers stop trusting the old files first
-        for p in files:
+        for p in sorted(files, key=lambda p: p.relative_to(local).as_posix() in last):
             fs.put_file(str(p), f"{root}/{p.relative_to(local).as_posix()}")
-        keep = {f"{root}/{name}" for name in manifest["files"]}
-        for old in fs.find(root):
-            if old not in keep:
-                fs.rm_file(old)
+        if prune:
+            keep = {f"{root}/{name}" for name in manifest["files"]}
+            for old in fs.find(root):
+                if old not in keep:
+                    fs.rm_file(old)
         fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     except InputError:
         raise
@@ -169,3 +172,83 @@ def fetch_dir(url: str, cache: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ---- locations that are a local path or an object-store URL (the Zarr store of a run)
+
+
+def join(base: str | os.PathLike[str], *names: str) -> str | Path:
+    """``base/names…``: a URL stays text (a ``Path`` would fold ``s3://`` into ``s3:/``)."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *names])
+    return Path(base).joinpath(*names)
+
+
+def parent_and_name(location: str | os.PathLike[str]) -> tuple[str | Path, str]:
+    """(the folder holding ``location``, its last name)."""
+    if is_remote(location):
+        head, _, name = str(location).rstrip("/").rpartition("/")
+        return head, name
+    p = Path(location)
+    return p.parent, p.name
+
+
+def exists(location: str | os.PathLike[str]) -> bool:
+    """Whether a file, folder or prefix exists there."""
+    if not is_remote(location):
+        return Path(location).exists()
+    fs, path = filesystem(str(location))
+    fs.invalidate_cache()
+    return bool(fs.exists(path))
+
+
+def remove_tree(location: str | os.PathLike[str]) -> None:
+    """Remove a folder or a prefix and everything under it (nothing there: nothing done)."""
+    if not is_remote(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    fs, path = filesystem(str(location))
+    fs.invalidate_cache()
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def sibling_dirs(location: str | os.PathLike[str], prefix: str) -> list[str | Path]:
+    """The folders (prefixes) next to ``location`` whose name starts with ``prefix``."""
+    parent, _ = parent_and_name(location)
+    if not is_remote(location):
+        return sorted(p for p in Path(parent).glob(f"{prefix}*") if p.is_dir())
+    fs, path = filesystem(str(parent))
+    fs.invalidate_cache()
+    scheme_ = scheme(location)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(f"{scheme_}://{e['name'].rstrip('/')}" for e in entries
+                  if e.get("type") == "directory"
+                  and e["name"].rstrip("/").rpartition("/")[2].startswith(prefix))
+
+
+def move_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move a folder into place: a rename on a file system; on object storage (no rename) a
+    copy of every object, then the source removed (readers must wait for the run's manifest,
+    written last)."""
+    if not is_remote(src):
+        os.replace(src, dst)
+        return
+    fs, s = filesystem(str(src))
+    _, d = filesystem(str(dst))
+    fs.invalidate_cache()
+    for obj in fs.find(s):
+        fs.copy(obj, d + obj[len(s):])
+    fs.rm(s, recursive=True)
+
+
+def write_bytes(location: str | os.PathLike[str], data: bytes) -> None:
+    """Write one file (one object: it appears whole or not at all)."""
+    if not is_remote(location):
+        Path(location).write_bytes(data)
+        return
+    fs, path = filesystem(str(location))
+    fs.pipe_file(path, data)

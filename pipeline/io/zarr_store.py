@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import uuid
 import warnings
 from functools import cached_property
@@ -33,6 +32,15 @@ from affine import Affine
 from zarr.codecs import GzipCodec
 
 from pipeline.io.pam import multidim_pam_xml
+from pipeline.io.remote import (
+    exists,
+    join,
+    move_tree,
+    parent_and_name,
+    remove_tree,
+    sibling_dirs,
+    write_bytes,
+)
 from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
 from pipeline.tiling import Block, block_grid_shape
 
@@ -43,25 +51,28 @@ ZLIB_LEVEL = 6
 PAM_NAME = "pam.aux.xml"  # GDAL's multidimensional PAM file of a Zarr store (at its root)
 
 
-def partial_path(final: Path, run_id: str) -> Path:
+Location = Path | str  # a local path, or an object-store URL (s3://, gs://, az://)
+
+
+def partial_path(final: Location, run_id: str) -> Location:
     """Where the run ``run_id`` builds a store before it is complete: one directory per run
     (kept by the runs that resume it), so that a block of an earlier run whose client is gone
     can never write into a later run's store, even between its token check and its write."""
-    final = Path(final)
-    return final.with_name(f".{final.name}.partial-{run_id}")
+    parent, name = parent_and_name(final)
+    return join(parent, f".{name}.partial-{run_id}")
 
 
-def partial_stores(final: Path) -> list[Path]:
-    """The partial stores of ``final`` on disk (normally one; more after a crash while an
-    orphaned block of an older run recreated its own)."""
-    final = Path(final)
-    return sorted(p for p in final.parent.glob(f".{final.name}.partial-*") if p.is_dir())
+def partial_stores(final: Location) -> list[Location]:
+    """The partial stores of ``final`` (normally one; more after a crash while an orphaned
+    block of an older run recreated its own)."""
+    _, name = parent_and_name(final)
+    return sibling_dirs(final, f".{name}.partial-")
 
 
-def _remove_partials(final: Path, keep: Path | None = None) -> None:
+def _remove_partials(final: Location, keep: Location | None = None) -> None:
     for p in partial_stores(final):
-        if keep is None or p != keep:
-            shutil.rmtree(p, ignore_errors=True)
+        if keep is None or str(p) != str(keep):
+            remove_tree(p)
 
 
 def _crs_attrs(crs_wkt: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -113,7 +124,7 @@ def _create(group: zarr.Group, name: str, zarr_format: int, dims: list[str],
                               dimension_names=dims, attributes=attributes, **kwargs)
 
 
-def _resumable(path: Path, fingerprint: str, zarr_format: int) -> bool:
+def _resumable(path: Location, fingerprint: str, zarr_format: int) -> bool:
     try:
         group = zarr.open_group(str(path), mode="r", use_consolidated=False)
         return (group.attrs.get("fingerprint") == fingerprint
@@ -124,7 +135,7 @@ def _resumable(path: Path, fingerprint: str, zarr_format: int) -> bool:
 
 
 def prepare_store(
-    final: Path,
+    final: Location,
     *,
     height: int,
     width: int,
@@ -137,7 +148,7 @@ def prepare_store(
     fingerprint: str,
     fresh: bool = False,
     zarr_format: int = 2,
-) -> tuple[Path, bool]:
+) -> tuple[Location, bool]:
     """Open the partial store for resuming if its fingerprint matches, else create a new one
     under a new name (:func:`partial_path`) and remove the others.
 
@@ -216,12 +227,12 @@ class StaleRunError(RuntimeError):
     """A block of an earlier run (its client gone) tried to write into a later run's store."""
 
 
-def _new_token(path: Path) -> None:
+def _new_token(path: Location) -> None:
     """Give the store a new run token: every writer holding an older one is fenced off."""
     zarr.open_group(str(path), mode="r+").attrs[RUN_TOKEN] = uuid.uuid4().hex
 
 
-def store_token(path: Path) -> str | None:
+def store_token(path: Location) -> str | None:
     """The run token writers of this run must hold (None: the store is gone or unfenced)."""
     try:
         return zarr.open_group(str(path), mode="r").attrs.get(RUN_TOKEN)
@@ -229,7 +240,7 @@ def store_token(path: Path) -> str | None:
         return None
 
 
-def check_token(path: Path, token: str | None) -> None:
+def check_token(path: Location, token: str | None) -> None:
     """Raise :class:`StaleRunError` unless the store still belongs to ``token``'s run (read
     from disk right before each write: a rerun renews the token when it takes the store)."""
     if token is not None and store_token(path) != token:
@@ -250,13 +261,13 @@ def _create_resume_arrays(group: zarr.Group, zarr_format: int, nr: int, nc: int,
                         "block_size": block_size})
 
 
-def done_blocks(path: Path) -> set[tuple[int, int]]:
+def done_blocks(path: Location) -> set[tuple[int, int]]:
     """(row, col) of blocks whose labels are completely written."""
     done = zarr.open_array(str(path), path=f"{RESUME}/block_done", mode="r")[:]
     return {(int(r), int(c)) for r, c in zip(*np.nonzero(done), strict=True)}
 
 
-def write_block(path: Path, out: BlockOutput, confidence: bool = True,
+def write_block(path: Location, out: BlockOutput, confidence: bool = True,
                 token: str | None = None) -> None:
     """Write a block's region (chunk-aligned, so no locks), then mark it done; with a run
     ``token``, only while the store still belongs to that run."""
@@ -271,7 +282,7 @@ def write_block(path: Path, out: BlockOutput, confidence: bool = True,
     group[f"{RESUME}/block_done"][b.row, b.col] = 1
 
 
-def block_rows_done(path: Path, block: Block) -> int:
+def block_rows_done(path: Location, block: Block) -> int:
     """Rows of ``block``'s core already written by an earlier, interrupted attempt."""
     group = zarr.open_group(str(path), mode="r")
     return int(group[f"{RESUME}/block_rows_done"][block.row, block.col])
@@ -285,7 +296,7 @@ class BlockWriter:
     never share a chunk and writers need no locks.
     """
 
-    def __init__(self, path: Path, block: Block, start_row: int, chunk: int,
+    def __init__(self, path: Location, block: Block, start_row: int, chunk: int,
                  confidence: bool = True, token: str | None = None) -> None:
         self.path, self.token = path, token
         check_token(path, token)
@@ -331,7 +342,7 @@ class BlockWriter:
         self._rows -= n
 
 
-def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
+def finalize_store(path: Location, final: Location, summary: dict[str, Any]) -> Location:
     """Drop the bookkeeping, mark complete, consolidate metadata, add GDAL's PAM file (v2 with a
     CRS), move the store into place."""
     group = zarr.open_group(str(path), mode="r+")
@@ -346,19 +357,18 @@ def finalize_store(path: Path, final: Path, summary: dict[str, Any]) -> Path:
     if attrs.get("proj:wkt2") and group.metadata.zarr_format == 2:
         # GDAL 3.4-3.8 (v2 only) take the CRS from here. Written after consolidating, which
         # would warn about a file that is no Zarr node
-        (path / PAM_NAME).write_text(
-            multidim_pam_xml(attrs["proj:wkt2"], ["labels", "confidence"]), encoding="utf-8")
-    final = Path(final)
-    trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, trash)
-    os.replace(path, final)
-    if trash.exists():
-        shutil.rmtree(trash, ignore_errors=True)
+        write_bytes(join(path, PAM_NAME), multidim_pam_xml(
+            attrs["proj:wkt2"], ["labels", "confidence"]).encode("utf-8"))
+    parent, name = parent_and_name(final)
+    trash = join(parent, f".{name}.old-{os.getpid()}")
+    if exists(final):
+        move_tree(final, trash)
+    move_tree(path, final)  # object storage: copied (readers wait for the run's manifest)
+    remove_tree(trash)
     _remove_partials(final)  # what orphaned blocks of earlier runs may have recreated
     return final
 
 
-def open_labels(path: Path) -> zarr.Array:
+def open_labels(path: Location) -> zarr.Array:
     """The labels array of a store, for block-wise reading."""
     return zarr.open_array(str(path), path="labels", mode="r")

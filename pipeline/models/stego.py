@@ -12,7 +12,6 @@ from pipeline.models import backbone as bb
 from pipeline.models.stego_head import ClusterProbe, SegmentationHead
 from pipeline.models.torch_model import TorchSegmentationModel
 
-
 # average the codes of each tile and its horizontal mirror (STEGO's evaluation does); what a
 # model does when neither it nor `model.flip` says (docs/models.md: measured)
 FLIP_DEFAULT = False

@@ -52,7 +52,8 @@ def cluster_votes(
     t = cfg.tiling
     probs, _ = values_at_pixels(
         predict, k, int(meta.get("patch_size", 1)), rasters,
-        [(rs.rows, rs.cols) for rs in sset.per_raster], t.tile_size, t.overlap, t.block_size,
+        [(rs.rows, rs.cols) for rs in sset.per_raster], t.tile_size, t.overlap,
+        t.grid_block_size(),
         t.batch_size if isinstance(t.batch_size, int) else 4, device,
         resolved_precision(cfg.model.precision, device))
     clusters = probs.argmax(1)

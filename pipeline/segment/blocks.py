@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.io.raster import RasterInfo, Scaling
+from pipeline.io.remote import is_remote
 from pipeline.io.zarr_store import (
     BlockWriter,
     block_rows_done,
@@ -80,9 +81,9 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
 
     def attempt() -> dict[str, Any]:
         t0 = time.perf_counter()
-        start = block_rows_done(Path(job.store), block)
+        start = block_rows_done(job.store, block)
         rest = replace(block, row_off=block.row_off + start, height=block.height - start)
-        writer = BlockWriter(Path(job.store), block, start, job.chunk, job.confidence,
+        writer = BlockWriter(job.store, block, start, job.chunk, job.confidence,
                              token=job.run_token)
         stats = BlockStats(class_counts=np.zeros(model.n_classes, dtype=np.int64))
         if rest.height > 0:
@@ -122,7 +123,7 @@ def retry_transient(fn: Any, retries: int, delay: float) -> Any:
 def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, list[Block]]:
     """Create or reopen the partial store; return it and the blocks still to do."""
     store, resumed = prepare_store(
-        plan.output("zarr"), height=plan.info.height, width=plan.info.width,
+        plan.zarr_location(), height=plan.info.height, width=plan.info.width,
         chunk=plan.config.tiling.chunk_size, block_size=plan.config.tiling.block_size,
         transform=plan.info.affine, crs_wkt=plan.info.crs_wkt, class_names=plan.class_names,
         colors=plan.colors, fingerprint=plan.fingerprint, fresh=fresh,
@@ -133,12 +134,22 @@ def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, 
     return store, todo
 
 
-def block_job(plan: SegmentPlan, store: Path, torch_threads: int) -> BlockJob:
-    """The per-block job description shipped to workers (no pixels, no model)."""
+def _absolute(location: str | Path) -> str:
+    """A URL or GDAL path as it is, a local path made absolute: workers may run in another
+    working directory."""
+    text = str(location)
+    if is_remote(text) or "://" in text or text.startswith("/vsi") or ":" in text.split("/")[0]:
+        return text
+    return str(Path(text).resolve())
+
+
+def block_job(plan: SegmentPlan, store: Path | str, torch_threads: int) -> BlockJob:
+    """The per-block job description shipped to workers (no pixels, no model); local paths
+    (input, model, store) are absolute."""
     return BlockJob(
-        info=plan.info, scaling=plan.scaling, grid=plan.grid,
-        model_dir=model_location(plan.model_dir), model_hash=plan.model_hash,
-        device=plan.device, store=str(store),
+        info=replace(plan.info, path=_absolute(plan.info.path)), scaling=plan.scaling,
+        grid=plan.grid, model_dir=model_location(plan.model_dir), model_hash=plan.model_hash,
+        device=plan.device, store=_absolute(store),
         batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",

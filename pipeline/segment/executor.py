@@ -92,7 +92,7 @@ def check_scheduler(cfg: DaskConfig) -> None:
                          f"dask.connect_timeout is {cfg.connect_timeout:g} s)") from None
 
 
-def _connect(cfg: DaskConfig) -> Client:
+def _connect(cfg: DaskConfig, set_as_default: bool = True) -> Client:
     """A Client of ``cfg.scheduler_address`` within ``connect_timeout``, else an InputError.
 
     Dask's own timeout does not cover a peer that accepts the connection and never answers
@@ -104,7 +104,8 @@ def _connect(cfg: DaskConfig) -> Client:
 
     def connect() -> None:
         try:
-            box["client"] = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s")
+            box["client"] = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s",
+                                   set_as_default=set_as_default)
         except Exception as exc:  # noqa: BLE001 - reported below, on the caller's thread
             box["error"] = exc
 
@@ -119,6 +120,19 @@ def _connect(cfg: DaskConfig) -> Client:
         first = str(box["error"]).splitlines()[0] if str(box["error"]) else ""
         raise InputError(address, f"cannot reach Dask scheduler ({first})") from None
     return box["client"]
+
+
+def cluster_threads(cfg: DaskConfig) -> int:
+    """Worker threads the run's blocks will share: ``workers x threads_per_worker`` of the
+    embedded LocalCluster, or the total ``nthreads`` of the scheduler's workers right now (a
+    short-lived client; 0 while an adaptive cluster has no workers yet)."""
+    if not cfg.scheduler_address:
+        return cfg.workers * cfg.threads_per_worker
+    client = _connect(cfg, set_as_default=False)
+    try:
+        return int(sum(client.nthreads().values()))
+    finally:
+        client.close()
 
 
 def _versions() -> dict[str, str]:

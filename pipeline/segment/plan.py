@@ -63,6 +63,15 @@ class SegmentPlan:
     input_id: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # an object-store URL the Zarr store is written to by the workers (``segment --out URL``;
+    # the other outputs are made in ``out_dir``, a local staging folder, then published)
+    store_root: str | None = None
+
+    def zarr_location(self) -> Path | str:
+        """Where labels.zarr goes: ``out_dir``, or the object-store URL of the run."""
+        if self.store_root:
+            return f"{self.store_root.rstrip('/')}/{OUTPUT_NAMES['zarr']}"
+        return self.output("zarr")
 
     def output(self, kind: str) -> Path:
         """Final path of an output (``cog``, ``zarr``, ``polygons``, ``preview``, ``manifest``)."""

@@ -14,7 +14,7 @@ from pipeline.segment.plan import SegmentPlan
 
 def complete_store_matches(plan: SegmentPlan) -> bool:
     """Whether labels.zarr is already complete for exactly this run (killed after it)."""
-    return receipt_holds({"stores": {str(plan.output("zarr")): plan.fingerprint}})
+    return receipt_holds({"stores": {str(plan.zarr_location()): plan.fingerprint}})
 
 
 _STAGE_SECTIONS = {"write-cog": ("output",), "vectorize": ("vectorize",)}
@@ -46,10 +46,10 @@ def output_receipt(plan: SegmentPlan, *kinds: str) -> dict[str, Any]:
     files: dict[str, list[int]] = {}
     stores: dict[str, str] = {}
     for kind in kinds:
-        path = plan.output(kind)
         if kind == "zarr":
-            stores[str(path)] = plan.fingerprint
+            stores[str(plan.zarr_location())] = plan.fingerprint
         else:
+            path = plan.output(kind)
             st = path.stat()
             files[str(path)] = [st.st_size, st.st_mtime_ns]
     return {"files": files, "stores": stores}

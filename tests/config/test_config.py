@@ -70,3 +70,16 @@ def test_config_values_are_data_never_code(tmp_path):
     path.write_text("vectorize:\n  layer: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(path)
+
+
+def test_block_size_may_be_auto_and_nothing_else_but_a_multiple_of_the_chunk():
+    cfg = load_config(overrides=["tiling.block_size=auto"])
+    assert cfg.tiling.block_size == "auto"
+    assert cfg.tiling.grid_block_size() == cfg.tiling.chunk_size  # fit's grid: as segment's
+    assert load_config(overrides=["tiling.block_size=2048"]).tiling.grid_block_size() == 2048
+    assert RunConfig().tiling.block_size == 10240  # the default stays fixed (resume anywhere)
+    for bad in ("big", "Auto", "1000"):
+        with pytest.raises(InputError) as exc:
+            load_config(overrides=[f"tiling.block_size={bad}"])
+        msg = str(exc.value)
+        assert "tiling" in msg and "'auto'" in msg and "\n" not in msg

@@ -102,7 +102,9 @@ def test_an_unfinished_upload_is_not_taken_for_a_model(s3_server, demo_scene, ca
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["segment", "SCENE", "--model", "MODEL", "--out", "s3://results/runs/x"],
+    (["segment", "SCENE", "--model", "MODEL", "--out", "s3://no-such-bucket/runs/x"],
+     "s3://no-such-bucket/runs/x: bucket 'no-such-bucket' does not exist"),
+    (["evaluate", "A", "B", "--out", "s3://results/runs/x"],
      "s3://results/runs/x: --out must be a local or shared path"),
     (["fit", "SCENE", *FIT, "--out", "s3://no-such-bucket/m"],
      "s3://no-such-bucket/m: bucket 'no-such-bucket' does not exist"),
@@ -115,7 +117,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_anything_is(
             for a in argv]
     assert main(argv) == 2
     assert needle in _one_line_error(capsys)
-    assert list(tmp_path.iterdir()) == []  # no local s3: or gs: folder, nothing else
+    assert [p for p in tmp_path.iterdir() if p.name != "cache"] == []  # no local s3: folder
     fs, _ = filesystem("s3://results")
     fs.invalidate_cache()
     assert not fs.exists("results/runs/x")
@@ -133,3 +135,46 @@ def test_wrong_credentials_are_one_line(s3_server, demo_scene, cache, tmp_path, 
         assert "s3://results/m: cannot reach the bucket" in line and "wrong" not in line
     finally:
         fsspec.filesystem("s3").clear_instance_cache()
+
+
+def test_segment_writes_its_outputs_into_a_bucket(s3_server, prefect_harness, demo_scene,
+                                                  pixel_model, cache, tmp_path, monkeypatch):
+    """`segment --out s3://…`: two worker processes write the Zarr chunks straight into the
+    bucket; the COG, polygons, styles and STAC item follow, run.json after them and
+    MANIFEST.json last; everything equals a local run's, and nothing is left behind."""
+    import zarr
+    from dask.distributed import LocalCluster
+
+    from pipeline.io.zarr_store import open_labels
+
+    monkeypatch.chdir(tmp_path)
+    local_cfg = tmp_path / "local.yaml"
+    local_cfg.write_text(SMALL + "dask: {workers: 1, processes: false}\n")
+    assert main(["segment", str(demo_scene[0]), "--model", str(pixel_model), "--out",
+                 str(tmp_path / "local"), "--config", str(local_cfg), "-q"]) == 0
+    url = "s3://results/runs/scene"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        cfg = tmp_path / "cluster.yaml"
+        cfg.write_text(SMALL + f"dask: {{scheduler_address: '{cluster.scheduler_address}'}}\n")
+        assert main(["segment", str(demo_scene[0]), "--model", str(pixel_model), "--out", url,
+                     "--config", str(cfg), "-q"]) == 0
+    keys = _keys(url)
+    assert keys[-1] == MANIFEST or MANIFEST in keys
+    for name in ("labels.tif", "polygons.gpkg", "run.json", "item.json", "labels.qml"):
+        assert name in keys, (name, keys)
+    assert not [k for k in keys if ".partial-" in k or ".old-" in k]
+    fs, root = filesystem(url)
+    assert fs.cat_file(f"{root}/labels.tif") == (tmp_path / "local" / "labels.tif").read_bytes()
+    np.testing.assert_array_equal(open_labels(f"{url}/labels.zarr")[:],
+                                  open_labels(tmp_path / "local" / "labels.zarr")[:])
+    assert zarr.open_group(f"{url}/labels.zarr", mode="r").attrs["status"] == "complete"
+    run = json.loads(fs.cat_file(f"{root}/run.json"))
+    assert run["status"] == "complete" and run["outputs"]["cog"] == f"{url}/labels.tif"
+    assert str(cache) not in json.dumps(run)  # no staging path leaks into the record
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(run)
+    manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+    assert "run.json" in manifest["files"] and "labels.tif" in manifest["files"]
+    assert not (tmp_path / "s3:").exists()
+    assert not any((cache.parent / "staging").glob("*")) if (cache.parent / "staging").exists() \
+        else True  # the staging folder is removed once published

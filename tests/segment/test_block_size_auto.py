@@ -1,0 +1,141 @@
+"""``tiling.block_size: auto``: the block edge follows the cluster's worker threads, the labels
+do not change, run.json says what was planned, and resume and segment-folder's skipping keep
+working (issue 31, item 4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from dask.distributed import LocalCluster
+
+from flows.segment_flow import segment
+from pipeline.segment.plan import plan_segment
+from tests.conftest import small_config
+
+
+def _labels(out):
+    with rasterio.open(out / "labels.tif") as ds:
+        labels = ds.read(1)
+    confidence = zarr.open_group(str(out / "labels.zarr"), mode="r")["confidence"][:]
+    return labels, confidence
+
+
+def _auto(**dask):
+    cfg = small_config(block_size="auto")  # tile 64, overlap 16 (stride 48), chunk 32
+    for key, value in dask.items():
+        setattr(cfg.dask, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fixed(prefect_harness, demo_scene, pixel_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fixed") / "o"
+    segment(demo_scene[0], pixel_model, out, small_config(), progress=False)  # 96: 16 blocks
+    return _labels(out)
+
+
+@pytest.fixture(scope="module")
+def auto_run(prefect_harness, demo_scene, pixel_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "o"
+    doc = segment(demo_scene[0], pixel_model, out, _auto(), progress=False)
+    return out, doc
+
+
+def test_auto_gives_the_labels_of_a_fixed_block_size(auto_run, fixed):
+    out, doc = auto_run
+    assert doc["config"]["tiling"]["block_size"] == 288  # one thread: 2 x 2 blocks, not 4 x 4
+    labels, confidence = _labels(out)
+    np.testing.assert_array_equal(labels, fixed[0])
+    np.testing.assert_array_equal(confidence, fixed[1])
+
+
+def test_run_json_states_the_block_size_tasks_per_thread_and_amplification(auto_run):
+    out, doc = auto_run
+    on_disk = json.loads((out / "run.json").read_text())
+    par = on_disk["parallelism"]
+    assert par == doc["parallelism"]
+    assert par["block_size_requested"] == "auto" and par["block_size"] == 288
+    assert par["blocks"] == 4 == on_disk["counts"]["blocks_total"] == len(on_disk["blocks"])
+    assert par["worker_threads"] == 1 and par["threads_of"] == "local cluster"
+    assert par["blocks_per_thread"] == 4
+    assert par["compute_amplification"] == pytest.approx(
+        on_disk["counts"]["compute_amplification"])
+    assert 1 < par["compute_amplification"] < 3
+
+
+def test_an_identical_rerun_resumes(auto_run, demo_scene, pixel_model):
+    out, doc = auto_run
+    again = segment(demo_scene[0], pixel_model, out, _auto(), progress=False)
+    assert again["fingerprint"] == doc["fingerprint"]
+    assert "infer-blocks" in again["cached_stages"]
+    assert again["counts"]["blocks_computed"] == 0 and again["counts"]["blocks_resumed"] == 4
+
+
+def test_the_fingerprint_holds_the_resolved_edge(demo_scene, pixel_model):
+    one = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", _auto())
+    same = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", _auto())
+    two = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out",
+                       _auto(threads_per_worker=2))
+    pinned = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out",
+                          small_config(block_size=288))
+    assert one.fingerprint == same.fingerprint == pinned.fingerprint  # the same blocks
+    assert two.config.tiling.block_size == 96 and len(two.blocks) == 16
+    assert two.parallelism["blocks_per_thread"] == 8
+    assert two.fingerprint != one.fingerprint  # another cluster size: another store
+    assert pinned.parallelism["block_size_requested"] == 288
+
+
+def test_auto_counts_the_threads_of_the_schedulers_workers(fixed, demo_scene, pixel_model,
+                                                          tmp_path):
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
+                      dashboard_address=None) as cluster:
+        cfg = _auto(scheduler_address=cluster.scheduler_address)
+        doc = segment(demo_scene[0], pixel_model, tmp_path / "o", cfg, progress=False)
+    par = doc["parallelism"]
+    assert par["threads_of"] == "scheduler" and par["worker_threads"] == 3
+    assert par["block_size"] == 96 and par["blocks"] == 16  # 12 needed
+    labels, confidence = _labels(tmp_path / "o")
+    np.testing.assert_array_equal(labels, fixed[0])
+    np.testing.assert_array_equal(confidence, fixed[1])
+
+
+def test_a_pinned_block_size_that_idles_threads_says_so(demo_scene, pixel_model):
+    cfg = small_config(block_size=384)
+    cfg.dask.threads_per_worker = 3
+    plan = plan_segment(str(demo_scene[0]), str(pixel_model), "/tmp/unused-out", cfg)
+    assert plan.parallelism["blocks"] == 1 and plan.parallelism["worker_threads"] == 3
+    assert any("1 block(s) for 3 worker threads: 2 idle" in w and "auto" in w
+               for w in plan.warnings)
+
+
+def test_segment_folder_skips_a_scene_done_with_auto_on_a_cluster_of_another_size(
+        prefect_harness, demo_scene, pixel_model, tmp_path):
+    from flows.batch_flow import is_done, segment_folder
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    shutil.copy(demo_scene[0], scenes / "a.tif")
+    cfg = _auto().model_dump(mode="json")
+    first = segment_folder(str(scenes / "*.tif"), str(pixel_model), str(tmp_path / "out"), cfg)
+    assert first["processed"] == [str(scenes / "a.tif")]
+    again = segment_folder(str(scenes / "*.tif"), str(pixel_model), str(tmp_path / "out"), cfg)
+    assert again["skipped"] == [str(scenes / "a.tif")]
+    out = tmp_path / "out" / "a"
+    bigger = _auto(threads_per_worker=2)  # would resolve to 96, the labels would not change
+    assert is_done(str(scenes / "a.tif"), str(pixel_model), out, bigger)
+    other_tiles = _auto()
+    other_tiles.tiling.overlap = 8
+    assert not is_done(str(scenes / "a.tif"), str(pixel_model), out, other_tiles)
+    # a scene done as one block has a grid of its own (other labels near the edges): auto,
+    # which never makes this scene one block, does it again
+    one_block = tmp_path / "one-block"
+    segment(scenes / "a.tif", pixel_model, one_block, small_config(block_size=384),
+            progress=False)
+    assert is_done(str(scenes / "a.tif"), str(pixel_model), one_block,
+                   small_config(block_size=384))
+    assert not is_done(str(scenes / "a.tif"), str(pixel_model), one_block, _auto())
