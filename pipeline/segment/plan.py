@@ -35,8 +35,16 @@ from pipeline.models.store import (
     read_model_json,
     uses_torch,
 )
-from pipeline.segment.executor import check_scheduler
-from pipeline.tiling import Block, TileGrid, grid_for_raster, plan_blocks, snap_to_patch
+from pipeline.segment.executor import check_scheduler, cluster_threads
+from pipeline.tiling import (
+    Block,
+    TileGrid,
+    auto_block_size,
+    compute_amplification,
+    grid_for_raster,
+    plan_blocks,
+    snap_to_patch,
+)
 
 OUTPUT_NAMES = {"cog": "labels.tif", "zarr": "labels.zarr", "polygons": "polygons.gpkg",
                 "preview": "preview.png", "manifest": "run.json",
@@ -61,6 +69,7 @@ class SegmentPlan:
     device: str
     precision: str = "fp32"  # as it runs: "bf16" or "fp32" (model.precision resolved)
     input_id: dict[str, Any] = field(default_factory=dict)
+    parallelism: dict[str, Any] = field(default_factory=dict)  # run.json's "parallelism"
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     # an object-store URL the Zarr store is written to by the workers (``segment --out URL``;
@@ -126,9 +135,16 @@ def check_segment_inputs(
 
 
 def plan_segment(
-    input_path: str, model_dir: str, out_dir: str, config: RunConfig
+    input_path: str, model_dir: str, out_dir: str, config: RunConfig,
+    count_threads: bool = True,
 ) -> SegmentPlan:
-    """Validate inputs and model, compute scaling once, and plan blocks."""
+    """Validate inputs and model, compute scaling once, and plan blocks.
+
+    ``tiling.block_size: auto`` is resolved here, from the cluster's worker threads (a short
+    connection to ``dask.scheduler_address``), and the plan's config holds the edge it chose:
+    the fingerprint, the store and run.json all see that number. ``count_threads=False``
+    skips counting a pinned block size's threads (run.json's ``parallelism`` then has none).
+    """
     t0 = time.perf_counter()
     info, meta, scaling = check_segment_inputs(input_path, model_dir, out_dir, config)
     notes = []
@@ -151,10 +167,20 @@ def plan_segment(
             config.model.refine = params.get("refine", "none")
         if config.model.refine_pixels is None:
             config.model.refine_pixels = int(params.get("refine_pixels", 64))
+    config, parallelism = _block_size(config, info, notes, count_threads)
     tiling = config.tiling
     grid = grid_for_raster(tiling.tile_size, tiling.overlap, info.height, info.width,
                            tiling.block_size)
     blocks = plan_blocks(info.height, info.width, tiling.block_size)
+    parallelism["blocks"] = len(blocks)
+    threads = parallelism["worker_threads"]
+    parallelism["blocks_per_thread"] = round(len(blocks) / threads, 3) if threads else None
+    parallelism["compute_amplification"] = compute_amplification(
+        info.height, info.width, grid, tiling.block_size)
+    if parallelism["block_size_requested"] != "auto" and threads and len(blocks) < threads:
+        notes.append(f"tiling.block_size {tiling.block_size} makes {len(blocks)} block(s) for "
+                     f"{threads} worker threads: {threads - len(blocks)} idle; "
+                     "tiling.block_size: auto splits the scene for the cluster")
     input_id = input_checksum(input_path)
     device, precision = _device_and_precision(meta, config, notes)
     ident = {
@@ -174,10 +200,36 @@ def plan_segment(
         input_path=input_path, model_dir=str(model_dir), out_dir=str(out_dir), config=config,
         info=info, scaling=scaling, model_meta=meta, model_hash=mhash, fingerprint=fingerprint,
         grid=grid, blocks=blocks, device=device, precision=precision, warnings=notes,
-        input_id=input_id,
+        input_id=input_id, parallelism=parallelism,
     )
     plan.timings["validate"] = time.perf_counter() - t0
     return plan
+
+
+def _block_size(config: RunConfig, info: RasterInfo, notes: list[str], count_threads: bool
+                ) -> tuple[RunConfig, dict[str, Any]]:
+    """The config with ``tiling.block_size`` resolved (``auto``: from the cluster's threads)
+    and the start of run.json's ``parallelism``: the edge, as asked and as resolved, and the
+    worker threads it was planned for."""
+    requested = config.tiling.block_size
+    auto = requested == "auto"
+    threads = cluster_threads(config.dask) if auto or count_threads else None
+    if auto:
+        t = config.tiling
+        size = auto_block_size(info.height, info.width, t.chunk_size, t.tile_size - t.overlap,
+                               threads or 1)
+        if threads == 0:
+            notes.append(f"tiling.block_size auto: the scheduler had no workers when the run "
+                         f"was planned; {size} as for one thread (pin tiling.block_size for "
+                         "adaptive clusters)")
+        config = config.model_copy(deep=True)
+        config.tiling.block_size = size
+    return config, {
+        "block_size": config.tiling.block_size, "block_size_requested": requested,
+        "worker_threads": threads,
+        "threads_of": None if threads is None else
+        ("scheduler" if config.dask.scheduler_address else "local cluster"),
+    }
 
 
 def _device_and_precision(meta: dict[str, Any], config: RunConfig, notes: list[str]
