@@ -133,7 +133,7 @@ def missing_files(sets: list[str]) -> list[Path]:
     return [p for s in sets for p in need.get(s, []) if not p.exists()]
 
 
-def classifier_model(net, info, radii: list[int]):
+def classifier_model(net, info, radii: list[int], codes_head=None, input_scale: float = 1.0):
     """A SampleClassifier whose ``pixel_features`` are the features (no head yet)."""
     import torch
 
@@ -141,7 +141,8 @@ def classifier_model(net, info, radii: list[int]):
 
     empty = {k: torch.zeros(1) for k in ("linear.mean", "linear.std", "linear.weight",
                                          "linear.bias")}
-    return SampleClassifier(net, info, "linear", empty, ["a", "b"], [(0, 0, 0)] * 2, radii)
+    return SampleClassifier(net, info, "linear", empty, ["a", "b"], [(0, 0, 0)] * 2, radii,
+                            input_scale=input_scale, codes_head=codes_head)
 
 
 def compute_features(scene: Scene, key: str, model) -> None:

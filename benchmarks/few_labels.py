@@ -89,6 +89,8 @@ ROWS = [
     Row("trees50", "RGB + local + tiny ViT, trees 50", trees=50),
     Row("trees200", "RGB + local + tiny ViT, trees 200", trees=200),
     Row("pretrained", "RGB + local + pretrained ViT (--backbone-dir), trees 100", "dir"),
+    Row("stego", "RGB + local + a STEGO model's ViT + its codes (--stego-model), trees 100",
+        "stego"),
     Row("superpixels", "default + superpixels", semi="superpixels"),
     Row("sampled", "default + superpixels, means of every 2nd pixel (segment default)",
         semi="sampled"),
@@ -224,6 +226,11 @@ def run_scene(scene: fd.Scene, rows: list[Row], designs: list[str], seeds: list[
     fd.derive_features(scene, "rgb", "vit", 3, None)
     if any(r.features == "dir" for r in rows):
         fd.compute_features(scene, "dir", fd.classifier_model(*nets["dir"], radii))
+    if any(r.features == "stego" for r in rows):
+        stego = nets["stego"]
+        fd.compute_features(scene, "stego", fd.classifier_model(
+            stego.backbone, stego.backbone_info, radii, codes_head=stego.head,
+            input_scale=stego.input_scale))
     if any(r.semi for r in rows):
         fd.add_superpixels(scene)
         print(f"  {scene.name}: {int(scene.segments.max()) + 1} superpixels in "
@@ -280,9 +287,10 @@ def merge(results: list[dict]) -> dict:
 
 def pick_rows(args: argparse.Namespace) -> list[Row]:
     """The rows asked for (``--only`` keys or label substrings; ``--quick``'s short list)."""
-    rows = [r for r in ROWS if r.key != "pretrained" or args.backbone_dir]
+    rows = [r for r in ROWS if (r.key != "pretrained" or args.backbone_dir)
+            and (r.key != "stego" or args.stego_model)]
     if args.quick and not args.only:
-        rows = [r for r in rows if r.key in QUICK_ROWS or r.key == "pretrained"]
+        rows = [r for r in rows if r.key in QUICK_ROWS or r.key in ("pretrained", "stego")]
     if args.only:  # a token that is a row key names that row only
         keys = {r.key for r in ROWS}
         rows = [r for r in rows if any(o == r.key or (o not in keys
@@ -295,8 +303,9 @@ def pick_rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def build_nets(backbone_dir: Path | None) -> dict:
-    """The default's untrained tiny ViT, and the backbone directory's ViT when given."""
+def build_nets(backbone_dir: Path | None, stego_model: Path | None = None) -> dict:
+    """The default's untrained tiny ViT, the backbone directory's ViT and the STEGO model
+    when given."""
     from flows.fit_flow import CLASSIFIER_BACKBONE
     from pipeline.models.backbone import build_backbone, describe_backbone, resolve_backbone
 
@@ -307,6 +316,10 @@ def build_nets(backbone_dir: Path | None) -> dict:
         timm_name, ov = resolve_backbone(name, str(backbone_dir), None)
         net, prov = build_backbone(timm_name, str(backbone_dir), ov)
         nets["dir"] = (net, describe_backbone(timm_name, ov, prov, net))
+    if stego_model:
+        from pipeline.models.store import load_model
+
+        nets["stego"] = load_model(stego_model)
     return nets
 
 
@@ -321,6 +334,9 @@ def main() -> None:
                     "LoveDA and demo cropped to 512², timing (only when asked) on 1024²")
     ap.add_argument("--backbone-dir", type=Path, default=None,
                     help="a `stego pretrain` directory: adds its row")
+    ap.add_argument("--stego-model", type=Path, default=None,
+                    help="a STEGO model directory (`stego fit --method stego`): adds its row "
+                    "(its backbone and codes, as `fit --samples --weights MODEL` uses them)")
     ap.add_argument("--only", nargs="+", default=[],
                     help=f"row keys ({', '.join(r.key for r in ROWS)}) or label substrings")
     ap.add_argument("--designs", nargs="+", default=None, choices=fd.DESIGNS,
@@ -347,7 +363,7 @@ def main() -> None:
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="stego-few-labels-"))
     scene_sets = [s for s in sets if s != "timing"]
-    nets = build_nets(args.backbone_dir) if scene_sets else {}
+    nets = build_nets(args.backbone_dir, args.stego_model) if scene_sets else {}
     print(f"rows: {', '.join(r.key for r in rows)}; designs: {designs}; seeds: {seeds}",
           flush=True)
     crop = 512 if args.quick else None

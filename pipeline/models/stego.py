@@ -13,7 +13,8 @@ from pipeline.models.stego_head import ClusterProbe, SegmentationHead
 from pipeline.models.torch_model import TorchSegmentationModel
 
 # average the codes of each tile and its horizontal mirror (STEGO's evaluation does); what a
-# model does when neither it nor `model.flip` says (docs/models.md: measured)
+# model does when neither it nor `model.flip` says: off, since it measured no better for twice
+# the backbone work (docs/models.md)
 FLIP_DEFAULT = False
 
 
