@@ -10,6 +10,7 @@ failing scene does not stop the others; the flow ends Failed after all scenes we
 
 from __future__ import annotations
 
+import contextvars
 import glob
 import json
 import os
@@ -198,7 +199,11 @@ def segment_folder(
     if at_once > 1:
         logger.info("segment-folder: %d scenes, up to %d at once", len(todo), at_once)
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stego-scene") as pool:
-        results = list(pool.map(lambda item: one(*item), todo))  # in the scenes' order
+        # each scene in a copy of this context: the Prefect API and the parent flow run that a
+        # caller set through context (the CLI's temporary server) reach the scene's flow run
+        futures = [pool.submit(contextvars.copy_context().run, one, scene, out_dir)
+                   for scene, out_dir in todo]
+        results = [f.result() for f in futures]  # in the scenes' order
     for (scene, _), (outcome, msg) in zip(todo, results, strict=True):
         if outcome == "failed":
             summary["failed"][scene] = msg
