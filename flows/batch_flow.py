@@ -118,6 +118,19 @@ def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
     return doc.get("fingerprint") == plan.fingerprint
 
 
+def _scene_context() -> contextvars.Context:
+    """A copy of this context for one scene's thread: the Prefect settings a caller set
+    through context (the CLI's temporary server) reach its flow run, but not this flow run's
+    own context (its subflows would then run one at a time: measured), so each scene is a
+    flow run of its own, named after the scene."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    ctx = contextvars.copy_context()
+    ctx.run(FlowRunContext.__var__.set, None)
+    ctx.run(TaskRunContext.__var__.set, None)
+    return ctx
+
+
 def scenes_at_once(cfg: RunConfig) -> int:
     """How many scenes segment-folder runs at the same time (``dask.scenes_at_once``)."""
     n = cfg.dask.scenes_at_once
@@ -199,9 +212,7 @@ def segment_folder(
     if at_once > 1:
         logger.info("segment-folder: %d scenes, up to %d at once", len(todo), at_once)
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stego-scene") as pool:
-        # each scene in a copy of this context: the Prefect API and the parent flow run that a
-        # caller set through context (the CLI's temporary server) reach the scene's flow run
-        futures = [pool.submit(contextvars.copy_context().run, one, scene, out_dir)
+        futures = [pool.submit(_scene_context().run, one, scene, out_dir)
                    for scene, out_dir in todo]
         results = [f.result() for f in futures]  # in the scenes' order
     for (scene, _), (outcome, msg) in zip(todo, results, strict=True):
