@@ -211,10 +211,13 @@ def segment_folder(
     at_once = scenes_at_once(cfg)
     if at_once > 1:
         logger.info("segment-folder: %d scenes, up to %d at once", len(todo), at_once)
-    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stego-scene") as pool:
-        futures = [pool.submit(_scene_context().run, one, scene, out_dir)
-                   for scene, out_dir in todo]
-        results = [f.result() for f in futures]  # in the scenes' order
+    if at_once == 1:  # in this flow run: each scene a subflow of it
+        results = [one(scene, out_dir) for scene, out_dir in todo]
+    else:
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stego-scene") as pool:
+            futures = [pool.submit(_scene_context().run, one, scene, out_dir)
+                       for scene, out_dir in todo]
+            results = [f.result() for f in futures]  # in the scenes' order
     for (scene, _), (outcome, msg) in zip(todo, results, strict=True):
         if outcome == "failed":
             summary["failed"][scene] = msg
