@@ -123,7 +123,8 @@ def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> 
                            default.class_names, default.colors)
     cands = [("classifier as segment runs it (superpixels 256 px, means of every 2nd px)",
               RegionRefined(default, 256)),
-             ("classifier, superpixel means of every pixel", RegionRefined(default, 256, 1)),
+             ("classifier, superpixel means of every pixel",
+              RegionRefined(default, 256, sample_stride=1)),
              ("classifier, --refine none", default),
              ("classifier, head linear, --refine none", linear),
              ("classifier, RGB + local only, --refine none", local),

@@ -148,14 +148,19 @@ def _cpu_cols(m: dict[str, float], workers: int) -> list[str]:
             f"{100 * m['worker_cpu'] / (m['wall'] * workers):.0f} %", f"{m['client_cpu']:.1f}"]
 
 
+def pixel_model(scene: Path, model: Path, work: Path) -> Path:
+    """A pixel-kmeans model of ``scene`` fitted with the CLI (once: kept in ``work``)."""
+    if not (model / "model.json").exists():
+        run([str(BIN / "stego"), "fit", str(scene), "--method", "pixel-kmeans", "--clusters",
+             "5", "--out", str(model), "-q"], work)
+    return model
+
+
 def one_raster(args: argparse.Namespace, work: Path) -> list[list[str]]:
     from pipeline.demo import write_demo_scene
 
     scene = write_demo_scene(work / f"scene{args.size}.tif", size=args.size)[0]
-    model = work / "model"
-    if not (model / "model.json").exists():
-        run([str(BIN / "stego"), "fit", str(scene), "--method", "pixel-kmeans", "--clusters",
-             "5", "--out", str(model), "-q"], work)
+    model = pixel_model(scene, work / "model", work)
     rows = []
     for n in args.workers:
         with Cluster(n, work) as cluster:
@@ -183,10 +188,7 @@ def campaign(args: argparse.Namespace, work: Path) -> list[list[str]]:
     folder.mkdir(exist_ok=True)
     for i in range(args.scenes):
         shutil.copy(src, folder / f"scene{i:02d}.tif")
-    model = work / "model-campaign"
-    if not (model / "model.json").exists():
-        run([str(BIN / "stego"), "fit", str(src), "--method", "pixel-kmeans", "--clusters",
-             "5", "--out", str(model), "-q"], work)
+    model = pixel_model(src, work / "model-campaign", work)
     rows = []
     for n in args.workers:
         with Cluster(n, work) as cluster:

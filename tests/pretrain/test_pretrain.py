@@ -139,10 +139,8 @@ def test_a_seed_gives_the_same_backbone_and_another_seed_another():
     assert same_weights(a.teacher, b.teacher) and not same_weights(a.teacher, c.teacher)
 
 
-@pytest.mark.parametrize("objective", ["dino", "ibot"])
-def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, objective):
-    cfg = tiny_recipe(steps=6, objective=objective)
-    straight, _ = _run(cfg, textures())
+def _interrupt_at_step_4(cfg: PretrainConfig, work_dir: Path) -> None:
+    """Run ``cfg`` into ``work_dir`` and stop it (an exception) when step 4 is done."""
 
     class Killed(Exception):
         pass
@@ -152,7 +150,14 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, 
             raise Killed
 
     with pytest.raises(Killed):
-        pretrain(textures(), cfg, tmp_path, "key", log=lambda s: None, on_step=kill_at_4)
+        pretrain(textures(), cfg, work_dir, "key", log=lambda s: None, on_step=kill_at_4)
+
+
+@pytest.mark.parametrize("objective", ["dino", "ibot"])
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, objective):
+    cfg = tiny_recipe(steps=6, objective=objective)
+    straight, _ = _run(cfg, textures())
+    _interrupt_at_step_4(cfg, tmp_path)
     lines: list[str] = []
     resumed, progress = pretrain(textures(), cfg, tmp_path, "key", log=lines.append)
     assert "resuming at step 4/6" in lines[0] and progress.step == 6
@@ -344,16 +349,7 @@ def test_a_kill_between_the_tensors_and_the_json_of_a_checkpoint_resumes_exactly
 
     cfg = tiny_recipe(steps=6)
     straight, _ = _run(cfg, textures())
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(step: int) -> None:
-        if step == 4:
-            raise Killed
-
-    with pytest.raises(Killed):
-        pretrain(textures(), cfg, tmp_path, "key", log=lambda s: None, on_step=kill_at_4)
+    _interrupt_at_step_4(cfg, tmp_path)
     doc = json.loads((tmp_path / "checkpoint.json").read_text())
     assert doc["step"] == 4 and (tmp_path / doc["tensors"]).is_file()
     # what a kill inside the next save leaves: step 5's tensors renamed into place, no JSON
