@@ -167,7 +167,9 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
     annotated with them can run; remote workers declare theirs with ``--resources``.
     """
     if cfg.scheduler_address:
-        client = _connect(cfg)
+        # never the process's default client: several scenes may run at once (segment-folder)
+        # and a default client's config would outlive it when they close out of order
+        client = _connect(cfg, set_as_default=False)
         log.info("Dask scheduler %s, dashboard %s", cfg.scheduler_address, client.dashboard_link)
         try:
             check_worker_versions(client, str(cfg.scheduler_address))
@@ -190,7 +192,7 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
         silence_logs=logging.ERROR,
         resources=resources or None,
     )
-    client = Client(cluster)
+    client = Client(cluster, set_as_default=False)
     log.info("Dask LocalCluster: %d worker(s), dashboard %s", cfg.workers, client.dashboard_link)
     try:
         yield client

@@ -334,6 +334,9 @@ def test_scenes_run_at_the_same_time_on_a_cluster(prefect_harness, scenes, pixel
         with pytest.raises(BatchFailed) as failed:
             segment_folder(str(folder / "*.tif"), str(pixel_model), str(tmp_path / "out"), cfg)
     summary = failed.value.summary
+    import dask
+
+    assert dask.config.get("scheduler", None) is None  # no client left as the default
     assert summary["processed"] == [str(folder / f"s{i}.tif") for i in range(4)]  # in order
     assert list(summary["failed"]) == [str(folder / "s9-broken.tif")]
     for i in range(4):
