@@ -173,3 +173,17 @@ def test_the_output_reference_names_every_key_a_run_writes(run_files):
         keys |= set(asset)
     missing = _unnamed(sorted(keys), page)
     assert not missing, f"docs/reference/outputs.md does not name {missing}"
+
+
+def test_every_picture_in_the_readme_and_the_docs_exists_and_a_script_makes_it():
+    """Pictures are produced by scripts in the repository (named in one), never pasted."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    scripts = "\n".join(p.read_text() for p in (ROOT / "scripts").glob("*.py"))
+    found = 0
+    for page in pages:
+        for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", page.read_text()):
+            path = (page.parent / target).resolve()
+            assert path.is_file(), f"{page.relative_to(ROOT)}: {target} is missing"
+            assert path.name in scripts, f"no script in scripts/ makes {target}"
+            found += 1
+    assert found >= 2  # the README's and the home page's
