@@ -177,6 +177,15 @@ def fetch_dir(url: str, cache: Path | None = None) -> Path:
 # ---- locations that are a local path or an object-store URL (the Zarr store of a run)
 
 
+def absolute(location: str | os.PathLike[str]) -> str:
+    """How a location is named to other processes (workers may run in another working
+    directory): a URL or a GDAL dataset string as it is, a local path made absolute."""
+    text = str(location)
+    if "://" in text or text.startswith("/vsi") or ":" in text.split("/")[0]:
+        return text
+    return str(Path(text).resolve())
+
+
 def join(base: str | os.PathLike[str], *names: str) -> str | Path:
     """``base/names…``: a URL stays text (a ``Path`` would fold ``s3://`` into ``s3:/``)."""
     if is_remote(base):

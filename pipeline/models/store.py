@@ -91,13 +91,6 @@ def local_model_dir(model_dir: str | Path) -> Path:
     return fetch_dir(str(model_dir)) if is_remote(model_dir) else Path(model_dir)
 
 
-def model_location(model_dir: str | Path) -> str:
-    """How a model is named to other processes: its URL, or its absolute local path (workers
-    may run in another working directory)."""
-    from pipeline.io.remote import is_remote
-
-    return str(model_dir) if is_remote(model_dir) else str(Path(model_dir).resolve())
-
 
 def read_model_json(model_dir: Path) -> dict[str, Any]:
     """The model's JSON metadata, checked."""

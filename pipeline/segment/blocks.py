@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.io.raster import RasterInfo, Scaling
-from pipeline.io.remote import is_remote
+from pipeline.io.remote import absolute
 from pipeline.io.zarr_store import (
     BlockWriter,
     block_rows_done,
@@ -23,7 +23,6 @@ from pipeline.io.zarr_store import (
     store_token,
 )
 from pipeline.models.refine import with_refinement
-from pipeline.models.store import model_location
 from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.segment.plan import SegmentPlan
 from pipeline.tiling import Block, TileGrid
@@ -134,22 +133,13 @@ def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, 
     return store, todo
 
 
-def _absolute(location: str | Path) -> str:
-    """A URL or GDAL path as it is, a local path made absolute: workers may run in another
-    working directory."""
-    text = str(location)
-    if is_remote(text) or "://" in text or text.startswith("/vsi") or ":" in text.split("/")[0]:
-        return text
-    return str(Path(text).resolve())
-
-
 def block_job(plan: SegmentPlan, store: Path | str, torch_threads: int) -> BlockJob:
     """The per-block job description shipped to workers (no pixels, no model); local paths
     (input, model, store) are absolute."""
     return BlockJob(
-        info=replace(plan.info, path=_absolute(plan.info.path)), scaling=plan.scaling,
-        grid=plan.grid, model_dir=model_location(plan.model_dir), model_hash=plan.model_hash,
-        device=plan.device, store=_absolute(store),
+        info=replace(plan.info, path=absolute(plan.info.path)), scaling=plan.scaling,
+        grid=plan.grid, model_dir=absolute(plan.model_dir), model_hash=plan.model_hash,
+        device=plan.device, store=absolute(store),
         batch_size=0 if plan.config.tiling.batch_size == "auto" else plan.config.tiling.batch_size,
         confidence=plan.config.output.confidence, torch_threads=torch_threads,
         crf=plan.config.model.crf, linear_probe=plan.config.model.probe == "linear",

@@ -26,9 +26,9 @@ def cached_model(model_dir: str, model_hash: str, device: str, compile: bool = F
     One model per worker: with one GPU per worker (``resources={"GPU": 1}``), one per GPU.
     ``compile`` wraps the backbone's feature pass in ``torch.compile``.
     """
-    from pipeline.models.store import model_location
+    from pipeline.io.remote import absolute
 
-    key = (model_location(model_dir), model_hash, device, compile)
+    key = (absolute(model_dir), model_hash, device, compile)
     if key not in _MODEL_CACHE:
         from pipeline.errors import InputError
         from pipeline.models.store import load_model, local_model_dir
@@ -92,11 +92,13 @@ def check_scheduler(cfg: DaskConfig) -> None:
                          f"dask.connect_timeout is {cfg.connect_timeout:g} s)") from None
 
 
-def _connect(cfg: DaskConfig, set_as_default: bool = True) -> Client:
+def _connect(cfg: DaskConfig) -> Client:
     """A Client of ``cfg.scheduler_address`` within ``connect_timeout``, else an InputError.
 
     Dask's own timeout does not cover a peer that accepts the connection and never answers
     the handshake (a wrong port, a proxy): the client is made on a helper thread, waited for.
+    Never the process's default client: several scenes may run at once (segment-folder), and
+    a default client's dask config outlives it when clients close out of order.
     """
     from pipeline.errors import InputError
 
@@ -105,7 +107,7 @@ def _connect(cfg: DaskConfig, set_as_default: bool = True) -> Client:
     def connect() -> None:
         try:
             box["client"] = Client(cfg.scheduler_address, timeout=f"{cfg.connect_timeout}s",
-                                   set_as_default=set_as_default)
+                                   set_as_default=False)
         except Exception as exc:  # noqa: BLE001 - reported below, on the caller's thread
             box["error"] = exc
 
@@ -128,7 +130,7 @@ def cluster_threads(cfg: DaskConfig) -> int:
     short-lived client; 0 while an adaptive cluster has no workers yet)."""
     if not cfg.scheduler_address:
         return cfg.workers * cfg.threads_per_worker
-    client = _connect(cfg, set_as_default=False)
+    client = _connect(cfg)
     try:
         return int(sum(client.nthreads().values()))
     finally:
@@ -167,9 +169,7 @@ def dask_client(cfg: DaskConfig, resources: dict[str, float] | None = None) -> I
     annotated with them can run; remote workers declare theirs with ``--resources``.
     """
     if cfg.scheduler_address:
-        # never the process's default client: several scenes may run at once (segment-folder)
-        # and a default client's config would outlive it when they close out of order
-        client = _connect(cfg, set_as_default=False)
+        client = _connect(cfg)
         log.info("Dask scheduler %s, dashboard %s", cfg.scheduler_address, client.dashboard_link)
         try:
             check_worker_versions(client, str(cfg.scheduler_address))

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from pipeline import __version__
-from pipeline.models.store import model_location
+from pipeline.io.remote import absolute
 from pipeline.segment.plan import OUTPUT_NAMES, SegmentPlan, pixel_area_m2
 from pipeline.tiling import compute_amplification
 
@@ -60,7 +60,7 @@ def manifest(plan: SegmentPlan, status: str, extra: dict[str, Any]) -> dict[str,
         },
         "scaling": plan.scaling.to_dict(),
         "model": {
-            "dir": model_location(plan.model_dir), "hash": plan.model_hash,
+            "dir": absolute(plan.model_dir), "hash": plan.model_hash,
             "method": meta["method"], "class_names": meta["class_names"],
             "colors": meta["colors"], "backbone": meta.get("backbone"),
             "weights": (meta.get("backbone") or {}).get("weights"),
