@@ -1,7 +1,11 @@
 """The `segment-folder` flow: segment every scene matching a glob, skipping finished ones.
 
-Each scene goes to ``OUT_ROOT/<scene stem>/`` through the `segment` flow (a subflow). A scene
-is skipped when its ``run.json`` says ``complete`` for the fingerprint the run would have now
+Each scene goes to ``OUT_ROOT/<scene stem>/`` through the `segment` flow (a subflow). The glob
+and OUT_ROOT may be on object storage (``s3://bucket/scenes/*.tif``, ``gs://``, ``az://``, or
+GDAL's ``/vsis3/`` form for the glob): scenes are listed there, and each output is published
+as `segment --out URL` publishes it (MANIFEST.json last). A scene is skipped when its
+``run.json`` (in a bucket: a published one, its MANIFEST.json there and matching) says
+``complete`` for the fingerprint the run would have now
 (same input file, model and tiling/input config) and the same output-affecting config; with
 ``tiling.block_size: auto``, whatever edge the finished run resolved to (the labels do not
 depend on it), so a cluster of another size skips it too. A
@@ -10,19 +14,26 @@ failing scene does not stop the others; the flow ends Failed after all scenes we
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-import glob
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.locations import find_scenes, staging_dir
 from flows.segment_flow import segment_flow
 from pipeline.config import RunConfig, build_config
 from pipeline.errors import InputError
+from pipeline.io.remote import (
+    check_writable,
+    is_remote,
+    join,
+    parent_and_name,
+    read_published,
+)
 from pipeline.segment.plan import OUTPUT_NAMES, plan_segment
 from pipeline.tiling import grid_for_raster
 
@@ -41,20 +52,20 @@ class BatchFailed(RuntimeError):
                          f"{first[0]}: {first[1]}")
 
 
-def find_scenes(input_glob: str) -> list[str]:
-    """Files matching the glob (``**`` recursive), sorted; directories are left out."""
-    return sorted(p for p in glob.glob(os.path.expanduser(input_glob), recursive=True)
-                  if not os.path.isdir(p))
+def scene_out_dir(out_root: str | Path, scene: str) -> str | Path:
+    """``OUT_ROOT/<stem of the scene file>`` (a URL stays text)."""
+    return join(out_root, PurePosixPath(scene).stem)
 
 
-def scene_out_dir(out_root: str | Path, scene: str) -> Path:
-    """``OUT_ROOT/<stem of the scene file>``."""
-    return Path(out_root) / Path(scene).stem
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
+def _read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads((out_dir / OUTPUT_NAMES["manifest"]).read_text())
+        if is_remote(out_dir):  # only a finished publish: MANIFEST.json there, run.json in it
+            raw = read_published(str(out_dir), OUTPUT_NAMES["manifest"])
+            if raw is None:
+                return None
+            doc = json.loads(raw)
+        else:
+            doc = json.loads((Path(out_dir) / OUTPUT_NAMES["manifest"]).read_text())
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
@@ -89,16 +100,32 @@ def _with_block_size_of(doc: dict[str, Any], cfg: RunConfig) -> RunConfig | None
     return pinned
 
 
-def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
+def is_done(scene: str, model_dir: str, out_dir: str | Path, cfg: RunConfig) -> bool:
     """True when ``out_dir/run.json`` is complete for the run this scene would get now.
 
     Only a complete run.json is checked further (cheap otherwise); then the scene is planned
-    (validation, decimated scaling read, model hash) to compare the fingerprint. Raises
-    InputError when the scene or model is bad.
+    (validation, decimated scaling read, model hash) to compare the fingerprint. For a URL,
+    only a published run.json counts (MANIFEST.json there, every file it lists there, run.json
+    matching its sha256): a partial upload is not done. Raises InputError when the scene or
+    model is bad.
     """
     doc = _read_manifest(out_dir)
     if doc is None or doc.get("status") != "complete":
         return False
+    if not is_remote(out_dir):
+        return _fingerprint_matches(doc, scene, model_dir, str(out_dir), cfg)
+    stage = staging_dir(str(out_dir))  # what `segment --out URL` plans against
+    existed = stage.exists()
+    try:
+        return _fingerprint_matches(doc, scene, model_dir, str(stage), cfg)
+    finally:
+        if not existed:  # planning created it; a staged run's folder is left alone
+            with contextlib.suppress(OSError):
+                stage.rmdir()
+
+
+def _fingerprint_matches(doc: dict[str, Any], scene: str, model_dir: str, out_dir: str,
+                         cfg: RunConfig) -> bool:
     drop = tuple(k for k in ("refine", "refine_pixels") if getattr(cfg.model, k) is None)
     auto = cfg.tiling.block_size == "auto"
     if _output_config(doc.get("config") or {}, drop, auto) != \
@@ -108,13 +135,13 @@ def is_done(scene: str, model_dir: str, out_dir: Path, cfg: RunConfig) -> bool:
         pinned = _with_block_size_of(doc, cfg)
         if pinned is None:
             return False
-        plan = plan_segment(scene, model_dir, str(out_dir), pinned, count_threads=False)
+        plan = plan_segment(scene, model_dir, out_dir, pinned, count_threads=False)
         t = plan.config.tiling  # auto makes one block only of a scene within one chunk
         if plan.grid != grid_for_raster(t.tile_size, t.overlap, plan.info.height,
                                         plan.info.width, t.chunk_size):
             return False
     else:
-        plan = plan_segment(scene, model_dir, str(out_dir), cfg, count_threads=False)
+        plan = plan_segment(scene, model_dir, out_dir, cfg, count_threads=False)
     return doc.get("fingerprint") == plan.fingerprint
 
 
@@ -178,27 +205,31 @@ def segment_folder(
     scenes = find_scenes(input_glob)
     if not scenes:
         raise InputError(input_glob, "no files match this pattern")
+    if is_remote(out_root):  # before any scene: a bucket that cannot be reached is one line
+        check_writable(str(out_root))
     summary: dict[str, Any] = {"processed": [], "skipped": [], "failed": {},
                                "total": len(scenes), "out_root": str(out_root)}
     owners: dict[str, str] = {}
-    todo: list[tuple[str, Path]] = []
+    todo: list[tuple[str, str | Path]] = []
     for scene in scenes:
         out_dir = scene_out_dir(out_root, scene)
-        if out_dir.name in owners:
+        name = parent_and_name(out_dir)[1]
+        if name in owners:
             summary["failed"][scene] = (f"output folder {out_dir} is already used by "
-                                        f"{owners[out_dir.name]} (same file name)")
+                                        f"{owners[name]} (same file name)")
             logger.error("%s: %s", scene, summary["failed"][scene])
             continue
-        owners[out_dir.name] = scene
+        owners[name] = scene
         todo.append((scene, out_dir))
 
-    def one(scene: str, out_dir: Path) -> tuple[str, str | None]:
+    def one(scene: str, out_dir: str | Path) -> tuple[str, str | None]:
         """'skipped', 'processed' or 'failed' with the error text."""
         try:
             if is_done(scene, model_dir, out_dir, cfg):
                 logger.info("%s: already done in %s, skipped", scene, out_dir)
                 return "skipped", None
-            label = out_dir.name.replace("{", "{{").replace("}", "}}")  # a name template
+            name = parent_and_name(out_dir)[1]
+            label = name.replace("{", "{{").replace("}", "}}")  # a name template
             run = segment_flow.with_options(flow_run_name=f"segment-{label}")
             run(scene, model_dir, str(out_dir), cfg_json, False, "off")
         except Exception as exc:  # noqa: BLE001 - one bad scene must not stop the others

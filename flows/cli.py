@@ -16,6 +16,7 @@ from typing import Any
 from flows import prefect_api, startup_trace
 from flows.cli_args import build_parser
 from flows.cli_errors import install_signal_handlers, report, report_exception
+from flows.cli_folder import segment_folder_command
 from flows.cli_run import flow_run, pause_gc
 from flows.cli_samples import cmd_sample_points, cmd_suggest, evaluate_samples
 from flows.cli_tools import (
@@ -239,12 +240,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment_folder(args: argparse.Namespace) -> int:
+    """`stego segment-folder`: every scene of a glob (local or in a bucket), finished ones
+    skipped."""
+    return segment_folder_command(args, _config(args))
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """`stego deploy`: serve a scheduled deployment that segments a folder."""
     from flows.deploy import serve_folder
     from pipeline.config import load_config
 
-    refuse_remote(args.out_root, "--out-root")
     cfg = load_config(args.config, list(args.overrides)).model_dump(mode="json",
                                                                    exclude_unset=True)
     with flow_run():
@@ -265,9 +271,11 @@ def cmd_run_deployment(args: argparse.Namespace) -> int:
     return 0 if not args.watch or run["state"] == "Completed" else 1
 
 
-TEMPORARY_SERVER_COMMANDS = {"fit", "pretrain", "segment", "evaluate", "demo", "suggest"}
+TEMPORARY_SERVER_COMMANDS = {"fit", "pretrain", "segment", "segment-folder", "evaluate", "demo",
+                             "suggest"}
 API_COMMANDS = TEMPORARY_SERVER_COMMANDS | {"deploy", "run-deployment"}  # these two: a server
 COMMANDS = {"fit": cmd_fit, "pretrain": cmd_pretrain, "segment": cmd_segment,
+            "segment-folder": cmd_segment_folder,
             "demo-scene": cmd_demo_scene, "backbones": cmd_backbones,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "evaluate": cmd_evaluate, "name-clusters": cmd_name_clusters,

@@ -40,6 +40,12 @@ EXAMPLES = {
   stego segment scene.tif --model models/px --out out/clean --refine regions
   stego segment big.tif --model models/dino --out out/big --workers 2 --set tiling.batch_size=16
   stego segment big.tif --model models/dino --out out/big --scheduler-address tcp://host:8786""",
+    "segment-folder": """examples:
+  stego segment-folder 'scenes/*.tif' --model models/px --out-root out/
+  stego segment-folder 's3://scenes/2024/**/*.tif' --model s3://models/px \\
+      --out-root s3://results/2024 --scheduler-address tcp://host:8786
+  (a scene already done with the same model and config is skipped; in a bucket, only one
+  whose MANIFEST.json is there: an unfinished upload is done again)""",
     "demo-scene": """examples:
   stego demo-scene demo/scene.tif            # also writes demo/scene_labels.tif
   stego demo-scene small.tif --size 512 --seed 3""",
@@ -225,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
                      "blending (any method; default: model.refine, else the model's own: "
                      "regions for the few-labels classifier, none for the others)")
     _add_config_args(seg)
+
+    sf = add("segment-folder", "Segment every scene a glob matches (local, or in a bucket: "
+             "s3://, gs://, az://) into OUT_ROOT/<scene stem>/, skipping finished ones.")
+    sf.add_argument("input_glob", metavar="GLOB",
+                    help="scenes, e.g. 'in/*.tif', 'in/**/*.tif' or 's3://bucket/in/*.tif' "
+                    "(quote it)")
+    sf.add_argument("--model", required=True, type=location,
+                    help="model directory from `fit` (or its s3://, gs://, az:// URL)")
+    sf.add_argument("--out-root", required=True, type=location,
+                    help="OUT_ROOT/<scene stem>/ per scene (a folder, or an s3://, gs://, "
+                    "az:// URL: each scene published as `segment --out URL` does)")
+    sf.add_argument("--workers", type=int, help="Dask LocalCluster workers")
+    sf.add_argument("--scheduler-address", help="existing Dask scheduler, e.g. tcp://h:8786")
+    sf.add_argument("--json", action="store_true",
+                    help="print the summary (processed, skipped, failed) as JSON on stdout")
+    _add_config_args(sf)
 
     bbs = add("backbones", "List the backbone presets (--backbone NAME): timm name, patch, "
               "feature size, normalisation, licence, the file to download and whether it is here.")

@@ -17,7 +17,8 @@ import yaml
 from pipeline.config import build_config
 from pipeline.errors import InputError
 from pipeline.io.files import ensure_output_dir
-from pipeline.models.store import read_model_json
+from pipeline.io.remote import check_writable, is_remote, vsi_url
+from pipeline.models.store import local_model_dir, read_model_json
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -58,17 +59,31 @@ def _glob_base(pattern: str) -> Path:
 
 def folder_parameters(input_glob: str, model_dir: str, out_root: str,
                       config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Checked flow parameters with absolute paths (runs may start in another directory)."""
-    pattern = os.path.abspath(os.path.expanduser(input_glob))
-    base = _glob_base(pattern)
-    if not base.is_dir():
-        raise InputError(input_glob, f"folder {base} does not exist")
-    read_model_json(Path(model_dir))  # InputError: missing, no model.json, corrupt
-    out = ensure_output_dir(out_root)
+    """Checked flow parameters with absolute paths (runs may start in another directory);
+    object-store URLs stay as they are, their buckets checked (scenes may arrive later)."""
+    remote_glob = vsi_url(input_glob) or (input_glob if is_remote(input_glob) else None)
+    if remote_glob:
+        check_writable(remote_glob)  # the bucket is there and can be listed
+        pattern = input_glob
+    else:
+        pattern = os.path.abspath(os.path.expanduser(input_glob))
+        base = _glob_base(pattern)
+        if not base.is_dir():
+            raise InputError(input_glob, f"folder {base} does not exist")
+    read_model_json(local_model_dir(model_dir))  # InputError: missing, no model.json, corrupt
+    if is_remote(model_dir):
+        model = str(model_dir).rstrip("/")
+    else:
+        model = str(Path(model_dir).expanduser().absolute())
+    if is_remote(out_root):
+        check_writable(str(out_root))
+        out = str(out_root).rstrip("/")
+    else:
+        out = str(ensure_output_dir(out_root))
     if config:
         build_config(config)  # InputError naming the bad key
-    return {"input_glob": pattern, "model_dir": str(Path(model_dir).expanduser().absolute()),
-            "out_root": str(out), "config": config or None}
+    return {"input_glob": pattern, "model_dir": model, "out_root": out,
+            "config": config or None}
 
 
 def build_deployment(name: str, cron: str | None, input_glob: str, model_dir: str,

@@ -3,14 +3,23 @@ where a command supports them (models and backbones); refused in one line where 
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.io.remote import cache_root, check_writable, is_remote, publish_dir
+from pipeline.io.remote import (
+    cache_root,
+    check_writable,
+    glob_files,
+    is_remote,
+    publish_dir,
+    vsi_url,
+)
 
 
 def location(text: str) -> Path | str:
@@ -19,13 +28,24 @@ def location(text: str) -> Path | str:
     return text if is_remote(text) else Path(text)
 
 
+def find_scenes(pattern: str) -> list[str]:
+    """The files a glob matches (``**`` recursive), sorted; directories are left out. On
+    object storage (``s3://…``, ``gs://…``, ``az://…``, or GDAL's ``/vsis3/…``) the objects
+    it matches, named the way the pattern is; a missing bucket or refused credentials is an
+    InputError. Light: the CLI checks a pattern with it before Prefect loads."""
+    if is_remote(pattern) or vsi_url(pattern):
+        return glob_files(pattern)
+    return sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                  if not os.path.isdir(p))
+
+
 def refuse_remote(value: Path | str, flag: str) -> None:
     """One clear line, before anything is written, for a URL where only paths work."""
     if is_remote(value):
         raise InputError(value, f"{flag} must be a local or shared path: this command does not "
-                         "write to object storage (`segment --out` and the models of `fit`, "
-                         "`pretrain` and `import-checkpoint` can go there; see "
-                         "docs/execution.md)")
+                         "write to object storage (`segment --out`, `segment-folder` and "
+                         "`deploy --out-root`, and the models of `fit`, `pretrain` and "
+                         "`import-checkpoint` can go there; see docs/execution.md)")
 
 
 def staging_dir(url: str) -> Path:

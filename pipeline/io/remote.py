@@ -65,6 +65,10 @@ def _short(exc: BaseException) -> str:
 def check_writable(url: str) -> None:
     """Refuse, before anything is written, a URL whose bucket cannot be reached or listed
     with the credentials at hand."""
+    _check_bucket(url)
+
+
+def _check_bucket(url: str) -> None:
     fs, path = filesystem(url)
     fs.invalidate_cache()
     bucket = path.split("/", 1)[0]
@@ -74,6 +78,82 @@ def check_writable(url: str) -> None:
         raise InputError(url, f"bucket {bucket!r} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions: one line
         raise InputError(url, f"cannot reach the bucket ({_short(exc)})") from None
+
+
+# GDAL's names for object stores, and the URL scheme fsspec lists each with
+VSI_SCHEMES = {"/vsis3/": "s3", "/vsigs/": "gs", "/vsiaz/": "az"}
+
+
+def vsi_url(location: str) -> str | None:
+    """``s3://b/k`` for GDAL's ``/vsis3/b/k`` (likewise ``/vsigs/``, ``/vsiaz/``), else None."""
+    for prefix, name in VSI_SCHEMES.items():
+        if str(location).startswith(prefix):
+            return f"{name}://{str(location)[len(prefix):]}"
+    return None
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The objects matching a glob on object storage (``s3://bucket/scenes/*.tif``; ``**``
+    also matches nested prefixes), sorted, named as the pattern is (a URL, or GDAL's
+    ``/vsis3/`` form); prefixes ("folders") left out. A missing bucket or refused credentials
+    is one line (a listing of a missing bucket would otherwise just be empty)."""
+    import glob as _glob
+
+    url = vsi_url(pattern) or pattern
+    fs, path = filesystem(url)
+    bucket = path.split("/", 1)[0]
+    if _glob.has_magic(bucket):
+        raise InputError(pattern, "the bucket (first part after the scheme) cannot be a "
+                         "pattern")
+    _check_bucket(url)
+    try:
+        found = fs.glob(path, detail=True)
+    except Exception as exc:  # noqa: BLE001 - a listing refused half way: one line
+        raise InputError(pattern, f"cannot list the objects ({_short(exc)})") from None
+    head = next((p for p in VSI_SCHEMES if pattern.startswith(p)),
+                url.split("://", 1)[0] + "://")
+    return sorted(head + name for name, info in found.items()
+                  if info.get("type") != "directory")
+
+
+def published_files(url: str) -> dict[str, Any] | None:
+    """The manifest of a directory published at ``url`` when it is there and every file it
+    lists is there with its size (a listing of the folders holding them, not of everything
+    under ``url``); None otherwise (no manifest: never published, or its upload did not
+    finish). A bucket that cannot be read is one line."""
+    fs, root = filesystem(url)
+    fs.invalidate_cache()
+    try:
+        manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            return None
+        sizes: dict[str, Any] = {}
+        for folder in {f"{root}/{name}".rpartition("/")[0] for name in files}:
+            sizes.update({e["name"].rstrip("/"): e.get("size")
+                          for e in fs.ls(folder, detail=True)})
+    except (FileNotFoundError, ValueError):  # no manifest, or a corrupt one: not finished
+        return None
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint: one line
+        raise InputError(url, f"cannot read ({_short(exc)})") from None
+    if any(sizes.get(f"{root}/{name}") != entry.get("size") for name, entry in files.items()):
+        return None
+    return manifest
+
+
+def read_published(url: str, name: str) -> bytes | None:
+    """One file of the directory published at ``url``, when the manifest lists it and its
+    bytes match the manifest's sha256; None otherwise."""
+    manifest = published_files(url)
+    entry = (manifest or {}).get("files", {}).get(name)
+    if not entry:
+        return None
+    fs, root = filesystem(url)
+    try:
+        data = fs.cat_file(f"{root}/{name}")
+    except FileNotFoundError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == entry.get("sha256") else None
 
 
 def _sha256(path: Path) -> str:
