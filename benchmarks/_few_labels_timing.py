@@ -121,7 +121,7 @@ def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> 
     kmeans = FeatureKMeans(default.backbone, default.backbone_info,
                            torch.randn(k, int(default.backbone.num_features)),
                            default.class_names, default.colors)
-    cands = [("classifier as segment runs it (superpixels 256 px, means of every 2nd px)",
+    cands = [("classifier as segment runs it (superpixels 256 px, means of every 4th px)",
               RegionRefined(default, 256)),
              ("classifier, superpixel means of every pixel",
               RegionRefined(default, 256, sample_stride=1)),

@@ -27,7 +27,8 @@ statistics (trees), the default (RGB + local + untrained tiny ViT, ExtraTrees 10
 ``train_head`` with ``ClassifierConfig()``), its linear head and 25 / 50 / 200 trees, a
 `stego pretrain` backbone directory (``--backbone-dir``), and semi-supervised variants of the
 default on the same samples: superpixels (probabilities averaged within SLIC superpixels of
-~256 px, ``pipeline.models.refine``, as `--refine regions`), self-training (the 2 % most
+~256 px, ``pipeline.models.refine``, as `--refine regions`; the means over every pixel, or
+over every 4th (segment's default) or 2nd pixel of a lattice), self-training (the 2 % most
 confident pixels of each predicted class, at most 1000 per class, added as pseudo-labels and
 the head refitted once), and both (pseudo-labels from the averaged probabilities, refitted,
 averaged again). The second table per scene gives each semi-supervised row's paired gain over
@@ -78,6 +79,7 @@ class Row:
     head: str = "trees"
     trees: int = 100
     semi: str = ""
+    stride: int = 1  # superpixel means from every stride-th pixel (semi "superpixels")
 
 
 ROWS = [
@@ -92,8 +94,12 @@ ROWS = [
     Row("stego", "RGB + local + a STEGO model's ViT + its codes (--stego-model), trees 100",
         "stego"),
     Row("superpixels", "default + superpixels", semi="superpixels"),
-    Row("sampled", "default + superpixels, means of every 2nd pixel (segment default)",
-        semi="sampled"),
+    Row("sampled", "default + superpixels, means of every 4th pixel (segment default)",
+        semi="superpixels", stride=4),
+    Row("sampled2", "default + superpixels, means of every 2nd pixel",
+        semi="superpixels", stride=2),
+    Row("sampled3-50", "trees 50 + superpixels, means of every 3rd pixel",
+        trees=50, semi="superpixels", stride=3),
     Row("self-training", "default + self-training", semi="self-training"),
     Row("both", "default + self-training + superpixels", semi="both"),
 ]
@@ -170,12 +176,12 @@ def trial(scene: fd.Scene, rows: list[Row], design: str, seed: int, all_tiles: i
     n = scene.truth.size
     tiles = fd.owner_tile_count(scene, idx)
     default_row = next(r for r in ROWS if r.key == "default")
-    cache: dict[str, tuple] = {}
+    cache: dict[int, tuple] = {}
 
-    def default() -> tuple:
-        if "default" not in cache:
-            cache["default"] = fit_predict(scene, default_row, idx, y)
-        return cache["default"]
+    def default(trees: int = default_row.trees) -> tuple:
+        if trees not in cache:
+            cache[trees] = fit_predict(scene, Row("default", "", trees=trees), idx, y)
+        return cache[trees]
 
     def feature_cost(fs: str) -> tuple[float, float]:  # (fit s of features, predict s per px)
         t = scene.tile_seconds[fs]
@@ -184,16 +190,16 @@ def trial(scene: fd.Scene, rows: list[Row], design: str, seed: int, all_tiles: i
     out = {}
     for row in rows:
         if not row.semi:
-            probs, train_s, pred_s = default() if row.key == "default" else \
+            probs, train_s, pred_s = default() if row == default_row else \
                 fit_predict(scene, row, idx, y)
             feat_fit, feat_px = feature_cost(row.features)
             fit_s, px_s = feat_fit + train_s, feat_px + pred_s / n
         else:
-            p0, train0, pred0 = default()
+            p0, train0, pred0 = default(row.trees)
             feat_fit, feat_px = feature_cost("vit")
             slic_px = scene.slic_seconds / n
-            if row.semi in ("superpixels", "sampled"):
-                probs = smooth(scene, p0, 2 if row.semi == "sampled" else 1)
+            if row.semi == "superpixels":
+                probs = smooth(scene, p0, row.stride)
                 fit_s, px_s = feat_fit + train0, feat_px + pred0 / n + slic_px
             else:
                 both = row.semi == "both"

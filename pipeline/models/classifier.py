@@ -12,28 +12,20 @@ import torch.nn.functional as F
 
 from pipeline.models import backbone as bb
 from pipeline.models.forest import FOREST_KEYS, predict_forest, predict_forest_grid
+from pipeline.models.local_stats import band_features
 from pipeline.models.torch_model import TorchSegmentationModel
 
 HEADS = ("trees", "linear")
 
 
-def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over k x k windows (no padding), as two 1-D passes (O(k) per pixel, not O(k²))."""
-    return F.avg_pool2d(F.avg_pool2d(x, (k, 1), 1), (1, k), 1)
-
-
 def local_statistics(images: torch.Tensor, radii: list[int]) -> torch.Tensor:
     """Mean and standard deviation of each band in (2r+1)² windows, per radius (reflected at
-    the tile's edges, which the tiles' overlap and blending hide): (N, 2·C·len(radii), H, W)."""
-    out = []
-    for r in radii:
-        k = 2 * r + 1
-        pad = F.pad(images, (r, r, r, r), mode="reflect" if r < min(images.shape[-2:])
-                    else "replicate")
-        mean = _box_mean(pad, k)
-        sq = _box_mean(pad * pad, k)
-        out += [mean, (sq - mean * mean).clamp_min(0).sqrt()]
-    return torch.cat(out, 1) if out else images.new_zeros(images.shape[0], 0, *images.shape[2:])
+    the tile's edges, which the tiles' overlap and blending hide): (N, 2·C·len(radii), H, W).
+    """
+    c = images.shape[1]
+    x = images.detach().float().cpu().numpy()
+    stats = [band_features(im, radii)[..., c:] for im in x]
+    return torch.from_numpy(np.stack(stats)).permute(0, 3, 1, 2).to(images.device)
 
 
 class SampleClassifier(TorchSegmentationModel):
@@ -88,13 +80,16 @@ class SampleClassifier(TorchSegmentationModel):
         n += int(self.backbone.num_features) if self.backbone is not None else 0
         return n + (int(self.codes_head.dim) if self.codes_head is not None else 0)
 
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _features(self, images: torch.Tensor, mask: np.ndarray | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pixel-resolution features (N, 3 + 6·radii, H, W): the bands and their local
-        statistics; and the backbone's unit-length patch features (N, C, h, w), followed by
-        a STEGO model's unit-length codes when it has one, or None."""
+        statistics (only at the pixels of ``mask`` when given, 0 elsewhere); and the
+        backbone's unit-length patch features (N, C, h, w), followed by a STEGO model's
+        unit-length codes when it has one, or None."""
         x = images.float()
-        with bb.full_precision(x):
-            pixel = torch.cat([x, local_statistics(x, self.local_radii)], 1)
+        hwc = np.stack([band_features(im, self.local_radii, mask)
+                        for im in x.detach().cpu().numpy()])
+        pixel = torch.from_numpy(hwc).permute(0, 3, 1, 2).to(x.device)
         if self.backbone is None:
             return pixel, None
         scaled = bb.resample(x, self.input_scale)
@@ -143,7 +138,7 @@ class SampleClassifier(TorchSegmentationModel):
         for i, img in enumerate(images):
             mask = None if masks is None else masks[i]
             if self.head == "trees":
-                pixel, patch = self._features(img[None])
+                pixel, patch = self._features(img[None], mask)  # band features at the mask
                 grid = (patch[0].permute(1, 2, 0) if patch is not None
                         else pixel.new_zeros(1, 1, 0))
                 p = predict_forest_grid(self._forest, pixel[0].permute(1, 2, 0).cpu().numpy(),

@@ -17,6 +17,7 @@ from pipeline.fit.samples_fit import train_head
 from pipeline.models.backbone import build_backbone, describe_backbone
 from pipeline.models.classifier import SampleClassifier, local_statistics
 from pipeline.models.forest import forest_arrays, predict_forest
+from pipeline.models.local_stats import band_features
 from pipeline.models.store import load_model, save_model
 from tests.conftest import TINY_VIT
 
@@ -211,6 +212,35 @@ def test_local_statistics_measure_the_texture_inside_the_window():
     torch.testing.assert_close(centre[0], mean)
     torch.testing.assert_close(centre[3], torch.full((4, 4), (20 / 81) ** 0.5), atol=1e-4,
                                rtol=0)
+
+
+def test_local_statistics_are_the_window_means_and_deviations_of_the_reflected_image():
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(rng.random((2, 3, 20, 17), dtype=np.float32))
+    radii = [1, 2, 8]
+    stats = local_statistics(img, radii)
+    for i, r in enumerate(radii):  # the definition, the slow way: windows of the padded image
+        pad = torch.nn.functional.pad(img.double(), (r, r, r, r), mode="reflect")
+        win = pad.unfold(2, 2 * r + 1, 1).unfold(3, 2 * r + 1, 1)  # (N, C, H, W, k, k)
+        torch.testing.assert_close(stats[:, 6 * i:6 * i + 3], win.mean((-2, -1)).float())
+        torch.testing.assert_close(stats[:, 6 * i + 3:6 * i + 6],
+                                   win.std((-2, -1), unbiased=False).float(), atol=1e-5,
+                                   rtol=1e-4)
+
+
+def test_band_features_at_a_mask_are_exactly_those_of_the_whole_image():
+    """What segment computes at the sampled pixels is what fit computes everywhere."""
+    rng = np.random.default_rng(1)
+    img = rng.random((3, 30, 41), dtype=np.float32)
+    mask = rng.random((30, 41)) < 0.1
+    full = band_features(img, [2, 4, 8])
+    at = band_features(img, [2, 4, 8], mask)
+    assert full.shape == (30, 41, 3 + 18) and full.dtype == np.float32
+    np.testing.assert_array_equal(at[mask], full[mask])
+    assert not at[~mask][:, 3:].any()  # the statistics only where asked
+    np.testing.assert_array_equal(full[..., :3], img.transpose(1, 2, 0))
+    with pytest.raises(ValueError, match="mask"):
+        band_features(img, [2], mask[:10])
 
 
 # ---- segment's prediction: the trees read the features they test, never the whole stack
