@@ -24,7 +24,7 @@ LOVEDA = [(DATA / "loveda" / "images" / f"{i}.png", DATA / "loveda" / "labels" /
 # from the 544² tile that owns it, exactly as fit computes the features of a labelled pixel
 TILING = {"tile_size": 544, "overlap": 32, "block_size": 10240, "batch_size": 1}
 DESIGNS = ["5 points", "20 points", "100 points", "3 polygons"]
-POLYGONS_PER_CLASS = 3
+ALL_DESIGNS = DESIGNS + ["6 polygons", "10 polygons"]  # more places: what the target needs
 RADIUS = (5, 15)  # disc radius of a "polygon" in pixels
 MAX_PIXELS_PER_FEATURE = 200  # ClassifierConfig.max_pixels_per_feature
 
@@ -219,10 +219,10 @@ def add_superpixels(scene: Scene, pixels: int = 256) -> None:
 
 def draw(scene: Scene, design: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Training pixels (flat indices) and their classes for one sample design and seed:
-    ``N points`` random labelled pixels per class, or ``3 polygons`` per class drawn like an
+    ``N points`` random labelled pixels per class, or ``N polygons`` per class drawn like an
     analyst: discs of radius 5-15 px around random centres inside the class, the disc's
     pixels of that class, at most 200 pixels per disc."""
-    rng = np.random.default_rng([seed, DESIGNS.index(design)])
+    rng = np.random.default_rng([seed, ALL_DESIGNS.index(design)])
     flat = scene.truth.ravel()
     h, w = scene.truth.shape
     idx = []
@@ -232,7 +232,7 @@ def draw(scene: Scene, design: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
             n = min(int(design.split()[0]), len(members))
             idx.append(rng.choice(members, n, replace=False))
             continue
-        for _ in range(POLYGONS_PER_CLASS):
+        for _ in range(int(design.split()[0])):
             cr, cc = divmod(int(rng.choice(members)), w)
             r = int(rng.integers(RADIUS[0], RADIUS[1] + 1))
             rr, cc2 = np.mgrid[max(0, cr - r):min(h, cr + r + 1), max(0, cc - r):min(w, cc + r + 1)]

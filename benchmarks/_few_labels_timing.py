@@ -164,7 +164,7 @@ def segment_rows(work: Path, size: int, model: object) -> list[list[str]]:
     image = work / f"fit_{size}.tif"
     cls_dir = save_model(model, work / "model_classifier", {"accuracy": None})
     km_dir = work / "model_kmeans"
-    args = [a for kv in CLASSIFIER_BACKBONE[1].items() for a in ("--backbone-arg", "%s=%s" % kv)]
+    args = [a for k, v in CLASSIFIER_BACKBONE[1].items() for a in ("--backbone-arg", f"{k}={v}")]
     stego = [sys.executable, "-m", "flows.cli"]
     subprocess.run(stego + ["fit", str(image), "--method", "feature-kmeans", "--weights",
                             "random", "--backbone", CLASSIFIER_BACKBONE[0], *args,

@@ -345,8 +345,8 @@ def main() -> None:
                     "(its backbone and codes, as `fit --samples --weights MODEL` uses them)")
     ap.add_argument("--only", nargs="+", default=[],
                     help=f"row keys ({', '.join(r.key for r in ROWS)}) or label substrings")
-    ap.add_argument("--designs", nargs="+", default=None, choices=fd.DESIGNS,
-                    help="sample designs (default: all four; --quick: 20 points, 3 polygons)")
+    ap.add_argument("--designs", nargs="+", default=None, choices=fd.ALL_DESIGNS,
+                    help="sample designs (default: the first four; --quick: 20 points, 3 polygons)")
     ap.add_argument("--timing-size", type=int, default=None, help="timing scene edge (2048)")
     args = ap.parse_args()
     from rasterio.errors import NotGeoreferencedWarning
