@@ -56,8 +56,9 @@ EXAMPLES = {
   stego evaluate out/labels.tif potsdam_label.tif --mapping potsdam3 --ignore 0 --out eval/
   stego evaluate a/labels.tif a_gt.tif b/labels.zarr b_gt.tif --out eval/   # one matrix
   stego evaluate out/labels.tif buildings.gpkg --out eval/   # vector ground truth
-  stego evaluate out/ --samples validation.gpkg --class-field class --design stratified \
-      --out eval/     # accuracy.json/.md: error matrix, user's/producer's, areas ± 95 %""",
+  # accuracy.json/.md: error matrix, user's/producer's accuracy, class areas ± 95 %:
+  stego evaluate out/ --samples validation.gpkg --class-field class --design stratified \\
+      --out eval/""",
     "sample-points": """examples:
   stego sample-points out/ --per-class 50 --out validation.gpkg
   stego evaluate out/ --samples validation.gpkg --design stratified --out eval/""",
