@@ -50,6 +50,7 @@ from pipeline.segment.resume import (
     stage_cache_key,
 )
 from pipeline.segment.summary import class_summary, manifest, summarize_blocks
+from pipeline.segment.vectorize_blocks import VECTORIZE_BLOCK, block_source
 from pipeline.vectorize import vectorize_labels
 
 
@@ -136,16 +137,19 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
 
     def embed_style(tmp: Path) -> None:
         add_gpkg_layer_style(tmp, vec.layer, polygon_qml(plan.class_names, plan.colors))
-    stats = vectorize_labels(
-        open_labels(plan.zarr_location()), transform=plan.info.affine, crs=crs,
-        class_names=plan.class_names, out_path=direct, driver=driver,
-        # vectorize's own 2048² blocks, not the inference blocks (10240²): memory stays flat
-        # and the polygons do not depend on the block size
-        min_region_pixels=min_region_pixels(plan),
-        simplify_tolerance=simplify_tolerance_crs(plan), layer=vec.layer,
-        # the GeoPackage's own style goes in before the file is renamed into place
-        before_commit=embed_style if direct == final and driver == "GPKG" else None,
-    )
+    with block_source(plan.config.dask, plan.zarr_location(), plan.info.height,
+                      plan.info.width) as source:  # on a scheduler's workers: they read it
+        stats = vectorize_labels(
+            source.labels, transform=plan.info.affine, crs=crs,
+            class_names=plan.class_names, out_path=direct, driver=driver,
+            # vectorize's own 2048² blocks, not the inference blocks (10240²): memory stays
+            # flat and the polygons do not depend on the block size
+            block_size=VECTORIZE_BLOCK, map_fn=source.map_fn,
+            min_region_pixels=min_region_pixels(plan),
+            simplify_tolerance=simplify_tolerance_crs(plan), layer=vec.layer,
+            # the GeoPackage's own style goes in before the file is renamed into place
+            before_commit=embed_style if direct == final and driver == "GPKG" else None,
+        )
     if direct != final:
         try:
             write_geoparquet(direct, vec.layer, final)
@@ -155,7 +159,8 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
     styles = write_styles(Path(plan.out_dir), plan.class_names, plan.colors,
                           vector_name=final.name, layer=vec.layer, embed=False)
     return {"polygons": stats.polygons, "seam_groups_merged": stats.seam_groups_merged,
-            "min_region_pixels": min_region_pixels(plan), "seconds": time.perf_counter() - t0,
+            "min_region_pixels": min_region_pixels(plan), **source.report(),
+            "seconds": time.perf_counter() - t0,
             "styles": {k: str(v) for k, v in styles.items() if k == "vector_qml"},
             "receipt": output_receipt(plan, "polygons")}
 
