@@ -207,13 +207,17 @@ def owner_tile_count(scene: Scene, idx: np.ndarray) -> int:
     return len(np.unique(keys, axis=0))
 
 
-def add_superpixels(scene: Scene, pixels: int = 256) -> None:
+def add_superpixels(scene: Scene, pixels: int = 256, iterations: int | None = None) -> None:
     """SLIC superpixels of the whole scene, as `--refine regions` draws them on a tile (256
-    px: the classifier's own ``refine_pixels``; 64, 128 and 256 were compared)."""
-    from pipeline.models.refine import superpixels
+    px: the classifier's own ``refine_pixels``; 64, 128 and 256 were compared), in horizontal
+    strips as high as segment's (a tile's half): segment's cuts, at their density."""
+    from pipeline.models.refine import SLIC_STRIPS, superpixels
 
     t0 = time.perf_counter()
-    scene.segments = superpixels(scene.image, pixels)
+    strip = TILING["tile_size"] / SLIC_STRIPS
+    scene.segments = superpixels(scene.image, pixels, strips=max(1, round(len(scene.image)
+                                                                          / strip)),
+                                 **({} if iterations is None else {"iterations": iterations}))
     scene.slic_seconds = time.perf_counter() - t0
 
 

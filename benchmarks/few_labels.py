@@ -238,7 +238,7 @@ def run_scene(scene: fd.Scene, rows: list[Row], designs: list[str], seeds: list[
             stego.backbone, stego.backbone_info, radii, codes_head=stego.head,
             input_scale=stego.input_scale))
     if any(r.semi for r in rows):
-        fd.add_superpixels(scene)
+        fd.add_superpixels(scene, iterations=nets.get("slic_iterations"))
         print(f"  {scene.name}: {int(scene.segments.max()) + 1} superpixels in "
               f"{scene.slic_seconds:.1f} s", flush=True)
     all_tiles = fd.owner_tile_count(scene, np.arange(scene.truth.size))
@@ -347,6 +347,8 @@ def main() -> None:
                     help=f"row keys ({', '.join(r.key for r in ROWS)}) or label substrings")
     ap.add_argument("--designs", nargs="+", default=None, choices=fd.ALL_DESIGNS,
                     help="sample designs (default: the first four; --quick: 20 points, 3 polygons)")
+    ap.add_argument("--slic-iterations", type=int, default=None,
+                    help="SLIC iterations of the superpixel rows (default: segment's own)")
     ap.add_argument("--timing-size", type=int, default=None, help="timing scene edge (2048)")
     args = ap.parse_args()
     from rasterio.errors import NotGeoreferencedWarning
@@ -370,6 +372,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stego-few-labels-"))
     scene_sets = [s for s in sets if s != "timing"]
     nets = build_nets(args.backbone_dir, args.stego_model) if scene_sets else {}
+    nets["slic_iterations"] = args.slic_iterations
     print(f"rows: {', '.join(r.key for r in rows)}; designs: {designs}; seeds: {seeds}",
           flush=True)
     crop = 512 if args.quick else None

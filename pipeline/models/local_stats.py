@@ -25,19 +25,22 @@ def _tables(image: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @_jit
-def _fill(s: np.ndarray, s2: np.ndarray, r: int, mask: np.ndarray, out: np.ndarray,
+def _fill(s: np.ndarray, s2: np.ndarray, pad: int, r: int, mask: np.ndarray, out: np.ndarray,
           offset: int) -> None:
+    """Window means and deviations of radius ``r`` from tables padded by ``pad`` >= r."""
     c_n = s.shape[0]
     h, w = out.shape[0], out.shape[1]
     k = 2 * r + 1
+    o = pad - r
     inv = 1.0 / (k * k)
     for y in numba.prange(h):
         for x in range(w):
             if not mask[y, x]:
                 continue
+            y0, x0, y1, x1 = y + o, x + o, y + o + k, x + o + k
             for c in range(c_n):
-                t = s[c, y + k, x + k] - s[c, y, x + k] - s[c, y + k, x] + s[c, y, x]
-                t2 = s2[c, y + k, x + k] - s2[c, y, x + k] - s2[c, y + k, x] + s2[c, y, x]
+                t = s[c, y1, x1] - s[c, y0, x1] - s[c, y1, x0] + s[c, y0, x0]
+                t2 = s2[c, y1, x1] - s2[c, y0, x1] - s2[c, y1, x0] + s2[c, y0, x0]
                 m = t * inv
                 v = t2 * inv - m * m
                 out[y, x, offset + c] = m
@@ -57,8 +60,16 @@ def band_features(image: np.ndarray, radii: list[int],
         raise ValueError(f"mask is {m.shape}, the image {h}x{w}")
     out = np.zeros((h, w, c * (1 + 2 * len(radii))), dtype=np.float32)
     out[..., :c] = img.transpose(1, 2, 0)
-    for i, r in enumerate(radii):
-        if r < 0:
-            raise ValueError(f"local statistics radius {r} is negative")
-        _fill(*_tables(img, int(r)), int(r), m, out, c * (1 + 2 * i))
+    if any(r < 0 for r in radii):
+        raise ValueError(f"local statistics radii {radii}: a radius is negative")
+    # one table padded by the largest radius serves every radius whose reflection fits (a
+    # reflected pixel is the same however wide the padding); wider windows replicate instead
+    fits = [int(r) for r in radii if r < min(h, w)]
+    pad = max(fits, default=0)
+    shared = _tables(img, pad) if fits else None
+    for i, r in enumerate(int(r) for r in radii):
+        if shared is not None and r < min(h, w):
+            _fill(*shared, pad, r, m, out, c * (1 + 2 * i))
+        else:
+            _fill(*_tables(img, r), r, r, m, out, c * (1 + 2 * i))
     return out

@@ -13,6 +13,7 @@ from pipeline.fit.classic import fit_regions, fit_threshold
 from pipeline.io.crops import Crop
 from pipeline.models.refine import (
     SAMPLE_STRIDE,
+    SLIC_STRIPS,
     RegionRefined,
     average_within,
     sample_mask,
@@ -182,6 +183,22 @@ def test_refinement_from_a_sample_of_pixels_weighs_only_the_sample():
     np.testing.assert_allclose(average_within(probs, seg, mask)[:, 0, 1], [1.0, 0.0])
 
 
+def test_superpixels_in_strips_are_each_strips_own_superpixels():
+    """A tile's superpixels come from its horizontal strips, each on its own (in threads):
+    exactly what SLIC gives each strip alone, numbered on, and none crosses a strip's edge."""
+    rng = np.random.default_rng(0)
+    image = rng.random((60, 50, 3)).astype(np.float32)
+    image[20:45, 10:30] = 0.9  # an object across the strips' edge at row 30
+    seg = superpixels(image, 64, strips=2)
+    top, bottom = superpixels(image[:30], 64), superpixels(image[30:], 64)
+    np.testing.assert_array_equal(seg[:30], top)
+    np.testing.assert_array_equal(seg[30:], bottom + top.max() + 1)
+    assert not set(np.unique(seg[:30])) & set(np.unique(seg[30:]))
+    np.testing.assert_array_equal(superpixels(image, 64, strips=2), seg)  # deterministic
+    np.testing.assert_array_equal(superpixels(image, 64, strips=1), superpixels(image, 64))
+    assert SLIC_STRIPS == 2
+
+
 def test_the_sample_lattice_covers_every_superpixel():
     seg = np.zeros((9, 9), dtype=np.int64)
     seg[1, 1] = 1  # one pixel, off the stride-2 lattice
@@ -217,10 +234,10 @@ def test_refined_classifier_from_a_pixel_lattice_keeps_the_full_refinement(one_t
                              train_head(f[pick], truth.ravel()[pick], 3, ClassifierConfig()),
                              names, [(0, 0, 0)] * 3, [2])
     with torch.no_grad():
-        full = RegionRefined(model, 64, sample_stride=1).predict(x)[0]
-        sampled = RegionRefined(model, 64).predict(x)[0]
+        full = RegionRefined(model, 128, sample_stride=1).predict(x)[0]
+        sampled = RegionRefined(model, 128).predict(x)[0]
         probs = model.predict(x)[0].numpy()
-    seg = superpixels(image, 64)
+    seg = superpixels(image, 128, strips=SLIC_STRIPS)  # as RegionRefined cuts a tile
     # the means are those of the lattice's pixels, not of every pixel
     mask = sample_mask(seg, SAMPLE_STRIDE)
     assert SAMPLE_STRIDE == 4 and mask.mean() < 0.1

@@ -41,18 +41,21 @@ def test_an_existing_scheduler_can_be_used(reference, demo_scene, pixel_model, t
     from distributed.diagnostics.plugin import SchedulerPlugin
 
     class CountFinished(SchedulerPlugin):
-        finished = 0
+        finished: list[str] = []
 
         def transition(self, key, start, finish, *args, **kwargs):
             if finish == "memory":
-                CountFinished.finished += 1
+                CountFinished.finished.append(str(key))
 
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
         cluster.scheduler.add_plugin(CountFinished())
         cfg = small_config()
         cfg.dask.scheduler_address = cluster.scheduler_address
-        segment(demo_scene[0], pixel_model, tmp_path / "o", cfg, progress=False)
-    assert CountFinished.finished == 16  # every block ran on this cluster
+        doc = segment(demo_scene[0], pixel_model, tmp_path / "o", cfg, progress=False)
+    ran = [key.split("-")[0] for key in CountFinished.finished]
+    assert ran.count("infer_and_write_block") == 16  # every block ran on this cluster
+    assert ran.count("vectorize") == 1  # and the polygons' (one block here) too
+    assert doc["polygons"]["blocks_on"] == "workers"
     np.testing.assert_array_equal(_labels(tmp_path / "o"), reference)
 
 
