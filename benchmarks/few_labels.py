@@ -403,7 +403,7 @@ def main() -> None:
                     thr)
         seg = ft.segment_rows(work, size, models[True])
         print("\n### `stego segment` end to end (precision auto)\n")
-        print_table(["model", "scene", "wall s", "s/MP"], seg)
+        print_table(["model", "scene", "median wall s", "each run s", "s/MP"], seg)
     print(f"\nwall time {time.perf_counter() - t_start:.0f} s", flush=True)
 
 
