@@ -9,8 +9,10 @@ and a 1024² demo scene: start from ``--start`` random labelled pixels per class
 every pixel, and add ``--per-round`` x classes new labelled pixels, either where
 `suggest_points` (what `stego suggest` runs) puts them, labelled from the truth (a suggestion
 on an ignored pixel stays unlabelled, as an analyst would skip it), or at uniformly random
-valid pixels. Scored on every labelled pixel after the last round (accuracy and mIoU, the
-training pixels included: they are < 0.1 % of the image). Features are computed once over the
+valid pixels. The map and its confidence are what `segment` makes by default: probabilities
+averaged within 256-px SLIC superpixels (``--refine none``: per pixel). Scored on every
+labelled pixel after the last round (accuracy and mIoU, the training pixels included: they
+are < 0.1 % of the image). Features are computed once over the
 whole image (no tiling); the selection and classifier are the pipeline's own.
 """
 
@@ -38,6 +40,7 @@ from pipeline.fit.samples_fit import train_head  # noqa: E402
 from pipeline.labels import CONFIDENCE_SCALE  # noqa: E402
 from pipeline.models.backbone import build_backbone, describe_backbone  # noqa: E402
 from pipeline.models.classifier import SampleClassifier  # noqa: E402
+from pipeline.models.refine import average_within, superpixels  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 POTSDAM3 = {1: 0, 5: 0, 2: 1, 6: 1, 3: 2, 4: 2}
@@ -105,8 +108,18 @@ def features(image: np.ndarray) -> np.ndarray:
 
 def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start: np.ndarray,
             rounds: int, per_round: int, arm: str, seed: int, nodata: np.ndarray,
-            ) -> tuple[float, float, int]:
-    """Accuracy, mIoU and labelled pixels after the rounds of one arm."""
+            segments: np.ndarray | None = None) -> tuple[float, float, int]:
+    """Accuracy, mIoU and labelled pixels after the rounds of one arm. With ``segments``,
+    the map and its confidence are the probabilities averaged within those superpixels, as
+    `segment` refines the classifier by default."""
+
+    def predict(probe: SampleClassifier) -> np.ndarray:
+        probs = probe.classify(torch.from_numpy(x)).numpy()
+        if segments is None:
+            return probs
+        avg = average_within(probs.T.reshape(k, *shape), segments)
+        return np.ascontiguousarray(avg.reshape(k, -1).T)
+
     cfg = ClassifierConfig()
     rng = np.random.default_rng(1000 + seed)
     labelled = list(start)
@@ -119,7 +132,7 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
                                  [(0, 0, 0)] * k, [])
         if r == rounds:
             break
-        probs = probe.classify(torch.from_numpy(x)).numpy()
+        probs = predict(probe)
         if arm == "random":
             new = rng.choice(valid, per_round, replace=False)
         else:
@@ -136,7 +149,7 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
             if arm.startswith("mixed"):
                 new = np.concatenate([new, rng.choice(valid, per_round - n_s, replace=False)])
         labelled += [int(i) for i in new if int(i) not in set(labelled)]
-    pred = probe.classify(torch.from_numpy(x)).numpy().argmax(1)
+    pred = predict(probe).argmax(1)
     ok = y >= 0
     acc = float((pred[ok] == y[ok]).mean())
     ious = [((pred == c) & (y == c)).sum() / max(((pred == c) | (y == c))[ok].sum(), 1)
@@ -151,6 +164,9 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=5, help="random points per class to start")
     ap.add_argument("--per-round", type=int, default=10, help="points per class per round")
     ap.add_argument("--sets", nargs="+", help="only these sets: potsdam loveda demo")
+    ap.add_argument("--refine", choices=["regions", "none"], default="regions",
+                    help="the map as segment makes it: probabilities averaged within 256-px "
+                         "SLIC superpixels (the classifier's default), or per pixel")
     args = ap.parse_args()
     rows = []
     for name, (image, y) in datasets().items():
@@ -158,6 +174,8 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         x = features(image)
+        segments = (superpixels(image.transpose(1, 2, 0), 256) if args.refine == "regions"
+                    else None)
         yf = y.reshape(-1)
         # the demo's unlabelled pixels are its nodata collar (no map there); elsewhere they
         # are real pixels without a class (Potsdam's eroded borders, LoveDA's no-data)
@@ -170,7 +188,7 @@ def main() -> None:
                                                replace=False) for c in range(k)])
             for arm in res:
                 res[arm].append(run_arm(x, yf, y.shape, k, start, args.rounds,
-                                        args.per_round * k, arm, seed, nodata))
+                                        args.per_round * k, arm, seed, nodata, segments))
         r = np.array(res["random"])
         for arm in ARMS:
             s = np.array(res[arm])
