@@ -89,6 +89,16 @@ def small_config(**tiling) -> RunConfig:
     return RunConfig.model_validate({"tiling": t, "dask": {"processes": False}})
 
 
+def scene_folder(folder: Path, size: int) -> Path:
+    """``folder`` with two small generated scenes a.tif and b.tif (label rasters removed)."""
+    from pipeline.demo import write_demo_scene
+
+    for i, name in enumerate("ab"):
+        _, labels = write_demo_scene(folder / f"{name}.tif", size=size, seed=i + 1)
+        labels.unlink()
+    return folder
+
+
 def write_raster(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633",
                  transform: Affine | None = None, mask: np.ndarray | None = None,
                  nodata: float | None = None, **extra) -> Path:

@@ -17,6 +17,7 @@ from flows.batch_flow import BatchFailed, is_done, segment_folder
 from flows.deploy import build_deployment, check_cron, parse_params, serve_folder, trigger
 from pipeline.config import build_config
 from pipeline.errors import InputError
+from tests.conftest import scene_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = {"tiling": {"tile_size": 64, "overlap": 16, "block_size": 96, "chunk_size": 32},
@@ -35,13 +36,7 @@ def _complete(out_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     """A folder with two small generated scenes a.tif and b.tif (label rasters removed)."""
-    from pipeline.demo import write_demo_scene
-
-    folder = tmp_path_factory.mktemp("scenes")
-    for i, name in enumerate("ab"):
-        _, labels = write_demo_scene(folder / f"{name}.tif", size=256, seed=i + 1)
-        labels.unlink()
-    return folder
+    return scene_folder(tmp_path_factory.mktemp("scenes"), 256)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 from flows.cli import main
 from pipeline.errors import InputError
 from pipeline.io.remote import MANIFEST, filesystem
+from tests.conftest import scene_folder
 
 SMALL = ("tiling: {tile_size: 64, overlap: 16, block_size: 192, chunk_size: 32, batch_size: 2}\n"
          "dask: {workers: 1, processes: false}\n")
@@ -31,13 +32,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="module")
 def tiny_scenes(tmp_path_factory) -> Path:
     """Two small generated 3-band GeoTIFFs a.tif and b.tif (label rasters removed)."""
-    from pipeline.demo import write_demo_scene
-
-    folder = tmp_path_factory.mktemp("tiny_scenes")
-    for i, name in enumerate("ab"):
-        _, labels = write_demo_scene(folder / f"{name}.tif", size=128, seed=i + 1)
-        labels.unlink()
-    return folder
+    return scene_folder(tmp_path_factory.mktemp("tiny_scenes"), 128)
 
 
 @pytest.fixture

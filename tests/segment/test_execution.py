@@ -162,7 +162,8 @@ def test_stale_temporaries_are_removed_but_the_partial_store_is_kept(tmp_path):
     (tmp_path / "labels.tif").write_text("keep")
     removed = clean_stale_temporaries(tmp_path)
     assert len(removed) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.zarr.partial-0123abcd", "labels.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.zarr.partial-0123abcd",
+                                                          "labels.tif"]
 
 
 def test_one_worker_runs_in_process_and_several_in_their_own_processes():
