@@ -143,7 +143,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out = args.out
     if is_remote(out):  # the bucket first; the local staging folder stands in for the checks
+        from pipeline.io.remote_lock import check_lease_free
+
         check_writable(str(out))
+        check_lease_free(str(out), args.force_unlock)  # another host's run writing there
         out = staging_dir(str(out))
     open_raster_info(args.input, cfg.input.bands)  # fail fast, before torch and Prefect load
     read_model_json(local_model_dir(args.model))

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.io.lock import DEFAULT_LEASE_S
 from pipeline.io.remote import (
     cache_root,
     check_writable,
@@ -20,6 +21,7 @@ from pipeline.io.remote import (
     publish_dir,
     vsi_url,
 )
+from pipeline.io.remote_lock import remote_lease
 
 
 def location(text: str) -> Path | str:
@@ -60,14 +62,17 @@ def published(out: Path | str) -> Iterator[Path]:
     """The local directory a command writes ``out`` into. For a URL: the bucket is checked
     first, the command writes into a staging folder of the local cache (the same one on a
     rerun, so a resumable command resumes), and when it succeeds the folder is published
-    (files, then ``MANIFEST.json`` last) and removed."""
+    (files, then ``MANIFEST.json`` last) and removed; meanwhile the command holds the URL's
+    lease (:mod:`pipeline.io.remote_lock`)."""
     if not is_remote(out):
         yield Path(out)
         return
     url = str(out).rstrip("/")
     check_writable(url)
     stage = staging_dir(url)
-    stage.mkdir(parents=True, exist_ok=True)
-    yield stage
-    publish_dir(stage, url)
+    with remote_lease(url, DEFAULT_LEASE_S) as lease:  # one writer at a time, on any host
+        stage.mkdir(parents=True, exist_ok=True)
+        yield stage
+        lease.check()
+        publish_dir(stage, url)
     shutil.rmtree(stage, ignore_errors=True)

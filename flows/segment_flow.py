@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pipeline.io.files import write_json_atomic
 from pipeline.io.geoparquet import write_geoparquet
 from pipeline.io.lock import RunLock, check_held
 from pipeline.io.remote import check_writable, is_remote, publish_dir
+from pipeline.io.remote_lock import remote_lease
 from pipeline.io.zarr_store import finalize_store, open_labels
 from pipeline.publish.gis_styles import add_gpkg_layer_style, polygon_qml, write_styles
 from pipeline.publish.preview import class_histogram, write_preview
@@ -280,10 +282,15 @@ def segment_flow(
         store_root, out_dir = out_dir.rstrip("/"), str(staging_dir(out_dir))
     plan = validate(input_path, model_dir, out_dir, cfg)
     plan.store_root = store_root
-    with flow_output_lock(Path(out_dir), cfg.recovery.lock_lease, force_unlock) as lock:
+    # an output in a bucket: one run at a time there too, whichever host it runs on
+    lease = (remote_lease(store_root, cfg.recovery.lock_lease, force_unlock) if store_root
+             else nullcontext())
+    with lease as remote, \
+            flow_output_lock(Path(out_dir), cfg.recovery.lock_lease, force_unlock) as lock:
         clean_stale_temporaries(Path(out_dir))
         doc = _run_stages(plan, cfg, fresh, progress, t0, lock)
         if store_root:
+            remote.check()  # never publish over the outputs of a run that took the URL over
             doc = publish_run(plan, doc)
     if store_root:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
+from pipeline.io.lock import LOCK_NAME
 
 MANIFEST = "MANIFEST.json"
 # URL schemes of object stores and the fsspec package that serves each
@@ -186,7 +187,7 @@ def publish_dir(local: Path, url: str, prune: bool = True,
         if prune:
             keep = {f"{root}/{name}" for name in manifest["files"]}
             for old in fs.find(root):
-                if old not in keep:
+                if old not in keep and old.rsplit("/", 1)[-1] != LOCK_NAME:  # a run's lease
                     fs.rm_file(old)
         fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     except InputError:
