@@ -65,26 +65,27 @@ class RemoteLease:
             "renewed": now, "expires": now + self.lease, "lease": self.lease,
             "token": self.token}).encode())
 
-    def refuse_if_held(self, force: bool = False) -> dict[str, Any] | None:
+    def refuse_if_held(self, force: bool = False) -> tuple[dict[str, Any], bool] | None:
         """Raise InputError naming the run whose live lease the URL carries (unless
-        ``force``); returns the lease found (None: none)."""
+        ``force``); returns another run's lease found and whether it is live (None: none)."""
         owner = self.owner()
-        if owner and owner.get("token") != self.token:
-            expires = float(owner.get("expires", 0))
-            if expires > time.time() and not force:
-                raise InputError(self.url, f"another run ({describe_owner(owner)}) is writing "
-                                 f"here, its lease runs until {_when(expires)}; wait for it, "
-                                 "or rerun with --force-unlock if it is dead")
-        return owner
+        if not owner or owner.get("token") == self.token:
+            return None
+        expires = float(owner.get("expires", 0))
+        live = expires > time.time()
+        if live and not force:
+            raise InputError(self.url, f"another run ({describe_owner(owner)}) is writing "
+                             f"here, its lease runs until {_when(expires)}; wait for it, "
+                             "or rerun with --force-unlock if it is dead")
+        return owner, live
 
     def acquire(self, force: bool = False) -> None:
         """Take the lease, or raise InputError naming the run that holds it."""
-        owner = self.refuse_if_held(force)
-        if owner and owner.get("token") != self.token:
-            expires = float(owner.get("expires", 0))
+        other = self.refuse_if_held(force)
+        if other is not None:
+            owner, live = other
             _log.warning("%s: taking over the output from %s (%s)", self.url,
-                         describe_owner(owner), "forced" if expires > time.time()
-                         else "its lease lapsed")
+                         describe_owner(owner), "forced" if live else "its lease lapsed")
         self._write()
         time.sleep(self.settle)
         now = self.owner() or {}

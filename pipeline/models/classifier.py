@@ -18,14 +18,20 @@ from pipeline.models.torch_model import TorchSegmentationModel
 HEADS = ("trees", "linear")
 
 
+def band_feature_tensor(images: torch.Tensor, radii: list[int],
+                        mask: np.ndarray | None = None) -> torch.Tensor:
+    """:func:`~pipeline.models.local_stats.band_features` of images (N, C, H, W), as a tensor
+    (N, C + 2·C·len(radii), H, W) on the images' device (a channels-last view)."""
+    hwc = np.stack([band_features(im, radii, mask)
+                    for im in images.detach().float().cpu().numpy()])
+    return torch.from_numpy(hwc).permute(0, 3, 1, 2).to(images.device)
+
+
 def local_statistics(images: torch.Tensor, radii: list[int]) -> torch.Tensor:
     """Mean and standard deviation of each band in (2r+1)² windows, per radius (reflected at
     the tile's edges, which the tiles' overlap and blending hide): (N, 2·C·len(radii), H, W).
     """
-    c = images.shape[1]
-    x = images.detach().float().cpu().numpy()
-    stats = [band_features(im, radii)[..., c:] for im in x]
-    return torch.from_numpy(np.stack(stats)).permute(0, 3, 1, 2).to(images.device)
+    return band_feature_tensor(images, radii)[:, images.shape[1]:]
 
 
 class SampleClassifier(TorchSegmentationModel):
@@ -87,9 +93,7 @@ class SampleClassifier(TorchSegmentationModel):
         backbone's unit-length patch features (N, C, h, w), followed by a STEGO model's
         unit-length codes when it has one, or None."""
         x = images.float()
-        hwc = np.stack([band_features(im, self.local_radii, mask)
-                        for im in x.detach().cpu().numpy()])
-        pixel = torch.from_numpy(hwc).permute(0, 3, 1, 2).to(x.device)
+        pixel = band_feature_tensor(x, self.local_radii, mask)
         if self.backbone is None:
             return pixel, None
         scaled = bb.resample(x, self.input_scale)
