@@ -13,7 +13,7 @@ from flows.cli import main
 from pipeline.errors import InputError
 from pipeline.io.lock import LOCK_NAME, LeaseLost
 from pipeline.io.remote import MANIFEST, filesystem, write_bytes
-from pipeline.io.remote_lock import remote_lease
+from pipeline.io.remote_lock import RaceLost, RemoteLease, remote_lease
 
 
 def _url() -> str:
@@ -65,6 +65,47 @@ def test_a_run_whose_lease_was_taken_over_must_not_publish(s3_server):
         with pytest.raises(LeaseLost, match="nothing published"):
             held.check()
     assert LOCK_NAME in _keys(url)  # the new owner's lease stays
+
+
+def test_of_two_runs_that_both_found_no_lease_only_the_first_write_lands(s3_server):
+    url = _url()
+    first, second = RemoteLease(url, 30), RemoteLease(url, 30)
+    _, seen_first = first.read()
+    _, seen_second = second.read()  # both looked before either wrote
+    first.put(seen_first)
+    with pytest.raises(RaceLost):  # the exclusive create of S3 refuses the second
+        second.put(seen_second)
+    assert first.owner()["token"] == first.token
+
+
+def test_a_takeover_racing_the_holders_renewal_is_refused(s3_server):
+    url = _url()
+    holder = RemoteLease(url, 0.5)
+    holder.put(holder.read()[1])
+    time.sleep(0.6)  # the holder stalled: its lease lapsed
+    taker = RemoteLease(url, 30)
+    owner, version = taker.read()
+    assert owner["expires"] < time.time()
+    assert holder.renew()  # ... and came back between the taker's read and its write
+    with pytest.raises(RaceLost):
+        taker.put(version)
+    assert holder.owner()["token"] == holder.token
+    with pytest.raises(InputError, match="lease runs until"):  # seen now, refused plainly
+        taker.acquire()
+
+
+def test_a_renewal_after_a_takeover_does_not_overwrite_the_new_owner(s3_server):
+    url = _url()
+    holder = RemoteLease(url, 0.5)
+    holder.put(holder.read()[1])
+    time.sleep(0.6)
+    taker = RemoteLease(url, 30)
+    taker.acquire()  # the lapsed lease is taken over
+    try:
+        assert not holder.renew() and "taken over" in holder.lost
+        assert taker.owner()["token"] == taker.token
+    finally:
+        taker.release()
 
 
 def test_segment_into_a_url_another_run_holds_is_one_error_line_and_publishes_nothing(
