@@ -14,7 +14,7 @@ from flows.cli_errors import was_interrupted
 from flows.locations import staging_dir
 from flows.run_lease import flow_output_lock
 from pipeline.config import RunConfig, build_config
-from pipeline.io.cog import write_cog
+from pipeline.io.cog import cog_plan, write_cog
 from pipeline.io.files import write_json_atomic
 from pipeline.io.geoparquet import write_geoparquet
 from pipeline.io.lock import RunLock, check_held
@@ -112,15 +112,22 @@ def infer_blocks(plan: SegmentPlan, fresh: bool, progress: str) -> dict[str, Any
 
 @task(name="write-cog", **CACHED)
 def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
-    """Copy the Zarr labels into a paletted Cloud-Optimized GeoTIFF and its .aux.xml."""
+    """The Zarr labels as a paletted Cloud-Optimized GeoTIFF and its .aux.xml: its blocks are
+    read, reduced to overviews and compressed where the vectorize blocks run (a scheduler's
+    workers, else here); this process only writes the file from their tiles."""
     t0 = time.perf_counter()
-    out = write_cog(
-        open_labels(plan.zarr_location()), plan.output("cog"), transform=plan.info.affine,
-        crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
-        tile=max(128, plan.config.tiling.chunk_size), compress=plan.config.output.compress,
-        resampling=plan.config.output.overview_resampling,
-    )
-    return {"path": str(out), "seconds": time.perf_counter() - t0,
+    tile, out_cfg = max(128, plan.config.tiling.chunk_size), plan.config.output
+    with block_source(plan.config.dask, plan.zarr_location(), plan.info.height,
+                      plan.info.width, name="cog-block") as source:  # workers read the store
+        out = write_cog(
+            source.labels, plan.output("cog"), transform=plan.info.affine,
+            crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
+            tile=tile, compress=out_cfg.compress, resampling=out_cfg.overview_resampling,
+            map_fn=source.map_fn,
+        )
+    blocks = len(cog_plan(plan.info.height, plan.info.width, tile).blocks)
+    return {"path": str(out), "blocks": blocks, **source.report(),
+            "seconds": time.perf_counter() - t0,
             "receipt": output_receipt(plan, "cog", "cog_aux")}
 
 
@@ -328,6 +335,7 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
         lock.check()  # before each stage: a run whose lock was taken over stops writing
         cog = run_stage(write_labels_cog, plan, fresh, cached)
         plan.timings["cog"] = cog.pop("seconds")
+        cog.pop("path", None)  # in outputs.cog
         polygons: dict[str, Any] = {"skipped": True}
         vector_styles: dict[str, str] = {}
         if cfg.vectorize.enabled:
@@ -343,7 +351,7 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
             plan.warnings.append("item.json: the input has no acquisition time (TIFF tags); "
                                  "datetime is the processing time; set --datetime")
         plan.timings["total"] = time.perf_counter() - t0
-        doc = manifest(plan, "complete", {"counts": counts, "polygons": polygons,
+        doc = manifest(plan, "complete", {"counts": counts, "cog": cog, "polygons": polygons,
                                           "summary": summary, "cached_stages": cached})
         if not cfg.vectorize.enabled:
             doc["outputs"].pop("polygons")

@@ -1,8 +1,9 @@
-"""Where the vectorize blocks of a segment run are done: in the client process, or on the Dask
-workers of a ``dask.scheduler_address``, each worker opening the labels store itself from its
-location (a local path made absolute, or an object-store URL): the array is never sent, and the
-client only merges the seam pieces and writes the layer
-(:func:`pipeline.vectorize.vectorize_labels`)."""
+"""Where the blocks of a segment run's vectorize and COG stages are done: in the client process,
+or on the Dask workers of a ``dask.scheduler_address``, each worker opening the labels store
+itself from its location (a local path made absolute, or an object-store URL): the array is
+never sent, and the client only merges the seam pieces and writes the layer
+(:func:`pipeline.vectorize.vectorize_labels`), or receives compressed tiles and writes the
+file (:func:`pipeline.io.cog.write_cog`)."""
 
 from __future__ import annotations
 
@@ -60,21 +61,23 @@ def _where(fn: Callable[[Any], Any], task: Any) -> tuple[str, Any]:
 
 
 class WorkerMap:
-    """A ``map_fn`` for :func:`pipeline.vectorize.vectorize_labels` that runs the blocks on a
-    Dask client's workers. All blocks are submitted at once; their results are collected in
-    block order (each one released as soon as it is taken), so the layer is written in the same
-    order as in the client, whichever worker finished first. ``blocks_by_worker`` counts the
-    blocks each worker ran."""
+    """A ``map_fn`` for :func:`pipeline.vectorize.vectorize_labels` (or
+    :func:`pipeline.io.cog.write_cog`) that runs the blocks on a Dask client's workers. All
+    blocks are submitted at once; their results are collected in block order (each one
+    released as soon as it is taken), so the layer is written in the same order as in the
+    client, whichever worker finished first. ``blocks_by_worker`` counts the blocks each worker
+    ran; the tasks' keys start with ``name``."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, name: str = "vectorize-block") -> None:
         self.client = client
+        self.name = name
         self.blocks_by_worker: Counter[str] = Counter()
 
     def __call__(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         tasks = list(tasks)
         run = uuid.uuid4().hex[:8]
         futures = self.client.map(partial(_where, fn), tasks, pure=False,
-                                  key=[f"vectorize-block-{run}-{i}" for i in range(len(tasks))])
+                                  key=[f"{self.name}-{run}-{i}" for i in range(len(tasks))])
         return self._collect(futures)
 
     def _collect(self, futures: list[Any]) -> Iterator[Any]:
@@ -98,8 +101,8 @@ class WorkerMap:
 
 @dataclass
 class BlockSource:
-    """What :func:`pipeline.vectorize.vectorize_labels` is given: the labels, its ``map_fn``,
-    and where the blocks ran (for run.json)."""
+    """What :func:`pipeline.vectorize.vectorize_labels` (or :func:`pipeline.io.cog.write_cog`)
+    is given: the labels, its ``map_fn``, and where the blocks ran (for run.json)."""
 
     labels: Any
     map_fn: Callable[..., Iterable[Any]]
@@ -112,12 +115,13 @@ class BlockSource:
 
 
 @contextmanager
-def block_source(cfg: DaskConfig, location: Location, height: int,
-                 width: int) -> Iterator[BlockSource]:
-    """The labels store at ``location`` and the ``map_fn`` that vectorizes its blocks: on the
-    workers of ``cfg``'s scheduler (connected for the duration), else in this process."""
+def block_source(cfg: DaskConfig, location: Location, height: int, width: int,
+                 name: str = "vectorize-block") -> Iterator[BlockSource]:
+    """The labels store at ``location`` and the ``map_fn`` that processes its blocks: on the
+    workers of ``cfg``'s scheduler (connected for the duration; task keys start with
+    ``name``), else in this process."""
     if not blocks_on_workers(cfg):
         yield BlockSource(open_labels(location), map)
         return
     with dask_client(cfg) as client:
-        yield BlockSource(stored_labels(location, height, width), WorkerMap(client))
+        yield BlockSource(stored_labels(location, height, width), WorkerMap(client, name))

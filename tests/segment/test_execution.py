@@ -55,6 +55,7 @@ def test_an_existing_scheduler_can_be_used(reference, demo_scene, pixel_model, t
     ran = [key.split("-")[0] for key in CountFinished.finished]
     assert ran.count("infer_and_write_block") == 16  # every block ran on this cluster
     assert ran.count("vectorize") == 1  # and the polygons' (one block here) too
+    assert ran.count("cog") == 1  # and the COG's
     assert doc["polygons"]["blocks_on"] == "workers"
     np.testing.assert_array_equal(_labels(tmp_path / "o"), reference)
 

@@ -1,6 +1,7 @@
 """With ``--scheduler-address`` the vectorize blocks run on the cluster's worker processes (each
 opening the labels store itself from its location; the client only merges seams and writes the
-layer), and the polygons are those of a run without a cluster, in the same order."""
+layer), and the polygons are those of a run without a cluster, in the same order. The COG's
+blocks run there too (the client only writes the file from their tiles): the same bytes."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_vectorize_blocks_run_on_the_workers_and_give_the_same_polygons(
     from dask.distributed import Client
 
     monkeypatch.setattr(flows.segment_flow, "VECTORIZE_BLOCK", BLOCK)
-    opened = []  # stores opened in this (the client's) process for the vectorize blocks
+    opened = []  # stores opened in this (the client's) process for the COG and vectorize blocks
 
     def recording_open(location):
         opened.append(str(location))
@@ -64,7 +65,8 @@ def test_vectorize_blocks_run_on_the_workers_and_give_the_same_polygons(
 
     local = _segment(demo_scene[0], pixel_model, tmp_path / "local", tmp_path / "local.yaml")
     assert local["polygons"]["blocks_on"] == "client" and "block_workers" not in local["polygons"]
-    assert opened == [str(tmp_path / "local" / "labels.zarr")]
+    assert local["cog"] == {"blocks": 1, "blocks_on": "client"}
+    assert opened == [str(tmp_path / "local" / "labels.zarr")] * 2  # the COG's, the polygons'
     opened.clear()
 
     run = _segment(demo_scene[0], pixel_model, tmp_path / "out", tmp_path / "cluster.yaml",
@@ -76,6 +78,10 @@ def test_vectorize_blocks_run_on_the_workers_and_give_the_same_polygons(
     assert set(polygons["block_workers"]) <= workers
     assert sum(polygons["block_workers"].values()) == 9
     assert opened == []  # every block was read by the worker that ran it
+    assert run["cog"]["blocks_on"] == "workers" and set(run["cog"]["block_workers"]) <= workers
+    assert sum(run["cog"]["block_workers"].values()) == run["cog"]["blocks"] == 1
+    cog = (tmp_path / "local" / "labels.tif").read_bytes()
+    assert (tmp_path / "out" / "labels.tif").read_bytes() == cog
     assert polygons["seam_groups_merged"] > 0
     assert polygons["polygons"] == local["polygons"]["polygons"]
     # the same polygons, attributes and order (sorted WKB would hide a different order)
@@ -138,5 +144,7 @@ def test_workers_read_the_blocks_from_a_bucket(s3_server, prefect_harness, demo_
     run = json.loads(fs.cat_file(f"{root}/run.json"))
     assert run["polygons"]["blocks_on"] == "workers"
     assert sum(run["polygons"]["block_workers"].values()) == 9
+    assert run["cog"]["blocks_on"] == "workers"
+    assert fs.cat_file(f"{root}/labels.tif") == (tmp_path / "local" / "labels.tif").read_bytes()
     fs.get_file(f"{root}/polygons.gpkg", str(tmp_path / "polygons.gpkg"))
     assert _layer(tmp_path / "polygons.gpkg") == _layer(tmp_path / "local" / "polygons.gpkg")
