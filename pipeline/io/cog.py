@@ -93,12 +93,15 @@ class CogPlan:
 
     @property
     def ovr_tile(self) -> int:
+        """Tile edge of the overviews (:func:`overview_tile`)."""
         return overview_tile(self.tile)
 
     def level_tile(self, level: int) -> int:
+        """Tile edge of ``level`` (0: full resolution, k: the overview of factor 2**k)."""
         return self.tile if level == 0 else self.ovr_tile
 
     def level_shape(self, level: int) -> tuple[int, int]:
+        """(rows, columns) of ``level``: ``ceil(n / 2**level)`` each, as GDAL sizes them."""
         f = 2 ** level
         return size_at(self.height, f), size_at(self.width, f)
 
@@ -121,6 +124,7 @@ class CogPlan:
 
     @property
     def blocks(self) -> list[tuple[int, int]]:
+        """(row, column) of every block, row-major; blocks start at multiples of ``block``."""
         rows, cols = -(-self.height // self.block), -(-self.width // self.block)
         return [(r, c) for r in range(rows) for c in range(cols)]
 
@@ -243,8 +247,10 @@ def header_tags(plan: CogPlan, *, transform: Affine, crs_wkt: str | None,
 
 
 def bigtiff_if_safer(plan: CogPlan) -> bool:
-    """GDAL's ``BIGTIFF=IF_SAFER`` for this COG: the full-resolution tiles uncompressed (edge
-    tiles whole) plus the overviews exceed 2e9 bytes."""
+    """GDAL's ``BIGTIFF=IF_SAFER`` for this COG (``GTiffDataset::CreateLL`` with the space
+    ``CreateCopy`` adds for copied overviews): the full-resolution tiles uncompressed (edge
+    tiles whole) plus the overviews exceed 2e9 bytes. (A classic file that would still pass
+    4 GiB, which compressed labels do not, is written as a BigTIFF all the same.)"""
     t = plan.tile
     size = -(-plan.height // t) * -(-plan.width // t) * t * t
     for level in range(1, plan.levels):
@@ -330,6 +336,8 @@ def write_cog(
             plan, transform=transform, crs_wkt=crs_wkt, class_names=class_names,
             colors=colors))
         layout = Layout(images, bigtiff=bigtiff_if_safer(plan))
+        if layout.size > 0xFFFFFFFF and not layout.bigtiff:  # incompressible beyond IF_SAFER
+            layout = Layout(images, bigtiff=True)
         grid = [_grid(plan, level) for level in range(plan.levels)]
         with open(tmp, "wb") as fh:
             layout.write(fh, lambda i, k: spool.read(i, k // grid[i][1], k % grid[i][1]))

@@ -163,9 +163,7 @@ class Layout:
             for size in self.images[i].tile_sizes:
                 self.tile_offsets[i].append(pos + 4)
                 pos += 4 + size + 4
-        self.size = pos
-        if not bigtiff and self.size > 0xFFFFFFFF:
-            raise ValueError("a classic TIFF cannot hold this file; use a BigTIFF")
+        self.size = pos  # of the whole file
 
     def _counts_type(self, image: Image) -> int:
         n = len(image.tile_sizes)
@@ -184,6 +182,8 @@ class Layout:
     def prefix(self) -> bytes:
         """Header, ghost area, IFDs with their values and the tile arrays: the file up to
         the first tile's leader."""
+        if not self.bigtiff and self.size > 0xFFFFFFFF:
+            raise ValueError("a classic TIFF cannot hold this file; use a BigTIFF")
         out = bytearray(self.data_start)
         if self.bigtiff:
             out[0:16] = b"II+\x00" + struct.pack("<HHQ", 8, 0, self.ifd_offsets[0])
