@@ -1,8 +1,9 @@
 """Models on object storage, against a real S3 server (SeaweedFS on 127.0.0.1): `fit --out`
 and `import-checkpoint --out` publish to a bucket (files, then MANIFEST.json last), `segment
---model s3://…` reads it (the client and every worker fetch their own checked copy) and gives
-the labels of the local model; outputs that cannot go to object storage are refused in one
-line before anything is written; credentials never reach run.json."""
+--model s3://…` reads it and gives the labels of the local model; outputs that cannot go to
+object storage are refused in one line before anything is written; credentials never reach
+run.json. With input, model and outputs on S3 and workers that share nothing with the client:
+tests/flows/test_shared_nothing.py."""
 
 from __future__ import annotations
 
@@ -67,29 +68,6 @@ def test_a_model_fitted_into_a_bucket_segments_like_the_local_one(
     assert os.environ["AWS_ACCESS_KEY_ID"] not in run
 
 
-def test_workers_fetch_the_model_from_the_bucket_themselves(
-        s3_server, prefect_harness, demo_scene, cache, tmp_path):
-    """Two worker processes, each with its own cache: the model reaches them by URL."""
-    from dask.distributed import LocalCluster
-
-    url = "s3://results/models/px-workers"
-    assert main(["fit", str(demo_scene[0]), *FIT, "--out", url]) == 0
-    assert main(["fit", str(demo_scene[0]), *FIT, "--out", str(tmp_path / "px")]) == 0
-    local_cfg = tmp_path / "local.yaml"
-    local_cfg.write_text(SMALL + "dask: {workers: 1, processes: false}\n")
-    assert main(["segment", str(demo_scene[0]), "--model", str(tmp_path / "px"), "--out",
-                 str(tmp_path / "local"), "--config", str(local_cfg), "-q"]) == 0
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, local_directory=str(tmp_path / "w")) as cluster:
-        cfg = tmp_path / "cluster.yaml"
-        cfg.write_text(SMALL + f"dask: {{scheduler_address: '{cluster.scheduler_address}'}}\n")
-        os.environ["STEGO_CACHE"] = str(tmp_path / "client-cache")  # not the workers' cache
-        assert main(["segment", str(demo_scene[0]), "--model", url, "--out",
-                     str(tmp_path / "remote"), "--config", str(cfg), "-q"]) == 0
-    np.testing.assert_array_equal(_labels(tmp_path / "remote"), _labels(tmp_path / "local"))
-    assert list((tmp_path / "cache" / "remote").iterdir())  # the workers fetched it there
-
-
 def test_an_unfinished_upload_is_not_taken_for_a_model(s3_server, demo_scene, cache, tmp_path,
                                                        capsys):
     fs, root = filesystem("s3://results/models/half")
@@ -135,46 +113,3 @@ def test_wrong_credentials_are_one_line(s3_server, demo_scene, cache, tmp_path, 
         assert "s3://results/m: cannot reach the bucket" in line and "wrong" not in line
     finally:
         fsspec.filesystem("s3").clear_instance_cache()
-
-
-def test_segment_writes_its_outputs_into_a_bucket(s3_server, prefect_harness, demo_scene,
-                                                  pixel_model, cache, tmp_path, monkeypatch):
-    """`segment --out s3://…`: two worker processes write the Zarr chunks straight into the
-    bucket; the COG, polygons, styles and STAC item follow, run.json after them and
-    MANIFEST.json last; everything equals a local run's, and nothing is left behind."""
-    import zarr
-    from dask.distributed import LocalCluster
-
-    from pipeline.io.zarr_store import open_labels
-
-    monkeypatch.chdir(tmp_path)
-    local_cfg = tmp_path / "local.yaml"
-    local_cfg.write_text(SMALL + "dask: {workers: 1, processes: false}\n")
-    assert main(["segment", str(demo_scene[0]), "--model", str(pixel_model), "--out",
-                 str(tmp_path / "local"), "--config", str(local_cfg), "-q"]) == 0
-    url = "s3://results/runs/scene"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        cfg = tmp_path / "cluster.yaml"
-        cfg.write_text(SMALL + f"dask: {{scheduler_address: '{cluster.scheduler_address}'}}\n")
-        assert main(["segment", str(demo_scene[0]), "--model", str(pixel_model), "--out", url,
-                     "--config", str(cfg), "-q"]) == 0
-    keys = _keys(url)
-    assert keys[-1] == MANIFEST or MANIFEST in keys
-    for name in ("labels.tif", "polygons.gpkg", "run.json", "item.json", "labels.qml"):
-        assert name in keys, (name, keys)
-    assert not [k for k in keys if ".partial-" in k or ".old-" in k]
-    fs, root = filesystem(url)
-    assert fs.cat_file(f"{root}/labels.tif") == (tmp_path / "local" / "labels.tif").read_bytes()
-    np.testing.assert_array_equal(open_labels(f"{url}/labels.zarr")[:],
-                                  open_labels(tmp_path / "local" / "labels.zarr")[:])
-    assert zarr.open_group(f"{url}/labels.zarr", mode="r").attrs["status"] == "complete"
-    run = json.loads(fs.cat_file(f"{root}/run.json"))
-    assert run["status"] == "complete" and run["outputs"]["cog"] == f"{url}/labels.tif"
-    assert str(cache) not in json.dumps(run)  # no staging path leaks into the record
-    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(run)
-    manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
-    assert "run.json" in manifest["files"] and "labels.tif" in manifest["files"]
-    assert not (tmp_path / "s3:").exists()
-    assert not any((cache.parent / "staging").glob("*")) if (cache.parent / "staging").exists() \
-        else True  # the staging folder is removed once published
