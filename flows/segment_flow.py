@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 
 from flows.cli_errors import was_interrupted
@@ -117,16 +118,18 @@ def write_labels_cog(plan: SegmentPlan) -> dict[str, Any]:
     workers, else here); this process only writes the file from their tiles."""
     t0 = time.perf_counter()
     tile, out_cfg = max(128, plan.config.tiling.chunk_size), plan.config.output
+    histogram = np.zeros(256, dtype=np.int64)
     with block_source(plan.config.dask, plan.zarr_location(), plan.info.height,
                       plan.info.width, name="cog-block") as source:  # workers read the store
         out = write_cog(
             source.labels, plan.output("cog"), transform=plan.info.affine,
             crs_wkt=plan.info.crs_wkt, class_names=plan.class_names, colors=plan.colors,
             tile=tile, compress=out_cfg.compress, resampling=out_cfg.overview_resampling,
-            map_fn=source.map_fn,
+            map_fn=source.map_fn, histogram=histogram,
         )
     blocks = len(cog_plan(plan.info.height, plan.info.width, tile).blocks)
     return {"path": str(out), "blocks": blocks, **source.report(),
+            "histogram": histogram.tolist(),  # for the summary: the labels are not read again
             "seconds": time.perf_counter() - t0,
             "receipt": output_receipt(plan, "cog", "cog_aux")}
 
@@ -175,10 +178,13 @@ def vectorize(plan: SegmentPlan) -> dict[str, Any]:
 
 
 @task(name="summarize")
-def summarize(plan: SegmentPlan) -> dict[str, Any]:
-    """Per-class pixels and areas from the final labels, and a preview map next to them."""
+def summarize(plan: SegmentPlan, histogram: list[int] | None) -> dict[str, Any]:
+    """Per-class pixels and areas from the COG blocks' histogram of the final labels, and a
+    preview map (from the COG's overviews) next to them."""
     t0 = time.perf_counter()
-    summary = class_summary(plan, class_histogram(open_labels(plan.zarr_location())))
+    if histogram is None:  # a write-cog result cached before the blocks counted the pixels
+        histogram = class_histogram(open_labels(plan.zarr_location())).tolist()
+    summary = class_summary(plan, np.asarray(histogram, dtype=np.int64))
     write_preview(plan.output("cog"), plan.input_path, plan.output("preview"), plan.class_names,
                   plan.colors, bands=plan.info.bands)
     return {**summary, "seconds": time.perf_counter() - t0}
@@ -336,6 +342,7 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
         cog = run_stage(write_labels_cog, plan, fresh, cached)
         plan.timings["cog"] = cog.pop("seconds")
         cog.pop("path", None)  # in outputs.cog
+        histogram = cog.pop("histogram", None)
         polygons: dict[str, Any] = {"skipped": True}
         vector_styles: dict[str, str] = {}
         if cfg.vectorize.enabled:
@@ -344,7 +351,7 @@ def _run_stages(plan: SegmentPlan, cfg: RunConfig, fresh: bool, progress: str,
             plan.timings["vectorize"] = polygons.pop("seconds")
             vector_styles = polygons.pop("styles")
         lock.check()
-        summary = summarize(plan)
+        summary = summarize(plan, histogram)
         plan.timings["summary"] = summary.pop("seconds")
         stac = styles_and_stac(plan)
         if stac["datetime_source"] == "processing time":

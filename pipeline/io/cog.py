@@ -298,6 +298,7 @@ def write_cog(
     resampling: str = "nearest",
     sidecar: bool = True,
     map_fn: Callable[..., Iterable[BlockTiles]] = map,
+    histogram: np.ndarray | None = None,
 ) -> Path:
     """Write ``labels`` (2-D array-like, uint8, sliceable as ``labels[r0:r1, c0:c1]``) as a
     paletted COG with overviews (``overview_factors``, ``resampling`` "nearest" or "mode" as
@@ -308,7 +309,8 @@ def write_cog(
     sends them to Dask workers, which then read ``labels`` themselves), which returns their
     results in any order. With ``sidecar`` (the default) ``<out>.aux.xml`` follows with the
     class names and a raster attribute table holding each class's pixel count; a stale
-    sidecar is removed otherwise.
+    sidecar is removed otherwise. ``histogram`` (256 int64, optional) receives the pixels per
+    label value (255 = nodata), summed from the blocks: nobody reads the labels again for it.
     """
     out_path = Path(out_path)
     height, width = (int(n) for n in labels.shape)
@@ -347,6 +349,8 @@ def write_cog(
             spool.close()
         for p in (spool_path, tmp):
             p.unlink(missing_ok=True)
+    if histogram is not None:
+        histogram[:] = counts
     if sidecar:
         write_pam_sidecar(out_path, class_names, colors, counts.tolist())
     else:

@@ -101,6 +101,10 @@ def test_run_summary_preview_and_prefect_artifact(segmented):
     doc = json.loads((segmented / "run.json").read_text())
     classes = doc["summary"]["classes"]
     assert sum(c["share"] for c in classes.values()) == pytest.approx(1.0)
+    labels = open_labels(segmented / "labels.zarr")[:]  # counted by the COG's blocks
+    assert [c["pixels"] for c in classes.values()] == np.bincount(
+        labels.ravel(), minlength=256)[:len(classes)].tolist()
+    assert doc["summary"]["nodata_pixels"] == int((labels == 255).sum())
     for c in classes.values():
         assert c["area_m2"] == pytest.approx(c["pixels"] * 0.05 * 0.05)
     with Image.open(segmented / "preview.png") as im:
