@@ -27,10 +27,11 @@ every scene done afresh.
 Every command talks to one Prefect server the benchmark starts first (PREFECT_API_URL, its
 database in the work directory), so no row pays for starting one.
 
-Columns: wall time of the whole command (CLI start-up and Prefect included), the infer stage
-(run.json), blocks = Dask tasks and compute amplification (run.json's ``parallelism``), the
-CPU seconds of the worker processes (nanny + worker, psutil) and of the client (the command's
-process tree), and worker CPU / wall: 100 % per fully busy worker.
+Columns: wall time of the whole command (CLI start-up and Prefect included), the infer and
+COG stages and where the COG's blocks ran (run.json), blocks = Dask tasks and compute
+amplification (run.json's ``parallelism``), the CPU seconds of the worker processes (nanny +
+worker, psutil) and of the client (the command's process tree), and worker CPU / wall: 100 %
+per fully busy worker.
 
 The machine the numbers came from is printed above the tables (CPU cores, load average).
 Do not add this to the tests: it takes minutes and wants a quiet machine.
@@ -176,7 +177,9 @@ def one_raster(args: argparse.Namespace, work: Path) -> list[list[str]]:
                 rows.append([str(n), str(block), str(par["block_size"]), str(par["blocks"]),
                              f"{par['blocks_per_thread']:g}",
                              f"{par['compute_amplification']:.2f}", f"{m['wall']:.1f}",
-                             f"{doc['timings_s']['infer']:.1f}", *_cpu_cols(m, n)])
+                             f"{doc['timings_s']['infer']:.1f}",
+                             f"{doc['timings_s']['cog']:.1f}", doc["cog"].get("blocks_on", "-"),
+                             *_cpu_cols(m, n)])
     return rows
 
 
@@ -243,7 +246,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="small sizes: a 2048² raster, 4 scenes of 1024²")
     ap.add_argument("--size", type=int, default=8192, help="(a) raster edge")
-    ap.add_argument("--scenes", type=int, default=8, help="(b) scenes in the campaign")
+    ap.add_argument("--scenes", type=int, default=8,
+                    help="(b) scenes in the campaign (0: only (a))")
     ap.add_argument("--scene-size", type=int, default=2048, help="(b) edge of each scene")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--block-sizes", nargs="+", default=["10240", "auto"],
@@ -264,8 +268,12 @@ def main() -> None:
         raster = one_raster(args, work)
         print(f"\n(a) one {args.size}² raster, `stego segment --scheduler-address`\n")
         print_table(["workers", "block_size", "resolved", "blocks (tasks)", "per thread",
-                     "amplif.", "wall s", "infer s", "worker CPU s", "worker CPU / wall",
+                     "amplif.", "wall s", "infer s", "cog s", "cog blocks on", "worker CPU s",
+                     "worker CPU / wall",
                      "per worker", "client CPU s"], raster)
+        if args.scenes <= 0:
+            print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+            return
         folder = campaign(args, work)
         print(f"\n(b) campaign: {args.scenes} scenes of {args.scene_size}², segment-folder, "
               "block_size 10240 (one block per scene)\n")

@@ -142,3 +142,20 @@ def s3_server(tmp_path_factory):
             else:
                 os.environ[k] = v
         s3.stop(proc)
+
+
+@pytest.fixture(scope="module")
+def worker_processes(tmp_path_factory):
+    """A Dask LocalCluster of two worker processes started in their own empty working
+    directory (so a relative path of the client means nothing there), one per test module."""
+    from dask.distributed import LocalCluster
+
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("workers"))
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster:
+            os.chdir(here)
+            yield cluster
+    finally:
+        os.chdir(here)

@@ -20,7 +20,6 @@ GDAL's rules rather than ours, and are checked against GDAL itself here:
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 
 import numpy as np
@@ -338,22 +337,6 @@ def test_mode_clips_its_windows_at_gdal_s_chunks(tmp_path, monkeypatch):
 # blocks on Dask workers
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Two worker processes started in their own empty working directory."""
-    from dask.distributed import LocalCluster
-
-    here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("workers"))
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster:
-            os.chdir(here)
-            yield cluster
-    finally:
-        os.chdir(here)
-
-
 def labels_store(final, lab, block, chunk):
     """A finished labels store of ``lab`` written by inference blocks of ``block``."""
     path, _ = prepare_store(final, height=lab.shape[0], width=lab.shape[1], chunk=chunk,
@@ -382,7 +365,7 @@ def cog_from_store(location, lab, out, dask, opened, monkeypatch):
         return source.report()
 
 
-def test_blocks_on_workers_give_the_client_s_bytes(tmp_path, monkeypatch, cluster):
+def test_blocks_on_workers_give_the_client_s_bytes(tmp_path, monkeypatch, worker_processes):
     """The same file (and sidecar) from blocks run in the client and on two worker processes
     that read the store themselves (the client never opens it), and from stores written with
     other inference blocks."""
@@ -397,9 +380,9 @@ def test_blocks_on_workers_give_the_client_s_bytes(tmp_path, monkeypatch, cluste
                           monkeypatch)
     assert here == {"blocks_on": "client"} and opened == [str(store)]
     opened.clear()
-    workers = DaskConfig(scheduler_address=cluster.scheduler_address)
+    workers = DaskConfig(scheduler_address=worker_processes.scheduler_address)
     report = cog_from_store(store, lab, tmp_path / "workers.tif", workers, opened, monkeypatch)
-    with Client(cluster) as client:
+    with Client(worker_processes) as client:
         addresses = set(client.scheduler_info()["workers"])
     assert opened == []  # every block was read by the worker that ran it
     assert report["blocks_on"] == "workers" and set(report["block_workers"]) <= addresses
@@ -414,11 +397,11 @@ def test_blocks_on_workers_give_the_client_s_bytes(tmp_path, monkeypatch, cluste
         (tmp_path / "client.tif.aux.xml").read_text()
 
 
-def test_a_block_failing_on_a_worker_leaves_no_file(tmp_path, cluster):
+def test_a_block_failing_on_a_worker_leaves_no_file(tmp_path, worker_processes):
     from dask.distributed import Client
 
     labels = vectorize_blocks.stored_labels(tmp_path / "missing.zarr", 1300, 900)
-    with Client(cluster) as client:
+    with Client(worker_processes) as client:
         source = vectorize_blocks.WorkerMap(client, "cog-block")
         with pytest.raises(FileNotFoundError, match="missing.zarr does not exist"):
             write_cog(labels, tmp_path / "labels.tif", crs_wkt=None, tile=128,

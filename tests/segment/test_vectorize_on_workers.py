@@ -6,7 +6,6 @@ blocks run there too (the client only writes the file from their tiles): the sam
 from __future__ import annotations
 
 import json
-import os
 
 import pyogrio
 import pytest
@@ -17,22 +16,6 @@ from flows.cli import main
 
 SMALL = "tiling: {tile_size: 64, overlap: 16, block_size: 192, chunk_size: 32, batch_size: 2}\n"
 BLOCK = 128  # vectorize blocks of the 384² demo scene: 9 blocks, 12 seams
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Two worker processes started in their own empty working directory."""
-    from dask.distributed import LocalCluster
-
-    here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("workers"))
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster:
-            os.chdir(here)
-            yield cluster
-    finally:
-        os.chdir(here)
 
 
 def _layer(path):
@@ -48,7 +31,7 @@ def _segment(scene, model, out, config, *extra) -> dict:
 
 
 def test_vectorize_blocks_run_on_the_workers_and_give_the_same_polygons(
-        prefect_harness, demo_scene, pixel_model, cluster, tmp_path, monkeypatch):
+        prefect_harness, demo_scene, pixel_model, worker_processes, tmp_path, monkeypatch):
     from dask.distributed import Client
 
     monkeypatch.setattr(flows.segment_flow, "VECTORIZE_BLOCK", BLOCK)
@@ -70,8 +53,8 @@ def test_vectorize_blocks_run_on_the_workers_and_give_the_same_polygons(
     opened.clear()
 
     run = _segment(demo_scene[0], pixel_model, tmp_path / "out", tmp_path / "cluster.yaml",
-                   "--scheduler-address", cluster.scheduler_address)
-    with Client(cluster) as client:
+                   "--scheduler-address", worker_processes.scheduler_address)
+    with Client(worker_processes) as client:
         workers = set(client.scheduler_info()["workers"])
     polygons = run["polygons"]
     assert polygons["blocks_on"] == "workers"
@@ -92,14 +75,14 @@ def test_vectorize_blocks_run_on_the_workers_and_give_the_same_polygons(
     # resume: a deleted layer is made again on the workers, the rest is taken as it is
     (tmp_path / "out" / "polygons.gpkg").unlink()
     again = _segment(demo_scene[0], pixel_model, tmp_path / "out", tmp_path / "cluster.yaml",
-                     "--scheduler-address", cluster.scheduler_address)
+                     "--scheduler-address", worker_processes.scheduler_address)
     assert "vectorize" not in again["cached_stages"] and "infer-blocks" in again["cached_stages"]
     assert again["polygons"]["blocks_on"] == "workers"
     assert _layer(tmp_path / "out" / "polygons.gpkg") == expected
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
 
 
-def test_a_block_failing_on_a_worker_leaves_no_layer(cluster, tmp_path):
+def test_a_block_failing_on_a_worker_leaves_no_layer(worker_processes, tmp_path):
     """A worker that cannot read its blocks fails the layer: nothing at the output path, no
     temporary file, and the blocks not yet collected are cancelled."""
     from affine import Affine
@@ -109,7 +92,7 @@ def test_a_block_failing_on_a_worker_leaves_no_layer(cluster, tmp_path):
 
     labels = vectorize_blocks.stored_labels(tmp_path / "missing.zarr", 300, 300)
     out = tmp_path / "polygons.gpkg"
-    with Client(cluster) as client:
+    with Client(worker_processes) as client:
         source = vectorize_blocks.WorkerMap(client)
         with pytest.raises(FileNotFoundError, match="missing.zarr does not exist"):
             vectorize_labels(labels, transform=Affine.identity(), crs=None, class_names=["a"],
