@@ -58,9 +58,12 @@ from pipeline.vectorize import vectorize_labels
 
 
 @task(name="validate")
-def validate(input_path: str, model_dir: str, out_dir: str, config: RunConfig) -> SegmentPlan:
-    """Open the input and the model, check outputs can be written, plan blocks."""
-    return plan_segment(input_path, model_dir, out_dir, config)
+def validate(input_path: str, model_dir: str, out_dir: str, config: RunConfig,
+             store_root: str | None = None, resume: bool = True) -> SegmentPlan:
+    """Open the input and the model, check outputs can be written, plan blocks (``resume``:
+    an unfinished run's block edge is kept, see :func:`plan_segment`)."""
+    return plan_segment(input_path, model_dir, out_dir, config, store_root=store_root,
+                        resume=resume)
 
 
 def _stage_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -293,8 +296,7 @@ def segment_flow(
     if is_remote(out_dir):  # the workers write the Zarr there; the rest is staged, published
         check_writable(out_dir)
         store_root, out_dir = out_dir.rstrip("/"), str(staging_dir(out_dir))
-    plan = validate(input_path, model_dir, out_dir, cfg)
-    plan.store_root = store_root
+    plan = validate(input_path, model_dir, out_dir, cfg, store_root, resume=not fresh)
     # an output in a bucket: one run at a time there too, whichever host it runs on
     lease = (remote_lease(store_root, cfg.recovery.lock_lease, force_unlock) if store_root
              else nullcontext())

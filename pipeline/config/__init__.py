@@ -63,8 +63,8 @@ class TilingConfig(Section):
         description="block core edge (one Dask task each); a multiple of chunk_size (and "
         "ideally of the tile stride). auto = from the cluster: the largest edge <= 10240 that "
         "gives at least 4 blocks per worker thread (dask.workers x threads_per_worker, or the "
-        "scheduler's threads when the run plans); a resume needs the same edge, so pin it for "
-        "clusters that change size",
+        "scheduler's threads when the run plans); a rerun keeps the edge of the unfinished run "
+        "it resumes, on a cluster of any size (--fresh: this cluster's edge)",
     )
     chunk_size: int = Field(default=512, description="Zarr chunk and COG tile edge")
     batch_size: int | Literal["auto"] = Field(

@@ -124,6 +124,21 @@ def _create(group: zarr.Group, name: str, zarr_format: int, dims: list[str],
                               dimension_names=dims, attributes=attributes, **kwargs)
 
 
+def unfinished_block_size(final: Location, resume_key: str) -> int | None:
+    """The block edge of an unfinished run of ``final`` planned under ``resume_key`` (the
+    run's identity with ``tiling.block_size`` as asked, e.g. ``auto``), or None: a rerun
+    whose ``auto`` resolves to another edge (a cluster of another size) keeps that one and
+    resumes instead of starting over."""
+    for path in partial_stores(final):
+        try:
+            attrs = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs
+            if attrs.get("resume_key") == resume_key and attrs.get("layout") == LAYOUT:
+                return int(attrs["block_size"])
+        except Exception:  # noqa: BLE001 - an unreadable partial store is rebuilt anyway
+            continue
+    return None
+
+
 def _resumable(path: Location, fingerprint: str, zarr_format: int) -> bool:
     try:
         group = zarr.open_group(str(path), mode="r", use_consolidated=False)
@@ -146,6 +161,7 @@ def prepare_store(
     class_names: list[str],
     colors: list[tuple[int, int, int]],
     fingerprint: str,
+    resume_key: str | None = None,
     fresh: bool = False,
     zarr_format: int = 2,
 ) -> tuple[Location, bool]:
@@ -208,6 +224,8 @@ def prepare_store(
     group.attrs.update(
         {
             "fingerprint": fingerprint,
+            "resume_key": resume_key,
+            "block_size": block_size,
             "layout": LAYOUT,
             "status": "running",
             "class_names": names,

@@ -125,7 +125,8 @@ def prepare_labels_store(plan: SegmentPlan, fresh: bool = False) -> tuple[Path, 
         plan.zarr_location(), height=plan.info.height, width=plan.info.width,
         chunk=plan.config.tiling.chunk_size, block_size=plan.config.tiling.block_size,
         transform=plan.info.affine, crs_wkt=plan.info.crs_wkt, class_names=plan.class_names,
-        colors=plan.colors, fingerprint=plan.fingerprint, fresh=fresh,
+        colors=plan.colors, fingerprint=plan.fingerprint, resume_key=plan.resume_key,
+        fresh=fresh,
         zarr_format=plan.config.output.zarr_format,
     )
     done = done_blocks(store) if resumed else set()

@@ -28,6 +28,7 @@ from pipeline.io.raster import (
     metres_per_unit,
     open_raster_info,
 )
+from pipeline.io.zarr_store import unfinished_block_size
 from pipeline.models.store import (
     load_model,
     local_model_dir,
@@ -75,6 +76,9 @@ class SegmentPlan:
     # an object-store URL the Zarr store is written to by the workers (``segment --out URL``;
     # the other outputs are made in ``out_dir``, a local staging folder, then published)
     store_root: str | None = None
+    # the run's identity with tiling.block_size as asked (``auto`` stays ``auto``): a rerun
+    # on a cluster of another size finds its unfinished store by it and keeps that edge
+    resume_key: str = ""
 
     def zarr_location(self) -> Path | str:
         """Where labels.zarr goes: ``out_dir``, or the object-store URL of the run."""
@@ -136,14 +140,18 @@ def check_segment_inputs(
 
 def plan_segment(
     input_path: str, model_dir: str, out_dir: str, config: RunConfig,
-    count_threads: bool = True,
+    count_threads: bool = True, store_root: str | None = None, resume: bool = True,
 ) -> SegmentPlan:
     """Validate inputs and model, compute scaling once, and plan blocks.
 
     ``tiling.block_size: auto`` is resolved here, from the cluster's worker threads (a short
     connection to ``dask.scheduler_address``), and the plan's config holds the edge it chose:
-    the fingerprint, the store and run.json all see that number. ``count_threads=False``
-    skips counting a pinned block size's threads (run.json's ``parallelism`` then has none).
+    the fingerprint, the store and run.json all see that number. With ``resume`` (no
+    ``--fresh``), an unfinished store of the same run planned with ``auto`` on a cluster of
+    another size keeps its edge, so the rerun resumes it (a note says so; the labels do not
+    depend on the edge). ``store_root``: the object-store URL the Zarr store goes to, when it
+    is not ``out_dir``. ``count_threads=False`` skips counting a pinned block size's threads
+    (run.json's ``parallelism`` then has none).
     """
     t0 = time.perf_counter()
     info, meta, scaling = check_segment_inputs(input_path, model_dir, out_dir, config)
@@ -167,7 +175,19 @@ def plan_segment(
             config.model.refine = params.get("refine", "none")
         if config.model.refine_pixels is None:
             config.model.refine_pixels = int(params.get("refine_pixels", 64))
+    input_id = input_checksum(input_path)
+    device, precision = _device_and_precision(meta, config, notes)
+    resume_key = _identity_hash(input_id, info, scaling, mhash, config, precision)
     config, parallelism = _block_size(config, info, notes, count_threads)
+    if resume and parallelism["block_size_requested"] == "auto":
+        zarr_at = (f"{store_root.rstrip('/')}/{OUTPUT_NAMES['zarr']}" if store_root
+                   else Path(out_dir) / OUTPUT_NAMES["zarr"])
+        kept = unfinished_block_size(zarr_at, resume_key)
+        if kept is not None and kept != config.tiling.block_size:
+            notes.append(f"tiling.block_size auto: {kept}, the edge of the unfinished run this "
+                         f"one resumes (this cluster alone would make "
+                         f"{config.tiling.block_size}; --fresh starts over with it)")
+            config.tiling.block_size = parallelism["block_size"] = kept
     tiling = config.tiling
     grid = grid_for_raster(tiling.tile_size, tiling.overlap, info.height, info.width,
                            tiling.block_size)
@@ -181,8 +201,22 @@ def plan_segment(
         notes.append(f"tiling.block_size {tiling.block_size} makes {len(blocks)} block(s) for "
                      f"{threads} worker threads: {threads - len(blocks)} idle; "
                      "tiling.block_size: auto splits the scene for the cluster")
-    input_id = input_checksum(input_path)
-    device, precision = _device_and_precision(meta, config, notes)
+    fingerprint = _identity_hash(input_id, info, scaling, mhash, config, precision)
+    plan = SegmentPlan(
+        input_path=input_path, model_dir=str(model_dir), out_dir=str(out_dir), config=config,
+        info=info, scaling=scaling, model_meta=meta, model_hash=mhash, fingerprint=fingerprint,
+        grid=grid, blocks=blocks, device=device, precision=precision, warnings=notes,
+        input_id=input_id, parallelism=parallelism, store_root=store_root,
+        resume_key=resume_key,
+    )
+    plan.timings["validate"] = time.perf_counter() - t0
+    return plan
+
+
+def _identity_hash(input_id: dict[str, Any], info: RasterInfo, scaling: Scaling, mhash: str,
+                   config: RunConfig, precision: str) -> str:
+    """What the labels of a run depend on, hashed: the resume fingerprint (with the resolved
+    block edge), or the resume key (with ``tiling.block_size`` as asked)."""
     ident = {
         "version": __version__,
         "input": input_id,
@@ -195,15 +229,7 @@ def plan_segment(
            "refine_pixels": config.model.refine_pixels,
            "probe": config.model.probe, "precision": precision},
     }
-    fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-    plan = SegmentPlan(
-        input_path=input_path, model_dir=str(model_dir), out_dir=str(out_dir), config=config,
-        info=info, scaling=scaling, model_meta=meta, model_hash=mhash, fingerprint=fingerprint,
-        grid=grid, blocks=blocks, device=device, precision=precision, warnings=notes,
-        input_id=input_id, parallelism=parallelism,
-    )
-    plan.timings["validate"] = time.perf_counter() - t0
-    return plan
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
 def _block_size(config: RunConfig, info: RasterInfo, notes: list[str], count_threads: bool

@@ -139,3 +139,26 @@ def test_segment_folder_skips_a_scene_done_with_auto_on_a_cluster_of_another_siz
     assert is_done(str(scenes / "a.tif"), str(pixel_model), one_block,
                    small_config(block_size=384))
     assert not is_done(str(scenes / "a.tif"), str(pixel_model), one_block, _auto())
+
+
+def test_an_unfinished_auto_run_resumes_on_a_cluster_of_another_size(
+        prefect_harness, demo_scene, pixel_model, fixed, tmp_path):
+    from pipeline.segment.blocks import block_job, infer_and_write_block, prepare_labels_store
+
+    out = tmp_path / "o"
+    crashed = plan_segment(str(demo_scene[0]), str(pixel_model), str(out), _auto())  # 288
+    store, todo = prepare_labels_store(crashed)
+    job = block_job(crashed, store, 1)
+    for block in todo[:2]:  # the crashed run had finished two of its four blocks
+        infer_and_write_block(block, job)
+    bigger = _auto(threads_per_worker=2)  # alone, this cluster would make 16 blocks of 96
+    doc = segment(demo_scene[0], pixel_model, out, bigger, progress=False)
+    assert doc["parallelism"]["block_size"] == 288 and doc["parallelism"]["blocks"] == 4
+    assert doc["counts"]["blocks_resumed"] == 2 and doc["counts"]["blocks_computed"] == 2
+    assert any("the unfinished run this one resumes" in w for w in doc["warnings"])
+    labels, confidence = _labels(out)
+    np.testing.assert_array_equal(labels, fixed[0])
+    np.testing.assert_array_equal(confidence, fixed[1])
+    # a finished run is not adopted, and --fresh plans for the cluster it runs on
+    again = segment(demo_scene[0], pixel_model, out, bigger, progress=False, fresh=True)
+    assert again["parallelism"]["block_size"] == 96 and again["counts"]["blocks_computed"] == 16
