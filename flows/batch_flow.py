@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 
 from flows.locations import find_scenes, staging_dir
 from flows.segment_flow import segment_flow
-from pipeline.config import RunConfig, build_config
+from pipeline.config import RunConfig, blocks_follow_the_cluster, build_config
 from pipeline.errors import InputError
 from pipeline.io.remote import (
     check_writable,
@@ -200,7 +200,7 @@ def segment_folder(
     BatchFailed after trying every scene when any failed.
     """
     logger = get_run_logger()
-    cfg = build_config(config or {})
+    cfg = blocks_follow_the_cluster(build_config(config or {}))
     cfg_json = cfg.model_dump(mode="json")
     scenes = find_scenes(input_glob)
     if not scenes:

@@ -35,11 +35,19 @@ startup_trace.mark("cli imported")
 
 
 
-def _config(args: argparse.Namespace) -> Any:
-    """The config file (or defaults), then --set overrides, then the dedicated flags."""
-    from pipeline.config import build_config, load_config
+# On an existing scheduler these split a scene for its worker threads (tiling.block_size:
+# auto) unless the config file or --set pins tiling.block_size.
+SPLIT_FOR_THE_CLUSTER = {"segment", "segment-folder"}
 
-    data = load_config(args.config, list(args.overrides)).model_dump(mode="json")
+
+def _config(args: argparse.Namespace) -> Any:
+    """The config file (or defaults), then --set overrides, then the dedicated flags; with a
+    scheduler address, `segment` and `segment-folder` plan ``tiling.block_size: auto``
+    unless the block size was set."""
+    from pipeline.config import blocks_follow_the_cluster, build_config, load_config
+
+    loaded = load_config(args.config, list(args.overrides))
+    data = loaded.model_dump(mode="json")
     flags = {
         ("input", "bands"): getattr(args, "bands", None),
         ("model", "device"): getattr(args, "device", None),
@@ -61,6 +69,9 @@ def _config(args: argparse.Namespace) -> Any:
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
+    if getattr(args, "command", None) in SPLIT_FOR_THE_CLUSTER:  # the flag's address too
+        loaded.dask.scheduler_address = data["dask"]["scheduler_address"]
+        data["tiling"]["block_size"] = blocks_follow_the_cluster(loaded).tiling.block_size
     try:
         return build_config(data, "command line")
     except InputError as exc:  # a bad flag value is reported under the flag's name

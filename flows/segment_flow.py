@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from flows.cli_errors import was_interrupted
 from flows.locations import staging_dir
 from flows.run_lease import flow_output_lock
-from pipeline.config import RunConfig, build_config
+from pipeline.config import RunConfig, blocks_follow_the_cluster, build_config
 from pipeline.io.cog import cog_plan, write_cog
 from pipeline.io.files import write_json_atomic
 from pipeline.io.geoparquet import write_geoparquet
@@ -290,7 +290,7 @@ def segment_flow(
 
     ``force_unlock`` removes another run's output lock whatever its state (``--force-unlock``).
     """
-    cfg = build_config(config or {})
+    cfg = blocks_follow_the_cluster(build_config(config or {}))
     t0 = time.perf_counter()
     store_root = None
     if is_remote(out_dir):  # the workers write the Zarr there; the rest is staged, published

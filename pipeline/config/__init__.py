@@ -64,7 +64,8 @@ class TilingConfig(Section):
         "ideally of the tile stride). auto = from the cluster: the largest edge <= 10240 that "
         "gives at least 4 blocks per worker thread (dask.workers x threads_per_worker, or the "
         "scheduler's threads when the run plans); a rerun keeps the edge of the unfinished run "
-        "it resumes, on a cluster of any size (--fresh: this cluster's edge)",
+        "it resumes, on a cluster of any size (--fresh: this cluster's edge). With a "
+        "dask.scheduler_address and no block_size set, segment uses auto",
     )
     chunk_size: int = Field(default=512, description="Zarr chunk and COG tile edge")
     batch_size: int | Literal["auto"] = Field(
@@ -294,6 +295,16 @@ def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as err:
         raise _format_error(source, err) from None
+
+
+def blocks_follow_the_cluster(config: RunConfig) -> RunConfig:
+    """With a scheduler address and ``tiling.block_size`` not set (neither in the config nor
+    by an override), the config with ``block_size: auto``: on an existing cluster a scene is
+    split for its worker threads unless the block size is pinned."""
+    if config.dask.scheduler_address and "block_size" not in config.tiling.model_fields_set:
+        config = config.model_copy(deep=True)
+        config.tiling.block_size = "auto"
+    return config
 
 
 def _parse_scalar(text: str) -> Any:

@@ -162,3 +162,36 @@ def test_an_unfinished_auto_run_resumes_on_a_cluster_of_another_size(
     # a finished run is not adopted, and --fresh plans for the cluster it runs on
     again = segment(demo_scene[0], pixel_model, out, bigger, progress=False, fresh=True)
     assert again["parallelism"]["block_size"] == 96 and again["counts"]["blocks_computed"] == 16
+
+
+def test_on_a_scheduler_the_cli_splits_for_its_threads_unless_the_block_size_is_pinned(
+        prefect_harness, demo_scene, pixel_model, fixed, tmp_path, monkeypatch):
+    from flows.cli import main
+
+    monkeypatch.setenv("STEGO_CACHE", str(tmp_path / "cache"))
+    unpinned = tmp_path / "unpinned.yaml"
+    unpinned.write_text("tiling: {tile_size: 64, overlap: 16, chunk_size: 32, batch_size: 2}\n")
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
+                      dashboard_address=None) as cluster:
+        for name, extra in (("auto", []), ("pinned", ["--set", "tiling.block_size=384"])):
+            assert main(["segment", str(demo_scene[0]), "--model", str(pixel_model), "--out",
+                         str(tmp_path / name), "--config", str(unpinned), "-q",
+                         "--scheduler-address", cluster.scheduler_address, *extra]) == 0
+    auto = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert auto["parallelism"]["block_size_requested"] == "auto"
+    assert auto["parallelism"]["block_size"] == 96 and auto["parallelism"]["blocks"] == 16
+    np.testing.assert_array_equal(_labels(tmp_path / "auto")[0], fixed[0])
+    pinned = json.loads((tmp_path / "pinned" / "run.json").read_text())
+    assert pinned["parallelism"]["block_size_requested"] == 384
+    assert any("2 idle" in w for w in pinned["warnings"])
+
+
+def test_a_flow_given_a_scheduler_and_no_block_size_splits_for_the_cluster():
+    from pipeline.config import blocks_follow_the_cluster, build_config
+
+    asked = build_config({"dask": {"scheduler_address": "tcp://127.0.0.1:8786"}})
+    assert blocks_follow_the_cluster(asked).tiling.block_size == "auto"
+    pinned = build_config({"dask": {"scheduler_address": "tcp://127.0.0.1:8786"},
+                           "tiling": {"block_size": 10240}})
+    assert blocks_follow_the_cluster(pinned).tiling.block_size == 10240
+    assert blocks_follow_the_cluster(build_config({})).tiling.block_size == 10240  # local
