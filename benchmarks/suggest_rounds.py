@@ -1,7 +1,8 @@
 """Does labelling `stego suggest`'s points beat labelling random points? A simulated analyst.
 
     python benchmarks/suggest_rounds.py [--seeds 5] [--rounds 3] [--start 5] [--per-round 10]
-        [--sets potsdam loveda demo]      # ARMS=random,suggest,mixed,suggest-edges to compare
+        [--sets potsdam loveda demo]
+    # ARMS=random,suggest,mixed,suggest-edges,least-confidence,entropy to compare
 
 On each labelled image of ../shared/data (the Potsdam crop as Potsdam-3, LoveDA tiles 0 and 1)
 and a 1024² demo scene: start from ``--start`` random labelled pixels per class, then, for
@@ -44,7 +45,10 @@ from pipeline.models.refine import average_within, superpixels  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 POTSDAM3 = {1: 0, 5: 0, 2: 1, 6: 1, 3: 2, 4: 2}
-INTERIOR = {"suggest": 3, "suggest-edges": 0, "mixed": 3}  # suggest_points(interior=...)
+INTERIOR = {"suggest": 3, "suggest-edges": 0, "mixed": 3, "least-confidence": 3, "entropy": 3}
+# suggest_points(interior=...). "suggest" ranks as `stego suggest` does, by the margin between
+# the two most probable classes (the store's margin); "least-confidence" by the winning
+# probability (what it did before the store kept the margin), "entropy" by the entropy
 ARMS = os.environ.get("ARMS", "suggest,random").split(",")
 
 
@@ -139,7 +143,14 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
             labels = probs.argmax(1).astype(np.uint8)
             labels[nodata] = 255  # the map's nodata: never suggested
             labels = labels.reshape(shape)
-            conf = np.rint(probs.max(1) * CONFIDENCE_SCALE).astype(np.uint8).reshape(shape)
+            top2 = np.sort(probs, 1)[:, -2:]
+            certainty = top2[:, 1] - top2[:, 0]  # the margin
+            if arm == "least-confidence":
+                certainty = probs.max(1)
+            elif arm == "entropy":
+                p = np.clip(probs, 1e-9, 1)
+                certainty = 1 + (p * np.log(p)).sum(1) / np.log(k)
+            conf = np.rint(certainty * CONFIDENCE_SCALE).astype(np.uint8).reshape(shape)
             have = [(int(i) // shape[1], int(i) % shape[1]) for i in labelled]
             n_s = per_round // 2 if arm.startswith("mixed") else per_round
             pts = suggest_points([(0, 0, labels, conf)], shape[0], shape[1], k, n_s,

@@ -34,11 +34,15 @@ def evaluate_samples_flow(run: str, samples: list[str], out_dir: str,
 @flow(name="suggest")
 def suggest_flow(run: str, out: str, n: int = 30, seed: int = 0,
                  class_field: str = "class", interior: int = 3) -> dict[str, Any]:
-    """Points where the run's model is least certain, spread over the scene and the
+    """Points where the run's model is least certain (smallest margin between its two most
+    probable classes), spread over the scene and the
     predicted classes, as a GeoPackage with an empty class field and a QGIS style."""
     rb = read_run_blocks(Path(run))
     points = suggest_points(rb.blocks(), rb.height, rb.width, len(rb.class_names), n,
-                            seed=seed, class_names=rb.class_names, interior=interior)
+                            seed=seed, class_names=rb.class_names, interior=interior,
+                            measure=rb.measure)
+    # ranked by the top-two margin; the layer's confidence is the winning probability
+    points.confidence = rb.confidence_at(points.rows, points.cols)
     path = write_suggestions(Path(out), points, rb.class_names, rb.colors, rb.crs_wkt,
                              rb.transform, class_field=class_field)
     per_class: dict[str, int] = {}

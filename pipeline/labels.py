@@ -23,3 +23,5 @@ class BlockOutput:
     labels: np.ndarray  # uint8 (h, w), 255 = nodata
     confidence: np.ndarray  # uint8 (h, w), max probability * 254, 255 = nodata
     stats: dict = field(default_factory=dict)
+    # uint8 (h, w): winning minus runner-up probability * 254, 255 = nodata (None: not made)
+    margin: np.ndarray | None = None

@@ -3,7 +3,9 @@
 Selection is pure and streams the label map block by block (only a few values per cell of a
 coarse grid are kept, never the raster):
 
-* uncertainty: least confidence (the winning class's probability; lowest first);
+* uncertainty: the smallest margin between the winning and the runner-up class's
+  probabilities (the store's ``margin``; stores written before it: the least confidence, the
+  winning class's probability), lowest first;
 * spread over the scene: a grid of square cells (several times more cells than points), at most
   one point per cell. A cell offers, for each class predicted in it, its least-confident pixel
   of that class (ties broken by a seeded hash of the pixel's position, so the result does not
@@ -15,7 +17,7 @@ coarse grid are kept, never the raster):
   drops candidates too close to a pick.
 
 :func:`read_run_blocks` opens a finished ``stego segment`` directory (``run.json`` +
-``labels.zarr``) and yields chunk-aligned blocks of labels and confidence.
+``labels.zarr``) and yields chunk-aligned blocks of labels and their uncertainty measure.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class SuggestedPoints:
     rows: np.ndarray  # int64 pixel rows
     cols: np.ndarray  # int64 pixel columns
     predicted: np.ndarray  # int64 predicted class index
-    confidence: np.ndarray  # float64, winning class probability 0..1
+    confidence: np.ndarray  # float64 0..1: the measure ranked (see suggest_points' measure)
     reason: list[str] = field(default_factory=list)
     cell: int = 1  # side of the grid cells, pixels
     candidates: int = 0  # cells that offered a candidate (the most points there can be)
@@ -181,10 +183,13 @@ def suggest_points(
     min_spacing: float | None = None,
     class_names: Sequence[str] | None = None,
     interior: int = 0,
+    measure: str = "confidence",
 ) -> SuggestedPoints:
-    """Pick ``n`` pixels to label next: least confident, spread over cells and classes.
+    """Pick ``n`` pixels to label next: least certain, spread over cells and classes.
 
-    ``blocks`` yields ``(row_off, col_off, labels, confidence)`` (uint8, nodata 255) covering
+    ``blocks`` yields ``(row_off, col_off, labels, certainty)`` (uint8 x 254, nodata 255; the
+    certainty is named ``measure`` in the reasons: the store's ``margin`` or ``confidence``)
+    covering
     the ``height`` x ``width`` map in any order; ``cell`` is the grid cell side in pixels
     (default: :func:`cell_size`); cells holding an ``exclude`` pixel (row, col) are skipped;
     ``min_spacing`` (pixels) keeps picks at least that far apart; ``interior`` > 0 takes
@@ -208,7 +213,7 @@ def suggest_points(
         minima.add(int(row_off), int(col_off), labels, conf)
     names = [str(s) for s in class_names] if class_names else []
     names += [f"class {i}" for i in range(len(names), n_classes)]
-    return _round_robin(minima, n, _Spacing(min_spacing), names)
+    return _round_robin(minima, n, _Spacing(min_spacing), names, measure)
 
 
 def interior_block(labels: np.ndarray, conf: np.ndarray, radius: int
@@ -228,7 +233,7 @@ def interior_block(labels: np.ndarray, conf: np.ndarray, radius: int
 
 
 def _round_robin(minima: _CellMinima, n: int, spacing: _Spacing,
-                 names: list[str]) -> SuggestedPoints:
+                 names: list[str], measure: str = "confidence") -> SuggestedPoints:
     """Each round, every class with candidates left gives its next one in a cell without a
     point yet (classes in fewer cells first, so a rare class keeps its few cells; then the
     class whose next candidate is least confident) until ``n`` are picked."""
@@ -264,7 +269,7 @@ def _round_robin(minima: _CellMinima, n: int, spacing: _Spacing,
     side = minima.cell
     reasons = []
     for (_, c, rank, left), p in zip(picks, conf, strict=True):
-        text = (f"confidence {p:.2f}, the lowest of '{names[c]}' in its {side}x{side} px "
+        text = (f"{measure} {p:.2f}, the lowest of '{names[c]}' in its {side}x{side} px "
                 f"cell; pick {rank} for '{names[c]}' (predicted in {counts[c]} cells)")
         if left < n_with:
             text += " (filling in for classes with no candidates left)"
@@ -293,6 +298,13 @@ class RunBlocks:
     chunks: tuple[int, int]
     _pred: Any = field(default=None, repr=False)
     _conf: Any = field(default=None, repr=False)
+    _rank: Any = field(default=None, repr=False)  # the array suggestions are ranked by
+    measure: str = "confidence"  # its name: "margin", or "confidence" for older stores
+
+    def confidence_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The winning class's probability (0..1) at the given pixels."""
+        values = [int(self._conf[int(r), int(c)]) for r, c in zip(rows, cols, strict=True)]
+        return np.asarray(values, dtype=np.float64) / CONFIDENCE_SCALE
 
     def blocks(self) -> Iterator[LabelBlock]:
         """``(row_off, col_off, labels, confidence)`` over the map, whole chunks at a time."""
@@ -303,7 +315,7 @@ class RunBlocks:
             for c0 in range(0, self.width, step_c):
                 c1 = min(self.width, c0 + step_c)
                 labels = np.asarray(self._pred.read(r0, r1, c0, c1))
-                yield r0, c0, labels, np.asarray(self._conf[r0:r1, c0:c1])
+                yield r0, c0, labels, np.asarray(self._rank[r0:r1, c0:c1])
 
 
 def read_run_blocks(out_dir: Path) -> RunBlocks:
@@ -336,6 +348,9 @@ def read_run_blocks(out_dir: Path) -> RunBlocks:
                                 "false); segment again with --set output.confidence=true")
     pred = PredReader(store)
     conf = _open_confidence(store, (pred.height, pred.width))
+    rank, measure = conf, "confidence"
+    if (store / "margin").is_dir():  # written since the store kept the top-two margin
+        rank, measure = _open_confidence(store, (pred.height, pred.width), "margin"), "margin"
     model = doc.get("model") or {}
     names = pred.class_names or [str(n) for n in model.get("class_names") or []]
     if not names:
@@ -346,18 +361,19 @@ def read_run_blocks(out_dir: Path) -> RunBlocks:
     crs_wkt = pred.crs.to_wkt() if pred.crs is not None else (doc.get("input") or {}).get("crs")
     return RunBlocks(store=store, height=pred.height, width=pred.width, class_names=names,
                      colors=colors, crs_wkt=crs_wkt or None, transform=pred.transform,
-                     chunks=(int(conf.chunks[0]), int(conf.chunks[1])), _pred=pred, _conf=conf)
+                     chunks=(int(conf.chunks[0]), int(conf.chunks[1])), _pred=pred, _conf=conf,
+                     _rank=rank, measure=measure)
 
 
-def _open_confidence(store: Path, shape: tuple[int, int]) -> Any:
-    """The store's confidence array, checked against the labels' shape."""
+def _open_confidence(store: Path, shape: tuple[int, int], name: str = "confidence") -> Any:
+    """The store's confidence (or margin) array, checked against the labels' shape."""
     import zarr
 
     try:
-        conf = zarr.open_array(str(store), path="confidence", mode="r")
+        conf = zarr.open_array(str(store), path=name, mode="r")
     except Exception as exc:  # noqa: BLE001 - any failure means "no confidence array"
-        raise InputError(store, f"has no confidence array ({exc.__class__.__name__}): segment "
+        raise InputError(store, f"has no {name} array ({exc.__class__.__name__}): segment "
                                 "again with --set output.confidence=true") from None
     if tuple(conf.shape) != shape:
-        raise InputError(store, f"confidence is {tuple(conf.shape)}, labels {shape}")
+        raise InputError(store, f"{name} is {tuple(conf.shape)}, labels {shape}")
     return conf

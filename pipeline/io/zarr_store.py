@@ -1,8 +1,9 @@
 """The georeferenced label store (Zarr v2 or v3), written block by block, that GDAL, QGIS and
 xarray open as it is.
 
-The root group holds only georeferenced data: ``labels`` and ``confidence`` (uint8, dims y/x,
-chunks aligned with blocks, nodata 255 as the fill value), ``x``/``y`` cell-centre coordinates and
+The root group holds only georeferenced data: ``labels``, ``confidence`` and ``margin`` (uint8,
+dims y/x, chunks aligned with blocks, nodata 255 as the fill value), ``x``/``y`` cell-centre
+coordinates and
 a CF ``spatial_ref`` grid mapping (read by GDAL >= 3.9 and xarray/rioxarray) and the
 ``proj:``/``spatial:`` convention attributes on the group. A v2 store also carries GDAL's
 multidimensional PAM file (``pam.aux.xml``: the CRS with its axis-to-dimension mapping) for GDAL
@@ -46,7 +47,7 @@ from pipeline.tiling import Block, block_grid_shape
 
 RESUME = "_resume"  # sub-group of the partial store with the per-block bookkeeping
 RUN_TOKEN = "run_token"  # the partial store's current run; writers of another run are fenced
-LAYOUT = "stego-labels/3"  # bumped when the store's layout changes: older partials are rebuilt
+LAYOUT = "stego-labels/4"  # bumped when the store's layout changes: older partials are rebuilt
 ZLIB_LEVEL = 6
 PAM_NAME = "pam.aux.xml"  # GDAL's multidimensional PAM file of a Zarr store (at its root)
 
@@ -203,6 +204,13 @@ def prepare_store(
         attributes={**common, "long_name": f"max class probability x {CONFIDENCE_SCALE}",
                     "nodata": NODATA, "valid_range": [0, CONFIDENCE_SCALE]},
     )
+    _create(
+        group, "margin", zarr_format, ["y", "x"], shape=(height, width),
+        chunks=(chunk, chunk), dtype="uint8", fill_value=NODATA,
+        attributes={**common, "long_name": "winning minus runner-up class probability x "
+                    f"{CONFIDENCE_SCALE}", "nodata": NODATA,
+                    "valid_range": [0, CONFIDENCE_SCALE]},
+    )
     x = transform.c + (np.arange(width) + 0.5) * transform.a
     y = transform.f + (np.arange(height) + 0.5) * transform.e
     for name, values in (("x", x), ("y", y)):
@@ -296,6 +304,8 @@ def write_block(path: Location, out: BlockOutput, confidence: bool = True,
     group["labels"][region] = out.labels
     if confidence:
         group["confidence"][region] = out.confidence
+        if out.margin is not None:
+            group["margin"][region] = out.margin
     group[f"{RESUME}/block_rows_done"][b.row, b.col] = b.height
     group[f"{RESUME}/block_done"][b.row, b.col] = 1
 
@@ -323,12 +333,15 @@ class BlockWriter:
         self.next_row = start_row  # first core row not yet written
         self._labels: list[np.ndarray] = []
         self._conf: list[np.ndarray] = []
+        self._margin: list[np.ndarray] = []
         self._rows = 0
 
-    def add(self, labels: np.ndarray, confidence: np.ndarray) -> None:
+    def add(self, labels: np.ndarray, confidence: np.ndarray,
+            margin: np.ndarray | None = None) -> None:
         """Append the next finished rows (in order); write every complete chunk row."""
         self._labels.append(labels)
         self._conf.append(confidence)
+        self._margin.append(np.full_like(labels, NODATA) if margin is None else margin)
         self._rows += labels.shape[0]
         n = (self._rows // self.chunk) * self.chunk
         if n:
@@ -347,6 +360,7 @@ class BlockWriter:
     def _write(self, n: int) -> None:
         labels = np.concatenate(self._labels)
         conf = np.concatenate(self._conf)
+        margin = np.concatenate(self._margin)
         b = self.block
         y0 = b.row_off + self.next_row
         region = (slice(y0, y0 + n), slice(b.col_off, b.col_off + b.width))
@@ -354,9 +368,10 @@ class BlockWriter:
         self.group["labels"][region] = labels[:n]
         if self.confidence:
             self.group["confidence"][region] = conf[:n]
+            self.group["margin"][region] = margin[:n]
         self.next_row += n
         self.group[f"{RESUME}/block_rows_done"][b.row, b.col] = self.next_row
-        self._labels, self._conf = [labels[n:]], [conf[n:]]
+        self._labels, self._conf, self._margin = [labels[n:]], [conf[n:]], [margin[n:]]
         self._rows -= n
 
 
@@ -376,7 +391,7 @@ def finalize_store(path: Location, final: Location, summary: dict[str, Any]) -> 
         # GDAL 3.4-3.8 (v2 only) take the CRS from here. Written after consolidating, which
         # would warn about a file that is no Zarr node
         write_bytes(join(path, PAM_NAME), multidim_pam_xml(
-            attrs["proj:wkt2"], ["labels", "confidence"]).encode("utf-8"))
+            attrs["proj:wkt2"], ["labels", "confidence", "margin"]).encode("utf-8"))
     parent, name = parent_and_name(final)
     trash = join(parent, f".{name}.old-{os.getpid()}")
     if exists(final):

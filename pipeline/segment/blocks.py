@@ -88,7 +88,7 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         if rest.height > 0:
             for slab in iter_block_slabs(model, job.info, job.scaling, job.grid, rest, batch,
                                          job.device, job.precision, stats):
-                writer.add(slab.labels, slab.confidence)
+                writer.add(slab.labels, slab.confidence, slab.margin)
         writer.finish()
         out = block_stats(rest, job.grid, stats, time.perf_counter() - t0)
         return {**out, "key": block.key, "resumed_rows": start}

@@ -25,6 +25,7 @@ class Slab:
     labels: np.ndarray  # uint8 (h, w)
     confidence: np.ndarray  # uint8 (h, w)
     valid: np.ndarray  # bool (h, w)
+    margin: np.ndarray | None = None  # uint8 (h, w): top-two probability difference x 254
 
 
 @dataclass
@@ -171,17 +172,23 @@ def iter_block_slabs(
 
 
 def _finish(acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, row: int) -> Slab:
-    """Argmax of blended scores and confidence (x 254) for finished rows; nodata stays 255."""
+    """Argmax of blended scores, confidence (the winning probability) and margin (winning
+    minus runner-up probability), both x 254, for finished rows; nodata stays 255."""
     labels = np.full(valid.shape, NODATA, dtype=np.uint8)
     confidence = np.full(valid.shape, NODATA, dtype=np.uint8)
+    margin = np.full(valid.shape, NODATA, dtype=np.uint8)
     if valid.any():
         best = acc.argmax(axis=0).astype(np.uint8)
         top = np.take_along_axis(acc, best[None].astype(np.int64), axis=0)[0]
-        conf = np.where(wsum > 0, top / np.maximum(wsum, 1e-12), 0.0)
+        second = np.partition(acc, -2, axis=0)[-2] if len(acc) > 1 else np.zeros_like(top)
+        norm = np.maximum(wsum, 1e-12)
+        conf = np.where(wsum > 0, top / norm, 0.0)
+        gap = np.where(wsum > 0, (top - second) / norm, 0.0)
         labels[valid] = best[valid]
-        scaled = np.rint(conf[valid] * CONFIDENCE_SCALE)
-        confidence[valid] = np.clip(scaled, 0, CONFIDENCE_SCALE).astype(np.uint8)
-    return Slab(row, labels, confidence, valid.copy())
+        for out, value in ((confidence, conf), (margin, gap)):
+            out[valid] = np.clip(np.rint(value[valid] * CONFIDENCE_SCALE), 0,
+                                 CONFIDENCE_SCALE).astype(np.uint8)
+    return Slab(row, labels, confidence, valid.copy(), margin)
 
 
 def block_stats(block: Block, grid: TileGrid, stats: BlockStats, seconds: float) -> dict:
@@ -213,9 +220,12 @@ def segment_block(
     stats = BlockStats()
     labels = np.full((block.height, block.width), NODATA, dtype=np.uint8)
     confidence = np.full((block.height, block.width), NODATA, dtype=np.uint8)
+    margin = np.full((block.height, block.width), NODATA, dtype=np.uint8)
     for slab in iter_block_slabs(model, info, scaling, grid, block, batch_size, device,
                                  precision, stats):
         rows = slice(slab.row, slab.row + slab.labels.shape[0])
         labels[rows], confidence[rows] = slab.labels, slab.confidence
+        if slab.margin is not None:
+            margin[rows] = slab.margin
     out_stats = block_stats(block, grid, stats, time.perf_counter() - t0)
-    return BlockOutput(block, labels, confidence, out_stats)
+    return BlockOutput(block, labels, confidence, out_stats, margin)

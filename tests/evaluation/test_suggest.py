@@ -188,8 +188,11 @@ def test_bad_blocks_are_refused():
 # a segment run and the GeoPackage
 
 
-def make_run(out: Path, labels: np.ndarray, conf: np.ndarray, status: str = "complete") -> Path:
-    """A segment output directory: a finished labels.zarr (16 px chunks) and run.json."""
+def make_run(out: Path, labels: np.ndarray, conf: np.ndarray, status: str = "complete",
+             margin: np.ndarray | None = None) -> Path:
+    """A segment output directory: a finished labels.zarr (16 px chunks) and run.json; the
+    store's margin is ``conf`` unless given (a two-class map: margin = 2 x conf - 1, ranked
+    alike)."""
     import zarr
 
     from pipeline.io.zarr_store import finalize_store, prepare_store
@@ -202,6 +205,7 @@ def make_run(out: Path, labels: np.ndarray, conf: np.ndarray, status: str = "com
     group = zarr.open_group(str(tmp), mode="r+")
     group["labels"][:] = labels
     group["confidence"][:] = conf
+    group["margin"][:] = conf if margin is None else margin
     finalize_store(tmp, out / "labels.zarr", {})
     doc = {"status": status, "input": {"crs": CRS_WKT, "transform": list(TRANSFORM)},
            "model": {"class_names": names, "colors": [list(c) for c in colors]},
@@ -226,6 +230,37 @@ def test_a_run_is_read_in_chunk_aligned_blocks(tmp_path, monkeypatch):
         got_l[r0:r0 + lab.shape[0], c0:c0 + lab.shape[1]] = lab
         got_c[r0:r0 + con.shape[0], c0:c0 + con.shape[1]] = con
     assert np.array_equal(got_l, labels) and np.array_equal(got_c, conf)
+    assert run.measure == "margin"  # what the blocks carry: the store's margin
+
+
+def test_suggestions_go_where_the_two_best_classes_are_closest_not_the_winner_weakest(
+        tmp_path):
+    """Two pixels: one whose winner is weak but far ahead of the rest (0.40 / 0.15 / ...),
+    one whose winner is stronger but tied with the runner-up (0.48 / 0.47): the tie is
+    suggested first, and the layer reports the winning probability."""
+    labels = np.zeros((32, 32), dtype=np.uint8)
+    conf = np.full((32, 32), 240, dtype=np.uint8)
+    margin = np.full((32, 32), 230, dtype=np.uint8)
+    conf[5, 5], margin[5, 5] = round(0.40 * 254), round(0.25 * 254)  # weak, clear winner
+    conf[20, 20], margin[20, 20] = round(0.48 * 254), round(0.01 * 254)  # a tie
+    run = read_run_blocks(make_run(tmp_path / "out", labels, conf, margin=margin))
+    pts = suggest_points(run.blocks(), run.height, run.width, 3, 1, cell=32,
+                         class_names=run.class_names, measure=run.measure)
+    assert (int(pts.rows[0]), int(pts.cols[0])) == (20, 20)
+    assert pts.reason[0].startswith("margin 0.01")
+    assert run.confidence_at(pts.rows, pts.cols)[0] == pytest.approx(0.48, abs=0.005)
+
+
+def test_a_store_without_a_margin_is_ranked_by_confidence(tmp_path):
+    import shutil
+
+    labels, conf = noisy_map((32, 32))
+    out = make_run(tmp_path / "out", labels, conf)
+    shutil.rmtree(out / "labels.zarr" / "margin")  # written before stores kept the margin
+    run = read_run_blocks(out)
+    assert run.measure == "confidence"
+    assert all(np.array_equal(c, conf[r:r + c.shape[0], k:k + c.shape[1]])
+               for r, k, _, c in run.blocks())
 
 
 def test_only_a_finished_run_with_confidence_is_accepted(tmp_path):

@@ -86,7 +86,7 @@ def test_zarr_store_is_georeferenced_for_xarray_and_rioxarray(tmp_path, fmt):
     assert ds.attrs["status"] == "complete"
     assert ds["x"].values[0] == pytest.approx(368000.025)
     # only georeferenced data in the group: the resume bookkeeping is gone
-    assert set(ds.data_vars) == {"labels", "confidence"}
+    assert set(ds.data_vars) == {"labels", "confidence", "margin"}
     assert set(ds.coords) == {"x", "y", "spatial_ref"}
     from pyproj import CRS
 
@@ -103,12 +103,13 @@ def test_whole_dataset_reprojects_and_exports_with_rioxarray(tmp_path, fmt):
     assert float(ds["confidence"].max()) == 200 and int(ds["confidence"].isnull().sum()) == 100
     assert int(ds["labels"].isnull().sum()) == int((lab == 255).sum())
     wgs84 = ds.rio.reproject("EPSG:4326")
-    assert wgs84.rio.crs.to_epsg() == 4326 and set(wgs84.data_vars) == {"labels", "confidence"}
+    assert wgs84.rio.crs.to_epsg() == 4326
+    assert set(wgs84.data_vars) == {"labels", "confidence", "margin"}
     assert 13.0 < float(wgs84.x.mean()) < 13.2  # 368 km east in UTM 33N: 13.1° E
     out = tmp_path / "both.tif"
     ds.rio.to_raster(out)
     with rasterio.open(out) as tif:
-        assert tif.count == 2 and tif.crs.to_epsg() == 25833
+        assert tif.count == 3 and tif.crs.to_epsg() == 25833  # labels, confidence, margin
         assert tif.transform.almost_equals(T, precision=1e-9)
         assert tif.nodata == 255
         band = {name: i + 1 for i, name in enumerate(tif.descriptions)}

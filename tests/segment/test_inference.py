@@ -160,3 +160,15 @@ def test_slabs_stream_out_in_order_and_cover_the_block(demo_scene, pixel_model):
     assert sum(s.labels.shape[0] for s in slabs) == 200
     whole = segment_block(model, info, compute_scaling(info), TileGrid(64, 16), blk, 3)
     np.testing.assert_array_equal(np.concatenate([s.labels for s in slabs]), whole.labels)
+
+
+def test_the_margin_is_the_winning_minus_the_runner_up_probability():
+    from pipeline.segment.inference import _finish
+
+    # three classes at two pixels, blended from two tiles (weights sum 2)
+    acc = np.array([[[1.0, 0.2]], [[0.6, 1.0]], [[0.4, 0.8]]])  # (classes, rows, cols)
+    wsum = np.full((1, 2), 2.0)
+    slab = _finish(acc, wsum, np.ones((1, 2), dtype=bool), 0)
+    assert slab.labels.tolist() == [[0, 1]]
+    assert slab.confidence.tolist() == [[round(0.5 * 254), round(0.5 * 254)]]
+    assert slab.margin.tolist() == [[round(0.2 * 254), round(0.1 * 254)]]
