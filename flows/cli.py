@@ -44,7 +44,7 @@ def _config(args: argparse.Namespace) -> Any:
     """The config file (or defaults), then --set overrides, then the dedicated flags; with a
     scheduler address, `segment` and `segment-folder` plan ``tiling.block_size: auto``
     unless the block size was set."""
-    from pipeline.config import blocks_follow_the_cluster, build_config, load_config
+    from pipeline.config import blocks_for_the_cluster, build_config, load_config
 
     loaded = load_config(args.config, list(args.overrides))
     data = loaded.model_dump(mode="json")
@@ -69,9 +69,9 @@ def _config(args: argparse.Namespace) -> Any:
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
-    if getattr(args, "command", None) in SPLIT_FOR_THE_CLUSTER:  # the flag's address too
-        loaded.dask.scheduler_address = data["dask"]["scheduler_address"]
-        data["tiling"]["block_size"] = blocks_follow_the_cluster(loaded).tiling.block_size
+    if (getattr(args, "command", None) in SPLIT_FOR_THE_CLUSTER  # the flag's address too
+            and blocks_for_the_cluster(data["dask"]["scheduler_address"], loaded.tiling)):
+        data["tiling"]["block_size"] = "auto"
     try:
         return build_config(data, "command line")
     except InputError as exc:  # a bad flag value is reported under the flag's name

@@ -297,11 +297,17 @@ def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise _format_error(source, err) from None
 
 
+def blocks_for_the_cluster(scheduler_address: str | None, tiling: TilingConfig) -> bool:
+    """Whether a run on ``scheduler_address`` should split scenes for its threads: there is
+    a scheduler and ``tiling`` (as loaded) does not set ``block_size``."""
+    return bool(scheduler_address) and "block_size" not in tiling.model_fields_set
+
+
 def blocks_follow_the_cluster(config: RunConfig) -> RunConfig:
     """With a scheduler address and ``tiling.block_size`` not set (neither in the config nor
     by an override), the config with ``block_size: auto``: on an existing cluster a scene is
     split for its worker threads unless the block size is pinned."""
-    if config.dask.scheduler_address and "block_size" not in config.tiling.model_fields_set:
+    if blocks_for_the_cluster(config.dask.scheduler_address, config.tiling):
         config = config.model_copy(deep=True)
         config.tiling.block_size = "auto"
     return config
