@@ -25,7 +25,7 @@ class Slab:
     labels: np.ndarray  # uint8 (h, w)
     confidence: np.ndarray  # uint8 (h, w)
     valid: np.ndarray  # bool (h, w)
-    margin: np.ndarray | None = None  # uint8 (h, w): top-two probability difference x 254
+    margin: np.ndarray  # uint8 (h, w): top-two probability difference x 254
 
 
 @dataclass
@@ -224,8 +224,6 @@ def segment_block(
     for slab in iter_block_slabs(model, info, scaling, grid, block, batch_size, device,
                                  precision, stats):
         rows = slice(slab.row, slab.row + slab.labels.shape[0])
-        labels[rows], confidence[rows] = slab.labels, slab.confidence
-        if slab.margin is not None:
-            margin[rows] = slab.margin
+        labels[rows], confidence[rows], margin[rows] = slab.labels, slab.confidence, slab.margin
     out_stats = block_stats(block, grid, stats, time.perf_counter() - t0)
     return BlockOutput(block, labels, confidence, out_stats, margin)

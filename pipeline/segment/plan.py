@@ -82,9 +82,7 @@ class SegmentPlan:
 
     def zarr_location(self) -> Path | str:
         """Where labels.zarr goes: ``out_dir``, or the object-store URL of the run."""
-        if self.store_root:
-            return f"{self.store_root.rstrip('/')}/{OUTPUT_NAMES['zarr']}"
-        return self.output("zarr")
+        return zarr_location(self.out_dir, self.store_root)
 
     def output(self, kind: str) -> Path:
         """Final path of an output (``cog``, ``zarr``, ``polygons``, ``preview``, ``manifest``)."""
@@ -180,9 +178,7 @@ def plan_segment(
     resume_key = _identity_hash(input_id, info, scaling, mhash, config, precision)
     config, parallelism = _block_size(config, info, notes, count_threads)
     if resume and parallelism["block_size_requested"] == "auto":
-        zarr_at = (f"{store_root.rstrip('/')}/{OUTPUT_NAMES['zarr']}" if store_root
-                   else Path(out_dir) / OUTPUT_NAMES["zarr"])
-        kept = unfinished_block_size(zarr_at, resume_key)
+        kept = unfinished_block_size(zarr_location(out_dir, store_root), resume_key)
         if kept is not None and kept != config.tiling.block_size:
             notes.append(f"tiling.block_size auto: {kept}, the edge of the unfinished run this "
                          f"one resumes (this cluster alone would make "
@@ -211,6 +207,14 @@ def plan_segment(
     )
     plan.timings["validate"] = time.perf_counter() - t0
     return plan
+
+
+def zarr_location(out_dir: str, store_root: str | None) -> Path | str:
+    """Where a run's labels.zarr goes: in ``out_dir``, or under ``store_root``, the
+    object-store URL the workers write it to."""
+    if store_root:
+        return f"{store_root.rstrip('/')}/{OUTPUT_NAMES['zarr']}"
+    return Path(out_dir) / OUTPUT_NAMES["zarr"]
 
 
 def _identity_hash(input_id: dict[str, Any], info: RasterInfo, scaling: Scaling, mhash: str,
