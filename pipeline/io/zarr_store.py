@@ -11,7 +11,8 @@ multidimensional PAM file (``pam.aux.xml``: the CRS with its axis-to-dimension m
 :func:`pipeline.io.pam.multidim_pam_xml`), so the store writes no ``_CRS``. Chunks are
 gzip (v3) or zlib (v2): codecs every GDAL build has. Resume bookkeeping lives in the
 ``_resume`` sub-group while the run is going (a block writes its labels first and its done flag
-last) and is removed when the store is finalized and renamed into place.
+last) and is removed when the store is finalized and renamed into place; the writes
+themselves, fenced by the run token, are :mod:`pipeline.io.zarr_writes`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import uuid
 import warnings
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numcodecs
@@ -42,17 +42,14 @@ from pipeline.io.remote import (
     sibling_dirs,
     write_bytes,
 )
-from pipeline.labels import CONFIDENCE_SCALE, NODATA, BlockOutput
-from pipeline.tiling import Block, block_grid_shape
+from pipeline.io.zarr_writes import RESUME, RUN_TOKEN, Location, new_token
+from pipeline.labels import CONFIDENCE_SCALE, NODATA
+from pipeline.tiling import block_grid_shape
 
-RESUME = "_resume"  # sub-group of the partial store with the per-block bookkeeping
-RUN_TOKEN = "run_token"  # the partial store's current run; writers of another run are fenced
 LAYOUT = "stego-labels/4"  # bumped when the store's layout changes: older partials are rebuilt
 ZLIB_LEVEL = 6
 PAM_NAME = "pam.aux.xml"  # GDAL's multidimensional PAM file of a Zarr store (at its root)
 
-
-Location = Path | str  # a local path, or an object-store URL (s3://, gs://, az://)
 
 
 def partial_path(final: Location, run_id: str) -> Location:
@@ -132,9 +129,10 @@ def unfinished_block_size(final: Location, resume_key: str) -> int | None:
     resumes instead of starting over."""
     for path in partial_stores(final):
         try:
-            attrs = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs
-            if attrs.get("resume_key") == resume_key and attrs.get("layout") == LAYOUT:
-                return int(attrs["block_size"])
+            group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+            if (group.attrs.get("resume_key") == resume_key
+                    and group.attrs.get("layout") == LAYOUT):
+                return int(group[f"{RESUME}/block_done"].attrs["block_size"])
         except Exception:  # noqa: BLE001 - an unreadable partial store is rebuilt anyway
             continue
     return None
@@ -176,7 +174,7 @@ def prepare_store(
     if not fresh:
         for path in partial_stores(final):
             if _resumable(path, fingerprint, zarr_format):
-                _new_token(path)
+                new_token(path)
                 _remove_partials(final, keep=path)
                 return path, True
     _remove_partials(final)
@@ -233,7 +231,6 @@ def prepare_store(
         {
             "fingerprint": fingerprint,
             "resume_key": resume_key,
-            "block_size": block_size,
             "layout": LAYOUT,
             "status": "running",
             "class_names": names,
@@ -245,33 +242,8 @@ def prepare_store(
             "spatial:shape": [height, width],
         }
     )
-    _new_token(path)
+    new_token(path)
     return path, False
-
-
-class StaleRunError(RuntimeError):
-    """A block of an earlier run (its client gone) tried to write into a later run's store."""
-
-
-def _new_token(path: Location) -> None:
-    """Give the store a new run token: every writer holding an older one is fenced off."""
-    zarr.open_group(str(path), mode="r+").attrs[RUN_TOKEN] = uuid.uuid4().hex
-
-
-def store_token(path: Location) -> str | None:
-    """The run token writers of this run must hold (None: the store is gone or unfenced)."""
-    try:
-        return zarr.open_group(str(path), mode="r").attrs.get(RUN_TOKEN)
-    except Exception:  # noqa: BLE001 - a missing or half-deleted store has no token
-        return None
-
-
-def check_token(path: Location, token: str | None) -> None:
-    """Raise :class:`StaleRunError` unless the store still belongs to ``token``'s run (read
-    from disk right before each write: a rerun renews the token when it takes the store)."""
-    if token is not None and store_token(path) != token:
-        raise StaleRunError(f"{path}: another run has taken this store; this block's "
-                            "writes are dropped")
 
 
 def _create_resume_arrays(group: zarr.Group, zarr_format: int, nr: int, nc: int,
@@ -285,94 +257,6 @@ def _create_resume_arrays(group: zarr.Group, zarr_format: int, nr: int, nc: int,
             fill_value=0,
             attributes={"long_name": "1 when the block's labels are written",
                         "block_size": block_size})
-
-
-def done_blocks(path: Location) -> set[tuple[int, int]]:
-    """(row, col) of blocks whose labels are completely written."""
-    done = zarr.open_array(str(path), path=f"{RESUME}/block_done", mode="r")[:]
-    return {(int(r), int(c)) for r, c in zip(*np.nonzero(done), strict=True)}
-
-
-def write_block(path: Location, out: BlockOutput, confidence: bool = True,
-                token: str | None = None) -> None:
-    """Write a block's region (chunk-aligned, so no locks), then mark it done; with a run
-    ``token``, only while the store still belongs to that run."""
-    check_token(path, token)
-    b = out.block
-    region = (slice(b.row_off, b.row_off + b.height), slice(b.col_off, b.col_off + b.width))
-    group = zarr.open_group(str(path), mode="r+")
-    group["labels"][region] = out.labels
-    if confidence:
-        group["confidence"][region] = out.confidence
-        if out.margin is not None:
-            group["margin"][region] = out.margin
-    group[f"{RESUME}/block_rows_done"][b.row, b.col] = b.height
-    group[f"{RESUME}/block_done"][b.row, b.col] = 1
-
-
-def block_rows_done(path: Location, block: Block) -> int:
-    """Rows of ``block``'s core already written by an earlier, interrupted attempt."""
-    group = zarr.open_group(str(path), mode="r")
-    return int(group[f"{RESUME}/block_rows_done"][block.row, block.col])
-
-
-class BlockWriter:
-    """Writes a block's finished rows in whole chunk rows as they stream in.
-
-    After each write the block's resume point (``block_rows_done``) moves on, so a killed run
-    restarts the block from its first unwritten chunk row. Blocks are chunk-aligned, so blocks
-    never share a chunk and writers need no locks.
-    """
-
-    def __init__(self, path: Location, block: Block, start_row: int, chunk: int,
-                 confidence: bool = True, token: str | None = None) -> None:
-        self.path, self.token = path, token
-        check_token(path, token)
-        self.group = zarr.open_group(str(path), mode="r+")
-        self.block, self.chunk, self.confidence = block, chunk, confidence
-        self.next_row = start_row  # first core row not yet written
-        self._labels: list[np.ndarray] = []
-        self._conf: list[np.ndarray] = []
-        self._margin: list[np.ndarray] = []
-        self._rows = 0
-
-    def add(self, labels: np.ndarray, confidence: np.ndarray,
-            margin: np.ndarray | None = None) -> None:
-        """Append the next finished rows (in order); write every complete chunk row."""
-        self._labels.append(labels)
-        self._conf.append(confidence)
-        self._margin.append(np.full_like(labels, NODATA) if margin is None else margin)
-        self._rows += labels.shape[0]
-        n = (self._rows // self.chunk) * self.chunk
-        if n:
-            self._write(n)
-
-    def finish(self) -> None:
-        """Write the remaining rows and mark the block done."""
-        if self._rows:
-            self._write(self._rows)
-        b = self.block
-        if self.next_row != b.height:
-            raise RuntimeError(f"block {b.key}: {self.next_row} of {b.height} rows written")
-        check_token(self.path, self.token)
-        self.group[f"{RESUME}/block_done"][b.row, b.col] = 1
-
-    def _write(self, n: int) -> None:
-        labels = np.concatenate(self._labels)
-        conf = np.concatenate(self._conf)
-        margin = np.concatenate(self._margin)
-        b = self.block
-        y0 = b.row_off + self.next_row
-        region = (slice(y0, y0 + n), slice(b.col_off, b.col_off + b.width))
-        check_token(self.path, self.token)
-        self.group["labels"][region] = labels[:n]
-        if self.confidence:
-            self.group["confidence"][region] = conf[:n]
-            self.group["margin"][region] = margin[:n]
-        self.next_row += n
-        self.group[f"{RESUME}/block_rows_done"][b.row, b.col] = self.next_row
-        self._labels, self._conf, self._margin = [labels[n:]], [conf[n:]], [margin[n:]]
-        self._rows -= n
 
 
 def finalize_store(path: Location, final: Location, summary: dict[str, Any]) -> Location:

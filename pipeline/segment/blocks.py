@@ -15,13 +15,8 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.io.remote import absolute
-from pipeline.io.zarr_store import (
-    BlockWriter,
-    block_rows_done,
-    done_blocks,
-    prepare_store,
-    store_token,
-)
+from pipeline.io.zarr_store import prepare_store
+from pipeline.io.zarr_writes import BlockWriter, block_rows_done, done_blocks, store_token
 from pipeline.models.refine import with_refinement
 from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.segment.plan import SegmentPlan

@@ -18,7 +18,8 @@ from typing import Any
 
 from pipeline.config import DaskConfig
 from pipeline.io.remote import absolute
-from pipeline.io.zarr_store import Location, open_labels
+from pipeline.io.zarr_store import open_labels
+from pipeline.io.zarr_writes import Location
 from pipeline.segment.executor import dask_client
 
 VECTORIZE_BLOCK = 2048  # vectorize's own blocks (not the inference blocks): memory stays flat

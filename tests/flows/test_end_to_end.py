@@ -237,7 +237,7 @@ def test_a_rerun_resumes_and_reproduces_the_same_labels(segmented, fitted, demo_
     (partial / ".zmetadata").unlink()  # not consolidated yet, bookkeeping still there
     import zarr
 
-    from pipeline.io.zarr_store import RESUME
+    from pipeline.io.zarr_writes import RESUME
 
     resume = zarr.open_group(str(partial), mode="r+", use_consolidated=False).create_group(RESUME)
     for name, dtype in (("block_done", "uint8"), ("block_rows_done", "int32")):

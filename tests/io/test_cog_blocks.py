@@ -36,7 +36,8 @@ from pipeline.config import DaskConfig
 from pipeline.io.cog import cog_plan, overview_factors, write_cog
 from pipeline.io.cog_layout import GHOST_AREA, TYPE_SIZE
 from pipeline.io.overviews import reduce, source_span
-from pipeline.io.zarr_store import finalize_store, prepare_store, write_block
+from pipeline.io.zarr_store import finalize_store, prepare_store
+from pipeline.io.zarr_writes import write_block
 from pipeline.labels import NODATA, BlockOutput
 from pipeline.tiling import plan_blocks
 

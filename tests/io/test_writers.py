@@ -12,15 +12,8 @@ import rasterio
 from affine import Affine
 
 from pipeline.io.cog import write_cog
-from pipeline.io.zarr_store import (
-    RESUME,
-    done_blocks,
-    finalize_store,
-    open_labels,
-    partial_stores,
-    prepare_store,
-    write_block,
-)
+from pipeline.io.zarr_store import finalize_store, open_labels, partial_stores, prepare_store
+from pipeline.io.zarr_writes import RESUME, done_blocks, write_block
 from pipeline.labels import BlockOutput
 from pipeline.tiling import plan_blocks
 from tests.gdal_capi import describe_with_pyogrio_gdal, rasterio_gdal
@@ -335,7 +328,7 @@ def test_a_block_of_an_earlier_run_cannot_write_into_a_later_runs_store(tmp_path
     """The stale-write fence: a block whose client died keeps running; a rerun (here with
     another model: another fingerprint) takes the store, and every later write of the orphan
     is refused, so the rerun's store holds only the rerun's labels."""
-    from pipeline.io.zarr_store import BlockWriter, StaleRunError, store_token
+    from pipeline.io.zarr_writes import BlockWriter, StaleRunError, store_token
 
     old = _labels(seed=1)
     new = _labels(seed=2)
@@ -370,7 +363,7 @@ def test_a_block_of_an_earlier_run_cannot_write_into_a_later_runs_store(tmp_path
 
 def test_a_resumed_run_fences_the_blocks_of_the_run_it_resumes(tmp_path):
     """Same fingerprint: the resumed run takes over, and the killed run's blocks stop."""
-    from pipeline.io.zarr_store import BlockWriter, StaleRunError, store_token
+    from pipeline.io.zarr_writes import BlockWriter, StaleRunError, store_token
 
     lab = _labels()
     final, path, _ = _store(tmp_path, lab)

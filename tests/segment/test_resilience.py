@@ -29,7 +29,8 @@ import rasterio
 
 from flows.cli import main
 from pipeline.io.lock import LOCK_NAME
-from pipeline.io.zarr_store import RESUME, open_labels, partial_stores
+from pipeline.io.zarr_store import open_labels, partial_stores
+from pipeline.io.zarr_writes import RESUME
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = """
@@ -510,7 +511,7 @@ def test_a_block_interrupted_midway_resumes_from_its_first_unwritten_chunk_row(
     """Big blocks write chunk rows as they finish, so a crash loses at most one band."""
     import pipeline.segment.blocks as blocks
     from pipeline.config import RunConfig
-    from pipeline.io.zarr_store import block_rows_done
+    from pipeline.io.zarr_writes import block_rows_done
     from pipeline.segment.plan import plan_segment
 
     cfg = RunConfig.model_validate({"tiling": {"tile_size": 64, "overlap": 16,

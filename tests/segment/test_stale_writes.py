@@ -21,7 +21,8 @@ import numpy as np
 import zarr
 
 from flows.cli import main
-from pipeline.io.zarr_store import RESUME, open_labels, partial_stores
+from pipeline.io.zarr_store import open_labels, partial_stores
+from pipeline.io.zarr_writes import RESUME
 
 ROOT = Path(__file__).resolve().parents[2]
 TILING = "tiling: {tile_size: 64, overlap: 16, block_size: 192, chunk_size: 32, batch_size: 1}"
