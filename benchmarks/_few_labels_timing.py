@@ -106,6 +106,7 @@ def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> 
     from pipeline.config.classifier import ClassifierConfig
     from pipeline.fit.samples_fit import train_head
     from pipeline.models.classifier import SampleClassifier
+    from pipeline.models.crf_refine import CRFRefined
     from pipeline.models.device import cpu_has_native_bf16, precision_context
     from pipeline.models.feature_kmeans import FeatureKMeans
     from pipeline.models.refine import RegionRefined
@@ -124,6 +125,7 @@ def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> 
                            default.class_names, default.colors)
     cands = [("classifier as segment runs it (superpixels 256 px, means of every 4th px)",
               RegionRefined(default, 256)),
+             ("the same, then the dense CRF (--crf)", CRFRefined(RegionRefined(default, 256))),
              ("classifier, superpixel means of every pixel",
               RegionRefined(default, 256, sample_stride=1)),
              ("classifier, --refine none", default),
@@ -172,19 +174,20 @@ def segment_rows(work: Path, size: int, model: object, repeats: int = 3) -> list
                             "random", "--backbone", CLASSIFIER_BACKBONE[0], *args,
                             "--embed-weights", "--clusters", str(len(model.class_names)),
                             "--out", str(km_dir)], check=True, capture_output=True)
-    models = (("classifier (default refine)", cls_dir), ("feature-kmeans", km_dir))
-    walls: dict[str, list[float]] = {label: [] for label, _ in models}
+    models = (("classifier (default refine)", cls_dir, []),
+              ("classifier, --crf", cls_dir, ["--crf"]), ("feature-kmeans", km_dir, []))
+    walls: dict[str, list[float]] = {label: [] for label, _, _ in models}
     for _ in range(repeats):  # alternating, so a slow spell of the machine hits both
-        for label, model_dir in models:
+        for label, model_dir, extra in models:
             out = work / f"seg_{model_dir.name}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             subprocess.run(stego + ["segment", str(image), "--model", str(model_dir), "--out",
-                                    str(out)], check=True, capture_output=True)
+                                    str(out), *extra], check=True, capture_output=True)
             walls[label].append(time.perf_counter() - t0)
             print(f"  timing: {label} {walls[label][-1]:.1f} s", flush=True)
     rows = []
-    for label, _ in models:
+    for label, _, _ in models:
         wall = float(np.median(walls[label]))
         rows.append([label, f"{size}²", f"{wall:.1f}", " / ".join(f"{w:.1f}" for w in
                                                               walls[label]),

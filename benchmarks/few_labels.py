@@ -33,7 +33,8 @@ confident pixels of each predicted class, at most 1000 per class, added as pseud
 the head refitted once), and both (pseudo-labels from the averaged probabilities, refitted,
 averaged again), and propagation (label spreading over the scene's superpixels, each
 unlabelled superpixel's spread class distilled into the trees as pseudo-labels, at most 1000
-pixels per class; then segment's averaging). The second table per scene gives each
+pixels per class; then segment's averaging); and crf (segment's averaging, then the dense
+CRF of `segment --crf` on the whole scene). The second table per scene gives each
 semi-supervised row's paired gain over the default (mean over seeds, and on how many seeds
 mIoU rose).
 
@@ -108,6 +109,8 @@ ROWS = [
     Row("both", "default + self-training + superpixels", semi="both"),
     Row("propagation", "default + label propagation over superpixels (segment's averaging)",
         semi="propagation", stride=4),
+    Row("crf", "default + superpixels (every 4th px) + dense CRF (--crf)", semi="crf",
+        stride=4),
 ]
 QUICK_ROWS = ["rgb-rf", "local", "default", "linear", "superpixels", "sampled",
               "self-training"]
@@ -152,6 +155,20 @@ def smooth(scene: fd.Scene, probs: np.ndarray, stride: int = 1) -> np.ndarray:
     mask = None if stride == 1 else sample_mask(scene.segments, stride)
     out = average_within(probs.T.reshape(-1, h, w), scene.segments, mask)
     return np.ascontiguousarray(out.reshape(len(out), -1).T)
+
+
+def crf(scene: fd.Scene, probs: np.ndarray) -> np.ndarray:
+    """The dense CRF (STEGO's settings, what `segment --crf` adds) on the whole scene's
+    probabilities and RGB (segment refines each 544² tile: the Potsdam crop is one)."""
+    import torch
+
+    from pipeline.models.crf import dense_crf
+
+    h, w = scene.truth.shape
+    rgb = np.rint(np.clip(scene.image, 0, 1) * 255).astype(np.uint8).transpose(2, 0, 1)
+    q = dense_crf(torch.from_numpy(np.ascontiguousarray(probs.T.reshape(-1, h, w))),
+                  torch.from_numpy(np.ascontiguousarray(rgb)))
+    return np.ascontiguousarray(q.numpy().reshape(len(q), -1).T)
 
 
 def pseudo_labels(scene: fd.Scene, probs: np.ndarray, exclude: np.ndarray, seed: int,
@@ -236,9 +253,13 @@ def trial(scene: fd.Scene, rows: list[Row], design: str, seed: int, all_tiles: i
             p0, train0, pred0 = default(row.trees)
             feat_fit, feat_px = feature_cost("vit")
             slic_px = scene.slic_seconds / n
-            if row.semi == "superpixels":
+            if row.semi in ("superpixels", "crf"):
                 probs = smooth(scene, p0, row.stride)
                 fit_s, px_s = feat_fit + train0, feat_px + pred0 / n + slic_px
+                if row.semi == "crf":
+                    t0 = time.perf_counter()
+                    probs = crf(scene, probs)
+                    px_s += (time.perf_counter() - t0) / n
             elif row.semi == "propagation":
                 t0 = time.perf_counter()
                 pidx, py = propagated_labels(scene, idx, y, seed)

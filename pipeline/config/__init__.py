@@ -204,7 +204,11 @@ class ModelRuntimeConfig(Section):
 
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="where the model runs; auto = CUDA when available")
-    crf: bool | None = Field(default=None, description="dense CRF on/off; null = the model's")
+    crf: bool | None = Field(
+        default=None, description="dense CRF on each tile's probabilities (STEGO's settings): "
+        "STEGO switches its own; any other model (the few-labels classifier, the classic "
+        "methods) gets it after the refinement; null = the model's (off but for STEGO models "
+        "made with it)")
     flip: bool | None = Field(
         default=None, description="STEGO: average the codes of each tile and its horizontal "
         "mirror, as STEGO's own evaluation does (twice the backbone work); null = the model's")

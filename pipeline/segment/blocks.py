@@ -17,7 +17,7 @@ from pipeline.io.raster import RasterInfo, Scaling
 from pipeline.io.remote import absolute
 from pipeline.io.zarr_store import prepare_store
 from pipeline.io.zarr_writes import BlockWriter, block_rows_done, done_blocks, store_token
-from pipeline.models.refine import with_refinement
+from pipeline.models.crf_refine import post_processed
 from pipeline.segment.inference import BlockStats, auto_batch_size, block_stats, iter_block_slabs
 from pipeline.segment.plan import SegmentPlan
 from pipeline.tiling import Block, TileGrid
@@ -64,13 +64,11 @@ def infer_and_write_block(block: Block, job: BlockJob) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(job.torch_threads)
-    if job.crf is not None and hasattr(model, "crf"):
-        model.crf = job.crf
     if job.flip is not None and hasattr(model, "flip"):
         model.flip = job.flip
     if hasattr(model, "use_linear_probe"):
         model.use_linear_probe = job.linear_probe
-    model = with_refinement(model, job.refine, job.refine_pixels)
+    model = post_processed(model, job.refine, job.refine_pixels, job.crf)
     batch = job.batch_size or auto_batch_size(model, job.grid.tile, job.device, job.precision)
 
     def attempt() -> dict[str, Any]:

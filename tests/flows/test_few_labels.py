@@ -231,6 +231,22 @@ def test_the_map_matches_the_planted_classes(segmented, scene):
     np.testing.assert_array_equal(open_labels(segmented / "labels.zarr")[:], labels)
 
 
+def test_segment_crf_refines_the_classifiers_map(segmented, fitted, scene, tmp_path):
+    """`--crf` adds the dense CRF after the superpixel averaging (a model without its own CRF
+    is no longer left as it was): the probabilities change, the classes stay right."""
+    import zarr
+
+    out = tmp_path / "crf"
+    assert main(["segment", str(scene[0]), "--model", str(fitted), "--out", str(out), "--crf",
+                 *SEGMENT]) == 0
+    assert json.loads((out / "run.json").read_text())["config"]["model"]["crf"] is True
+    with rasterio.open(out / "labels.tif") as ds:
+        assert (ds.read(1) == scene[1]).mean() > 0.98
+    plain, crf = (zarr.open_array(str(d / "labels.zarr"), path="confidence", mode="r")[:]
+                  for d in (segmented, out))
+    assert (plain != crf).mean() > 0.1
+
+
 def test_blocks_leave_no_seams(fitted, scene, tmp_path, one_torch_thread):
     """Cut into 9 blocks, or into blocks off the tile grid, a 128 px part of the scene where
     the three classes meet segments exactly as in one block on the same tile grid

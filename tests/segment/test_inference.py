@@ -41,22 +41,24 @@ def classic_models(tmp_path_factory, demo_scene) -> dict:
 
 
 def _model(request, name: str):
-    """A fitted model by name; ``+regions`` wraps it in the region-based refinement."""
-    from pipeline.models.refine import with_refinement
+    """A fitted model by name; ``+regions`` wraps it in the region-based refinement, ``+crf``
+    in the dense CRF (after it), as segment post-processes."""
+    from pipeline.models.crf_refine import post_processed
 
-    base, _, refine = name.partition("+")
+    base, *post = name.split("+")
     if base in ("threshold", "region", "edge"):
         path = request.getfixturevalue("classic_models")[base]
     else:
         path = request.getfixturevalue(base)
-    return with_refinement(load_model(path), refine or "none", 48)
+    refine = "regions" if "regions" in post else "none"
+    return post_processed(load_model(path), refine, 48, "crf" in post)
 
 
 @pytest.mark.parametrize(("model_fixture", "trimmed"), [
     *[(m, t) for m in ("pixel_model", "feature_model") for t in (False, True)],
     # the classic methods and the region-based refinement (issue 15), on the centred grid
     *[(m, False) for m in ("threshold", "region", "edge", "pixel_model+regions",
-                           "edge+regions")]])
+                           "edge+regions", "pixel_model+regions+crf")]])
 def test_block_seams_leave_no_trace(request, demo_scene, model_fixture, trimmed):
     model = _model(request, model_fixture)
     info = open_raster_info(demo_scene[0])
