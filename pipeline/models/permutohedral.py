@@ -17,9 +17,15 @@ def _csr(
     order = torch.argsort(rows * shape[1] + cols)
     counts = torch.bincount(rows, minlength=shape[0])
     crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return _sparse_csr(crow, cols[order], vals[order], shape)
+
+
+def _sparse_csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                shape: tuple[int, int]) -> torch.Tensor:
+    """Sparse CSR matrix from its row pointers, column indices and values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, cols[order], vals[order], shape)
+        return torch.sparse_csr_tensor(crow, cols, vals, shape)
 
 
 class PermutohedralLattice:
@@ -90,28 +96,30 @@ class PermutohedralLattice:
         pts = torch.arange(n, device=dev).repeat_interleave(d1)
         w = bary[:, :d1].reshape(-1).to(dtype)
         self.splat = _csr(inverse, pts, w, (m, n))
-        self.slice = _csr(pts, inverse, w * alpha, (n, m))
+        # the slice's rows are the points, already in order: d+1 entries each, no sort
+        crow = torch.arange(0, n * d1 + 1, d1, device=dev)
+        self.slice = _sparse_csr(crow, inverse, w * alpha, (n, m))
 
         # Blur along each lattice axis j: neighbour n1 = key - 1 (+d+1 on axis j), n2 = key + 1
         # (-d-1 on axis j) -- as codes, a constant shift; n2(n1(x)) = x, so one lookup per axis.
         powers = [base ** (d - 1 - c) for c in range(d)]
         self.blurs: list[torch.Tensor] = []
         diag = torch.arange(m, device=dev)
+        half = torch.tensor([1.0, 0.5, 0.5], device=dev, dtype=dtype).expand(m, 3)
         for axis in range(d1):
             delta = -sum(powers) + (d1 * powers[axis] if axis < d else 0)
             target = uniq + delta
             idx = torch.searchsorted(uniq, target).clamp(max=m - 1)
             found = uniq[idx] == target
-            src, dst = diag[found], idx[found]
-            rows = torch.cat([diag, src, dst])
-            cols = torch.cat([diag, dst, src])
-            vals = torch.cat(
-                [
-                    torch.ones(m, device=dev, dtype=dtype),
-                    torch.full((2 * src.numel(),), 0.5, device=dev, dtype=dtype),
-                ]
-            )
-            self.blurs.append(_csr(rows, cols, vals, (m, m)))
+            # each point: itself, its neighbour n1 (if in the lattice) and the point whose n1
+            # it is (its n2): built row by row, so no sort is needed
+            n1 = torch.where(found, idx, -1)
+            n2 = torch.full((m,), -1, device=dev, dtype=torch.long)
+            n2[idx[found]] = diag[found]
+            cols = torch.stack([diag, n1, n2], dim=1)
+            keep = cols >= 0
+            crow = torch.cat([diag.new_zeros(1), keep.sum(1).cumsum(0)])
+            self.blurs.append(_sparse_csr(crow, cols[keep], half[keep], (m, m)))
 
     def compute(self, values: torch.Tensor) -> torch.Tensor:
         """Filter values (N, C) -> (N, C): splat, blur along the d+1 axes, slice."""
