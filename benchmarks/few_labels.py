@@ -34,7 +34,8 @@ the head refitted once), and both (pseudo-labels from the averaged probabilities
 averaged again), and propagation (label spreading over the scene's superpixels, each
 unlabelled superpixel's spread class distilled into the trees as pseudo-labels, at most 1000
 pixels per class; then segment's averaging); and crf (segment's averaging, then the dense
-CRF of `segment --crf` on the whole scene). The second table per scene gives each
+CRF segment adds, on the whole scene reduced 4x as segment reduces each tile, or at full
+resolution). The second table per scene gives each
 semi-supervised row's paired gain over the default (mean over seeds, and on how many seeds
 mIoU rose).
 
@@ -64,6 +65,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _few_labels_data as fd  # noqa: E402
 from _table import print_table  # noqa: E402
+
+from pipeline.models.crf_refine import CRF_SCALE  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -99,7 +102,8 @@ ROWS = [
     Row("stego", "RGB + local + a STEGO model's ViT + its codes (--stego-model), trees 100",
         "stego"),
     Row("superpixels", "default + superpixels", semi="superpixels"),
-    Row("sampled", "default + superpixels, means of every 4th pixel (segment default)",
+    Row("sampled", "default + superpixels, means of every 4th pixel (segment default before "
+        "the CRF)",
         semi="superpixels", stride=4),
     Row("sampled2", "default + superpixels, means of every 2nd pixel",
         semi="superpixels", stride=2),
@@ -109,8 +113,10 @@ ROWS = [
     Row("both", "default + self-training + superpixels", semi="both"),
     Row("propagation", "default + label propagation over superpixels (segment's averaging)",
         semi="propagation", stride=4),
-    Row("crf", "default + superpixels (every 4th px) + dense CRF (--crf)", semi="crf",
-        stride=4),
+    Row("crf", "default + superpixels (every 4th px) + dense CRF at 1/4 resolution "
+        "(segment default)", semi="crf", stride=4),
+    Row("crf-full", "default + superpixels (every 4th px) + dense CRF at full resolution",
+        semi="crf-full", stride=4),
 ]
 QUICK_ROWS = ["rgb-rf", "local", "default", "linear", "superpixels", "sampled",
               "self-training"]
@@ -157,17 +163,19 @@ def smooth(scene: fd.Scene, probs: np.ndarray, stride: int = 1) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(len(out), -1).T)
 
 
-def crf(scene: fd.Scene, probs: np.ndarray) -> np.ndarray:
-    """The dense CRF (STEGO's settings, what `segment --crf` adds) on the whole scene's
-    probabilities and RGB (segment refines each 544² tile: the Potsdam crop is one)."""
+def crf(scene: fd.Scene, probs: np.ndarray, scale: int) -> np.ndarray:
+    """The dense CRF that `segment` adds (``refine_tiles``, STEGO's settings) on the whole
+    scene's probabilities and RGB, reduced ``scale`` x (segment refines each 544² tile: the
+    Potsdam crop is one)."""
     import torch
 
-    from pipeline.models.crf import dense_crf
+    from pipeline.models.crf_refine import refine_tiles
 
     h, w = scene.truth.shape
-    rgb = np.rint(np.clip(scene.image, 0, 1) * 255).astype(np.uint8).transpose(2, 0, 1)
-    q = dense_crf(torch.from_numpy(np.ascontiguousarray(probs.T.reshape(-1, h, w))),
-                  torch.from_numpy(np.ascontiguousarray(rgb)))
+    p = torch.from_numpy(np.ascontiguousarray(probs.T.reshape(1, -1, h, w)))
+    rgb = torch.from_numpy(np.ascontiguousarray(scene.image.transpose(2, 0, 1)[None],
+                                                dtype=np.float32))
+    q = refine_tiles(p, rgb.clamp(0, 1), scale)[0]
     return np.ascontiguousarray(q.numpy().reshape(len(q), -1).T)
 
 
@@ -253,12 +261,12 @@ def trial(scene: fd.Scene, rows: list[Row], design: str, seed: int, all_tiles: i
             p0, train0, pred0 = default(row.trees)
             feat_fit, feat_px = feature_cost("vit")
             slic_px = scene.slic_seconds / n
-            if row.semi in ("superpixels", "crf"):
+            if row.semi in ("superpixels", "crf", "crf-full"):
                 probs = smooth(scene, p0, row.stride)
                 fit_s, px_s = feat_fit + train0, feat_px + pred0 / n + slic_px
-                if row.semi == "crf":
+                if row.semi.startswith("crf"):
                     t0 = time.perf_counter()
-                    probs = crf(scene, probs)
+                    probs = crf(scene, probs, 1 if row.semi == "crf-full" else CRF_SCALE)
                     px_s += (time.perf_counter() - t0) / n
             elif row.semi == "propagation":
                 t0 = time.perf_counter()

@@ -75,7 +75,7 @@ def _output_config(config: dict[str, Any], drop: tuple[str, ...] = (),
                    auto_blocks: bool = False) -> dict[str, Any]:
     out = {k: config.get(k) for k in OUTPUT_SECTIONS}
     if drop and isinstance(out.get("model"), dict):
-        # model.refine / refine_pixels null mean "the model's own": run.json holds the
+        # model.refine / refine_pixels / crf null mean "the model's own": run.json holds the
         # resolved value, which the fingerprint compared below covers
         out["model"] = {k: v for k, v in out["model"].items() if k not in drop}
     if auto_blocks and isinstance(out.get("tiling"), dict):
@@ -126,7 +126,7 @@ def is_done(scene: str, model_dir: str, out_dir: str | Path, cfg: RunConfig) -> 
 
 def _fingerprint_matches(doc: dict[str, Any], scene: str, model_dir: str, out_dir: str,
                          cfg: RunConfig) -> bool:
-    drop = tuple(k for k in ("refine", "refine_pixels") if getattr(cfg.model, k) is None)
+    drop = tuple(k for k in ("refine", "refine_pixels", "crf") if getattr(cfg.model, k) is None)
     auto = cfg.tiling.block_size == "auto"
     if _output_config(doc.get("config") or {}, drop, auto) != \
             _output_config(cfg.model_dump(mode="json"), drop, auto):

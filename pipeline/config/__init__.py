@@ -206,9 +206,9 @@ class ModelRuntimeConfig(Section):
         default="auto", description="where the model runs; auto = CUDA when available")
     crf: bool | None = Field(
         default=None, description="dense CRF on each tile's probabilities (STEGO's settings): "
-        "STEGO switches its own; any other model (the few-labels classifier, the classic "
-        "methods) gets it after the refinement; null = the model's (off but for STEGO models "
-        "made with it)")
+        "STEGO switches its own; any other model gets it after the refinement, on the tile "
+        "reduced 4x; null = the model's own (on for the few-labels classifier, where it "
+        "measured better; for STEGO as fitted; else off)")
     flip: bool | None = Field(
         default=None, description="STEGO: average the codes of each tile and its horizontal "
         "mirror, as STEGO's own evaluation does (twice the backbone work); null = the model's")

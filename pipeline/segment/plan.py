@@ -166,13 +166,15 @@ def plan_segment(
                      f"snapped to {tile} / {overlap}, multiples of the model's patch {patch}")
         config = config.model_copy(deep=True)
         config.tiling.tile_size, config.tiling.overlap = tile, overlap
-    if config.model.refine is None or config.model.refine_pixels is None:  # the model's own
-        params = meta.get("params") or {}
+    if None in (config.model.refine, config.model.refine_pixels, config.model.crf):
+        params = meta.get("params") or {}  # null: the model's own post-processing
         config = config.model_copy(deep=True)
         if config.model.refine is None:
             config.model.refine = params.get("refine", "none")
         if config.model.refine_pixels is None:
             config.model.refine_pixels = int(params.get("refine_pixels", 64))
+        if config.model.crf is None:
+            config.model.crf = bool(params.get("crf", False))
     input_id = input_checksum(input_path)
     device, precision = _device_and_precision(meta, config, notes)
     resume_key = _identity_hash(input_id, info, scaling, mhash, config, precision)
