@@ -11,7 +11,8 @@ every pixel, and add ``--per-round`` x classes new labelled pixels, either where
 `suggest_points` (what `stego suggest` runs) puts them, labelled from the truth (a suggestion
 on an ignored pixel stays unlabelled, as an analyst would skip it), or at uniformly random
 valid pixels. The map and its confidence are what `segment` makes by default: probabilities
-averaged within 256-px SLIC superpixels (``--refine none``: per pixel). Scored on every
+averaged within 256-px SLIC superpixels, then the dense CRF on the image reduced 4x
+(``--no-crf``: without it; ``--refine none``: per pixel, no CRF). Scored on every
 labelled pixel after the last round (accuracy and mIoU, the training pixels included: they
 are < 0.1 % of the image). Features are computed once over the
 whole image (no tiling); the selection and classifier are the pipeline's own.
@@ -41,13 +42,16 @@ from pipeline.fit.samples_fit import train_head  # noqa: E402
 from pipeline.labels import CONFIDENCE_SCALE  # noqa: E402
 from pipeline.models.backbone import build_backbone, describe_backbone  # noqa: E402
 from pipeline.models.classifier import SampleClassifier  # noqa: E402
+from pipeline.models.crf_refine import CRF_SCALE, refine_tiles  # noqa: E402
 from pipeline.models.refine import average_within, superpixels  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 POTSDAM3 = {1: 0, 5: 0, 2: 1, 6: 1, 3: 2, 4: 2}
-INTERIOR = {"suggest": 3, "suggest-edges": 0, "mixed": 3, "least-confidence": 3, "entropy": 3}
+INTERIOR = {"suggest": 3, "suggest-after-crf": 3, "suggest-edges": 0, "mixed": 3,
+            "least-confidence": 3, "entropy": 3}
 # suggest_points(interior=...). "suggest" ranks as `stego suggest` does, by the margin between
-# the two most probable classes (the store's margin); "least-confidence" by the winning
+# the two most probable classes (the store's margin: before the dense CRF; "suggest-after-crf"
+# after it); "least-confidence" by the winning
 # probability (what it did before the store kept the margin), "entropy" by the entropy
 ARMS = os.environ.get("ARMS", "suggest,random").split(",")
 
@@ -112,19 +116,27 @@ def features(image: np.ndarray) -> np.ndarray:
 
 def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start: np.ndarray,
             rounds: int, per_round: int, arm: str, seed: int, nodata: np.ndarray,
-            segments: np.ndarray | None = None) -> tuple[float, float, int]:
+            segments: np.ndarray | None = None, image: np.ndarray | None = None,
+            ) -> tuple[float, float, int]:
     """Accuracy, mIoU and labelled pixels after the rounds of one arm. With ``segments``,
-    the map and its confidence are the probabilities averaged within those superpixels, as
-    `segment` refines the classifier by default."""
+    the map and its confidence are the probabilities averaged within those superpixels, and
+    with ``image`` (3, H, W) then refined by the dense CRF, as `segment` post-processes the
+    classifier by default."""
 
     def predict(probe: SampleClassifier) -> np.ndarray:
         probs = probe.classify(torch.from_numpy(x)).numpy()
+        before_crf[0] = probs
         if segments is None:
             return probs
         avg = average_within(probs.T.reshape(k, *shape), segments)
+        before_crf[0] = np.ascontiguousarray(avg.reshape(k, -1).T)
+        if image is not None:  # segment's dense CRF, on the whole image reduced as a tile is
+            avg = refine_tiles(torch.from_numpy(avg)[None], torch.from_numpy(image)[None],
+                               CRF_SCALE)[0].numpy()
         return np.ascontiguousarray(avg.reshape(k, -1).T)
 
     cfg = ClassifierConfig()
+    before_crf: list[np.ndarray | None] = [None]
     rng = np.random.default_rng(1000 + seed)
     labelled = list(start)
     valid = np.flatnonzero(y >= 0)
@@ -143,7 +155,9 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
             labels = probs.argmax(1).astype(np.uint8)
             labels[nodata] = 255  # the map's nodata: never suggested
             labels = labels.reshape(shape)
-            top2 = np.sort(probs, 1)[:, -2:]
+            # the store's margin is the classifier's before the CRF (segment's predict_with_prior)
+            ranked = probs if arm.endswith("after-crf") else before_crf[0]
+            top2 = np.sort(ranked, 1)[:, -2:]
             certainty = top2[:, 1] - top2[:, 0]  # the margin
             if arm == "least-confidence":
                 certainty = probs.max(1)
@@ -178,6 +192,8 @@ def main() -> None:
     ap.add_argument("--refine", choices=["regions", "none"], default="regions",
                     help="the map as segment makes it: probabilities averaged within 256-px "
                          "SLIC superpixels (the classifier's default), or per pixel")
+    ap.add_argument("--no-crf", action="store_true",
+                    help="leave out segment's dense CRF after the superpixel averaging")
     args = ap.parse_args()
     rows = []
     for name, (image, y) in datasets().items():
@@ -199,7 +215,8 @@ def main() -> None:
                                                replace=False) for c in range(k)])
             for arm in res:
                 res[arm].append(run_arm(x, yf, y.shape, k, start, args.rounds,
-                                        args.per_round * k, arm, seed, nodata, segments))
+                                        args.per_round * k, arm, seed, nodata, segments,
+                                        None if args.no_crf or segments is None else image))
         r = np.array(res["random"])
         for arm in ARMS:
             s = np.array(res[arm])

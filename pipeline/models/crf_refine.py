@@ -34,17 +34,23 @@ class CRFRefined(SegmentationModel):
         self.patch_size = model.patch_size
 
     def predict(self, images: Any) -> np.ndarray:
-        """The inner model's probabilities, each tile's refined by the dense CRF (in float32,
-        on the images' device)."""
+        """The inner model's probabilities, each tile's refined by the dense CRF."""
+        return self.predict_with_prior(images)[0]
+
+    def predict_with_prior(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The refined probabilities (the CRF in float32, on the images' device), and the
+        inner model's before the CRF: segment takes the margin from those, since the CRF's
+        mean field makes confident what it smooths over, right or wrong, and `suggest`
+        needs the classifier's own doubt (few-labels.md)."""
         import torch
 
         device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
-        probs = torch.from_numpy(np.ascontiguousarray(as_array(self.inner.predict(images)),
-                                                      dtype=np.float32)).to(device)
+        prior = np.ascontiguousarray(as_array(self.inner.predict(images)), dtype=np.float32)
         x = torch.from_numpy(np.clip(as_array(images), 0, 1)).to(device)
         rgb = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
         with torch.autocast(device.type, enabled=False):  # segment's bf16 autocast
-            return refine_tiles(probs, rgb, self.scale).cpu().numpy()
+            refined = refine_tiles(torch.from_numpy(prior).to(device), rgb, self.scale)
+        return refined.cpu().numpy(), prior.copy()
 
     def state_tensors(self) -> dict[str, Any]:
         return self.inner.state_tensors()

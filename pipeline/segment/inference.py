@@ -67,23 +67,36 @@ def auto_batch_size(model: SegmentationModel, tile: int, device: str,
     return choose_batch_size(free, per_tile)
 
 
+Pair = tuple[np.ndarray, np.ndarray | None]  # probabilities, and those the margin comes from
+
+
+def _call(model: SegmentationModel, x: object) -> Pair:
+    """A model's probabilities, and with a model that post-processes them (the dense CRF:
+    ``predict_with_prior``), the probabilities before that, which the margin is taken from."""
+    pair = getattr(model, "predict_with_prior", None)
+    if pair is None:
+        return as_array(model.predict(x)), None
+    probs, prior = pair(x)
+    return as_array(probs), as_array(prior)
+
+
 def _predictor(model: SegmentationModel, device: str, precision: str
-               ) -> Callable[[np.ndarray], np.ndarray]:
-    """Host batch -> host float32 probabilities. A torch model runs under inference mode and
-    its precision, its batch copied to the device through pinned memory (asynchronously) on
-    CUDA; a NumPy model is called as it is."""
+               ) -> Callable[[np.ndarray], Pair]:
+    """Host batch -> host float32 probabilities (and the margin's, see :func:`_call`). A torch
+    model runs under inference mode and its precision, its batch copied to the device through
+    pinned memory (asynchronously) on CUDA; a NumPy model is called as it is."""
     if not model.uses_torch:
-        return lambda x: as_array(model.predict(x))
+        return lambda x: _call(model, x)
     import torch
 
     from pipeline.models.device import precision_context
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def predict(x: np.ndarray) -> Pair:
         t = torch.from_numpy(x)
         if device.startswith("cuda"):
             t = t.pin_memory().to(device, non_blocking=True)
         with torch.inference_mode(), precision_context(precision, device):
-            return as_array(model.predict(t))
+            return _call(model, t)
 
     return predict
 
@@ -119,6 +132,7 @@ def iter_block_slabs(
     weights_np = blend_weights_2d(t, grid.overlap)
     predict = _predictor(model, device, precision)
     acc = np.zeros((k, t, block.width), dtype=np.float32)  # rows [base, base + t)
+    prior_acc: np.ndarray | None = None  # the margin's probabilities, where they differ
     wsum = np.zeros((t, block.width), dtype=np.float32)
 
     def read(y: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -143,16 +157,22 @@ def iter_block_slabs(
                 batch = todo[j : j + batch_size]
                 x = np.stack([img[:, :, tc - c0 : tc - c0 + t] for tc in batch])
                 tm = time.perf_counter()
-                probs = predict(x)
+                probs, prior = predict(x)
                 stats.model_seconds += time.perf_counter() - tm
                 probs *= weights_np
-                for tc, p in zip(batch, probs, strict=True):
+                if prior is not None:
+                    prior *= weights_np
+                    if prior_acc is None:
+                        prior_acc = np.zeros_like(acc)
+                for n, (tc, p) in enumerate(zip(batch, probs, strict=True)):
                     x0, x1 = max(tc, C0), min(tc + t, C1)
                     if x1 <= x0:
                         continue
                     src = slice(x0 - tc, x1 - tc)
                     dst = slice(x0 - C0, x1 - C0)
                     acc[:, :, dst] += p[:, :, src]
+                    if prior is not None:
+                        prior_acc[:, :, dst] += prior[n][:, :, src]
                     wsum[:, dst] += weights_np[:, src]
             last = i + 1 == len(rows)
             done_to = base + (t if last else s)  # rows [base, done_to) are final
@@ -160,30 +180,36 @@ def iter_block_slabs(
             if y1 > y0:
                 band = slice(y0 - base, y1 - base)
                 core_valid = valid[band, C0 - c0 : C1 - c0]
-                slab = _finish(acc[:, band], wsum[band], core_valid, y0 - R0)
+                slab = _finish(acc[:, band], wsum[band], core_valid, y0 - R0,
+                               None if prior_acc is None else prior_acc[:, band])
                 stats.valid_pixels += int(slab.valid.sum())
                 stats.class_counts += np.bincount(slab.labels[slab.valid], minlength=k)[:k]
                 yield slab
             if not last:
-                acc[:, : t - s] = acc[:, s:]
-                acc[:, t - s :] = 0
+                for a in (acc,) if prior_acc is None else (acc, prior_acc):
+                    a[:, : t - s] = a[:, s:]
+                    a[:, t - s :] = 0
                 wsum[: t - s] = wsum[s:]
                 wsum[t - s :] = 0
 
 
-def _finish(acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, row: int) -> Slab:
+def _finish(acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, row: int,
+            prior: np.ndarray | None = None) -> Slab:
     """Argmax of blended scores, confidence (the winning probability) and margin (winning
-    minus runner-up probability), both x 254, for finished rows; nodata stays 255."""
+    minus runner-up probability; of the blended ``prior`` probabilities when given: the
+    model's before its dense CRF), both x 254, for finished rows; nodata stays 255."""
     labels = np.full(valid.shape, NODATA, dtype=np.uint8)
     confidence = np.full(valid.shape, NODATA, dtype=np.uint8)
     margin = np.full(valid.shape, NODATA, dtype=np.uint8)
     if valid.any():
         best = acc.argmax(axis=0).astype(np.uint8)
         top = np.take_along_axis(acc, best[None].astype(np.int64), axis=0)[0]
-        second = np.partition(acc, -2, axis=0)[-2] if len(acc) > 1 else np.zeros_like(top)
         norm = np.maximum(wsum, 1e-12)
         conf = np.where(wsum > 0, top / norm, 0.0)
-        gap = np.where(wsum > 0, (top - second) / norm, 0.0)
+        ranked = acc if prior is None else prior
+        top2 = (np.partition(ranked, -2, axis=0)[-2:] if len(ranked) > 1
+                else np.stack([np.zeros_like(top), ranked[0]]))
+        gap = np.where(wsum > 0, (top2[1] - top2[0]) / norm, 0.0)
         labels[valid] = best[valid]
         for out, value in ((confidence, conf), (margin, gap)):
             out[valid] = np.clip(np.rint(value[valid] * CONFIDENCE_SCALE), 0,

@@ -174,3 +174,31 @@ def test_the_margin_is_the_winning_minus_the_runner_up_probability():
     assert slab.labels.tolist() == [[0, 1]]
     assert slab.confidence.tolist() == [[round(0.5 * 254), round(0.5 * 254)]]
     assert slab.margin.tolist() == [[round(0.2 * 254), round(0.1 * 254)]]
+
+
+def test_after_a_dense_crf_the_margin_is_the_models_own_before_it():
+    """The CRF's mean field makes confident what it smooths over, right or wrong: the margin
+    (what `suggest` ranks) is taken from the probabilities before it, blended alike."""
+    from pipeline.segment.inference import _finish
+
+    acc = np.array([[[1.9, 0.1]], [[0.1, 1.9]]])  # the CRF's: sure at both pixels
+    prior = np.array([[[1.1, 0.2]], [[0.9, 1.8]]])  # before it: pixel 0 nearly a tie
+    slab = _finish(acc, np.full((1, 2), 2.0), np.ones((1, 2), dtype=bool), 0, prior)
+    assert slab.labels.tolist() == [[0, 1]]
+    assert slab.confidence.tolist() == [[round(0.95 * 254)] * 2]
+    assert slab.margin.tolist() == [[round(0.1 * 254), round(0.8 * 254)]]
+
+
+def test_segment_takes_the_margin_of_a_crf_refined_model_before_its_crf(demo_scene,
+                                                                       pixel_model):
+    from pipeline.models.crf_refine import CRFRefined
+
+    model = load_model(pixel_model)
+    info = open_raster_info(demo_scene[0])
+    grid = TileGrid(64, 16)
+    plain = segment_block(model, info, compute_scaling(info), grid,
+                          plan_blocks(info.height, info.width, 96)[0], 3)
+    refined = segment_block(CRFRefined(model), info, compute_scaling(info), grid,
+                            plan_blocks(info.height, info.width, 96)[0], 3)
+    np.testing.assert_array_equal(refined.margin, plain.margin)
+    assert (refined.confidence != plain.confidence).mean() > 0.1
