@@ -123,10 +123,11 @@ def throughput_rows(models: dict, tiles: list[np.ndarray], repeats: int = 1) -> 
     kmeans = FeatureKMeans(default.backbone, default.backbone_info,
                            torch.randn(k, int(default.backbone.num_features)),
                            default.class_names, default.colors)
-    cands = [("classifier as segment runs it (superpixels 256 px, means of every 4th px, "
-              "then the dense CRF at 1/4)", CRFRefined(RegionRefined(default, 256))),
-             ("the same, --no-crf", RegionRefined(default, 256)),
-             ("the same, CRF at full resolution", CRFRefined(RegionRefined(default, 256), 1)),
+    cands = [("classifier as segment runs it (superpixels 256 px, means of every 4th px)",
+              RegionRefined(default, 256)),
+             ("the same, --crf (the dense CRF at 1/4)", CRFRefined(RegionRefined(default, 256))),
+             ("the same, the CRF at full resolution",
+              CRFRefined(RegionRefined(default, 256), 1)),
              ("classifier, superpixel means of every pixel",
               RegionRefined(default, 256, sample_stride=1)),
              ("classifier, --refine none", default),
@@ -175,8 +176,8 @@ def segment_rows(work: Path, size: int, model: object, repeats: int = 3) -> list
                             "random", "--backbone", CLASSIFIER_BACKBONE[0], *args,
                             "--embed-weights", "--clusters", str(len(model.class_names)),
                             "--out", str(km_dir)], check=True, capture_output=True)
-    models = (("classifier (defaults: superpixels, CRF at 1/4)", cls_dir, []),
-              ("classifier, --no-crf", cls_dir, ["--no-crf"]), ("feature-kmeans", km_dir, []))
+    models = (("classifier (default: superpixels)", cls_dir, []),
+              ("classifier, --crf", cls_dir, ["--crf"]), ("feature-kmeans", km_dir, []))
     walls: dict[str, list[float]] = {label: [] for label, _, _ in models}
     for _ in range(repeats):  # alternating, so a slow spell of the machine hits both
         for label, model_dir, extra in models:

@@ -34,8 +34,8 @@ the head refitted once), and both (pseudo-labels from the averaged probabilities
 averaged again), and propagation (label spreading over the scene's superpixels, each
 unlabelled superpixel's spread class distilled into the trees as pseudo-labels, at most 1000
 pixels per class; then segment's averaging); and crf (segment's averaging, then the dense
-CRF segment adds, on the whole scene reduced 4x as segment reduces each tile, or at full
-resolution). The second table per scene gives each
+CRF `segment --crf` adds, on the whole scene reduced 4x as segment reduces each tile, or at
+full resolution). The second table per scene gives each
 semi-supervised row's paired gain over the default (mean over seeds, and on how many seeds
 mIoU rose).
 
@@ -102,8 +102,7 @@ ROWS = [
     Row("stego", "RGB + local + a STEGO model's ViT + its codes (--stego-model), trees 100",
         "stego"),
     Row("superpixels", "default + superpixels", semi="superpixels"),
-    Row("sampled", "default + superpixels, means of every 4th pixel (segment default before "
-        "the CRF)",
+    Row("sampled", "default + superpixels, means of every 4th pixel (segment default)",
         semi="superpixels", stride=4),
     Row("sampled2", "default + superpixels, means of every 2nd pixel",
         semi="superpixels", stride=2),
@@ -113,8 +112,8 @@ ROWS = [
     Row("both", "default + self-training + superpixels", semi="both"),
     Row("propagation", "default + label propagation over superpixels (segment's averaging)",
         semi="propagation", stride=4),
-    Row("crf", "default + superpixels (every 4th px) + dense CRF at 1/4 resolution "
-        "(segment default)", semi="crf", stride=4),
+    Row("crf", "default + superpixels (every 4th px) + dense CRF at 1/4 resolution (--crf)",
+        semi="crf", stride=4),
     Row("crf-full", "default + superpixels (every 4th px) + dense CRF at full resolution",
         semi="crf-full", stride=4),
 ]

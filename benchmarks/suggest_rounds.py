@@ -11,8 +11,9 @@ every pixel, and add ``--per-round`` x classes new labelled pixels, either where
 `suggest_points` (what `stego suggest` runs) puts them, labelled from the truth (a suggestion
 on an ignored pixel stays unlabelled, as an analyst would skip it), or at uniformly random
 valid pixels. The map and its confidence are what `segment` makes by default: probabilities
-averaged within 256-px SLIC superpixels, then the dense CRF on the image reduced 4x
-(``--no-crf``: without it; ``--refine none``: per pixel, no CRF). Scored on every
+averaged within 256-px SLIC superpixels (``--crf``: then the dense CRF on the image reduced
+4x, the margin staying the classifier's own before it, as segment stores it; ``--refine
+none``: per pixel). Scored on every
 labelled pixel after the last round (accuracy and mIoU, the training pixels included: they
 are < 0.1 % of the image). Features are computed once over the
 whole image (no tiling); the selection and classifier are the pipeline's own.
@@ -192,8 +193,8 @@ def main() -> None:
     ap.add_argument("--refine", choices=["regions", "none"], default="regions",
                     help="the map as segment makes it: probabilities averaged within 256-px "
                          "SLIC superpixels (the classifier's default), or per pixel")
-    ap.add_argument("--no-crf", action="store_true",
-                    help="leave out segment's dense CRF after the superpixel averaging")
+    ap.add_argument("--crf", action="store_true",
+                    help="the maps of `segment --crf`: the dense CRF after the averaging")
     args = ap.parse_args()
     rows = []
     for name, (image, y) in datasets().items():
@@ -216,7 +217,7 @@ def main() -> None:
             for arm in res:
                 res[arm].append(run_arm(x, yf, y.shape, k, start, args.rounds,
                                         args.per_round * k, arm, seed, nodata, segments,
-                                        None if args.no_crf or segments is None else image))
+                                        image if args.crf and segments is not None else None))
         r = np.array(res["random"])
         for arm in ARMS:
             s = np.array(res[arm])

@@ -231,23 +231,23 @@ def test_the_map_matches_the_planted_classes(segmented, scene):
     np.testing.assert_array_equal(open_labels(segmented / "labels.zarr")[:], labels)
 
 
-def test_the_classifiers_map_gets_the_dense_crf_unless_no_crf(segmented, fitted, scene,
-                                                              tmp_path):
-    """By default a classifier's map is refined by the dense CRF after the superpixel
-    averaging (the model's own default, resolved in run.json); `--no-crf` leaves it out: the
-    probabilities change, the classes stay right either way."""
+def test_segment_crf_refines_the_classifiers_map(segmented, fitted, scene, tmp_path):
+    """`--crf` adds the dense CRF after the superpixel averaging (it is off by default, and a
+    model without its own CRF was once left as it was): the probabilities change, the classes
+    stay right, and the margin stays the classifier's own, from before the CRF."""
     import zarr
 
-    out = tmp_path / "no-crf"
-    assert main(["segment", str(scene[0]), "--model", str(fitted), "--out", str(out), "--no-crf",
+    out = tmp_path / "crf"
+    assert main(["segment", str(scene[0]), "--model", str(fitted), "--out", str(out), "--crf",
                  *SEGMENT]) == 0
-    for run, crf in ((segmented, True), (out, False)):
+    for run, crf in ((segmented, False), (out, True)):
         assert json.loads((run / "run.json").read_text())["config"]["model"]["crf"] is crf
         with rasterio.open(run / "labels.tif") as ds:
             assert (ds.read(1) == scene[1]).mean() > 0.98
-    with_crf, without = (zarr.open_array(str(d / "labels.zarr"), path="confidence",
-                                         mode="r")[:] for d in (segmented, out))
-    assert (with_crf != without).mean() > 0.1
+    plain, refined = ({name: zarr.open_array(str(d / "labels.zarr"), path=name, mode="r")[:]
+                       for name in ("confidence", "margin")} for d in (segmented, out))
+    assert (plain["confidence"] != refined["confidence"]).mean() > 0.1
+    np.testing.assert_array_equal(plain["margin"], refined["margin"])
 
 
 def test_blocks_leave_no_seams(fitted, scene, tmp_path, one_torch_thread):
