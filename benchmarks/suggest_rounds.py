@@ -124,20 +124,21 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
     with ``image`` (3, H, W) then refined by the dense CRF, as `segment` post-processes the
     classifier by default."""
 
-    def predict(probe: SampleClassifier) -> np.ndarray:
+    def predict(probe: SampleClassifier) -> tuple[np.ndarray, np.ndarray]:
+        """The map's probabilities (N, K), and those before the CRF (the store's margin)."""
         probs = probe.classify(torch.from_numpy(x)).numpy()
-        before_crf[0] = probs
         if segments is None:
-            return probs
+            return probs, probs
         avg = average_within(probs.T.reshape(k, *shape), segments)
-        before_crf[0] = np.ascontiguousarray(avg.reshape(k, -1).T)
-        if image is not None:  # segment's dense CRF, on the whole image reduced as a tile is
-            avg = refine_tiles(torch.from_numpy(avg)[None], torch.from_numpy(image)[None],
-                               CRF_SCALE)[0].numpy()
-        return np.ascontiguousarray(avg.reshape(k, -1).T)
+        before = np.ascontiguousarray(avg.reshape(k, -1).T)
+        if image is None:
+            return before, before
+        # segment's dense CRF, on the whole image reduced as a tile is
+        crf = refine_tiles(torch.from_numpy(avg)[None], torch.from_numpy(image)[None],
+                           CRF_SCALE)[0].numpy()
+        return np.ascontiguousarray(crf.reshape(k, -1).T), before
 
     cfg = ClassifierConfig()
-    before_crf: list[np.ndarray | None] = [None]
     rng = np.random.default_rng(1000 + seed)
     labelled = list(start)
     valid = np.flatnonzero(y >= 0)
@@ -149,7 +150,7 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
                                  [(0, 0, 0)] * k, [])
         if r == rounds:
             break
-        probs = predict(probe)
+        probs, before_crf = predict(probe)
         if arm == "random":
             new = rng.choice(valid, per_round, replace=False)
         else:
@@ -157,7 +158,7 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
             labels[nodata] = 255  # the map's nodata: never suggested
             labels = labels.reshape(shape)
             # the store's margin is the classifier's before the CRF (segment's predict_with_prior)
-            ranked = probs if arm.endswith("after-crf") else before_crf[0]
+            ranked = probs if arm.endswith("after-crf") else before_crf
             top2 = np.sort(ranked, 1)[:, -2:]
             certainty = top2[:, 1] - top2[:, 0]  # the margin
             if arm == "least-confidence":
@@ -175,7 +176,7 @@ def run_arm(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], k: int, start:
             if arm.startswith("mixed"):
                 new = np.concatenate([new, rng.choice(valid, per_round - n_s, replace=False)])
         labelled += [int(i) for i in new if int(i) not in set(labelled)]
-    pred = predict(probe).argmax(1)
+    pred = predict(probe)[0].argmax(1)
     ok = y >= 0
     acc = float((pred[ok] == y[ok]).mean())
     ious = [((pred == c) & (y == c)).sum() / max(((pred == c) | (y == c))[ok].sum(), 1)

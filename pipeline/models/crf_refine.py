@@ -50,7 +50,7 @@ class CRFRefined(SegmentationModel):
         rgb = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
         with torch.autocast(device.type, enabled=False):  # segment's bf16 autocast
             refined = refine_tiles(torch.from_numpy(prior).to(device), rgb, self.scale)
-        return refined.cpu().numpy(), prior.copy()
+        return refined.cpu().numpy(), prior  # refined is new memory: prior is not aliased
 
     def state_tensors(self) -> dict[str, Any]:
         return self.inner.state_tensors()
@@ -65,7 +65,7 @@ def refine_tiles(probs: Any, rgb: Any, scale: int = 1) -> Any:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.models.crf import CRFParams, dense_crf
+    from pipeline.models.crf import CRFParams, dense_crf_batch
 
     params = CRFParams()
     h, w = probs.shape[-2:]
@@ -76,7 +76,7 @@ def refine_tiles(probs: Any, rgb: Any, scale: int = 1) -> Any:
         params = replace(params, bilateral_sxy=params.bilateral_sxy / scale,
                          gaussian_sxy=max(params.gaussian_sxy / scale, 0.5))
     image = torch.round(rgb * 255).to(torch.uint8)
-    out = torch.stack([dense_crf(p, im, params) for p, im in zip(probs, image, strict=True)])
+    out = dense_crf_batch(probs, image, params)
     if scale > 1:
         out = F.interpolate(out, scale_factor=scale, mode="bilinear",
                             align_corners=False)[..., :h, :w]
@@ -93,9 +93,8 @@ def post_processed(model: SegmentationModel, refine: str, pixels: int, crf: bool
     measured better, few-labels.md)."""
     from pipeline.models.refine import with_refinement
 
-    if hasattr(model, "crf"):
-        if crf is not None:
-            model.crf = crf
-        return with_refinement(model, refine, pixels)
+    own = hasattr(model, "crf")
+    if own and crf is not None:
+        model.crf = crf
     refined = with_refinement(model, refine, pixels)
-    return CRFRefined(refined) if crf else refined
+    return CRFRefined(refined) if crf and not own else refined
